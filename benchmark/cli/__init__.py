@@ -1,0 +1,26 @@
+"""The ``gfbench`` command line."""
+
+from __future__ import annotations
+
+import click
+
+from gfbench import __version__
+from gfbench.cli.catalog import ls, validate
+from gfbench.cli.data import build_data, show
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gfbench")
+def main() -> None:
+    """gfbench: datasets, suites, methods and leaderboards for sparse and partial-capture 3D reconstruction.
+
+    \b
+    Typical use:
+      gfbench build-data synthetic          # render the built-in scenes into shards
+      gfbench run --suite synthetic-masked  # train and score every method on a suite
+      gfbench leaderboard --suite synthetic-masked
+    """
+
+
+for command in (ls, validate, build_data, show):
+    main.add_command(command)

@@ -1,0 +1,53 @@
+"""``gfbench ls`` and ``gfbench validate``: what specs and methods exist, and whether the specs are sound."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from gfbench import specs
+
+
+@click.command("ls")
+@click.argument("what", type=click.Choice(["suites", "datasets", "methods", "scenes"]))
+@click.option("--suite", help="With 'scenes': the suite whose scenes to list.")
+@click.option("--dataset", help="With 'scenes': the dataset whose scenes to list.")
+def ls(what: str, suite: str | None, dataset: str | None) -> None:
+    """List suites, datasets, methods, or the scenes of a suite or dataset."""
+    try:
+        if what == "suites":
+            for suite_id in specs.list_suites():
+                spec = specs.load_suite(suite_id)
+                click.echo(f"{spec.id:24s} v{spec.version}  {spec.dataset:11s} {spec.protocol_type:7s} "
+                           f"{len(spec.scenes):3d} scenes  {', '.join(spec.metrics)}")
+        elif what == "datasets":
+            for dataset_id in specs.list_datasets():
+                spec = specs.load_dataset(dataset_id)
+                click.echo(f"{spec.id:12s} v{spec.version}  {spec.layout:11s} {len(spec.scenes):3d} scenes")
+        elif what == "methods":
+            from gfbench.methods import available_methods
+
+            for name in available_methods():
+                click.echo(name)
+        else:
+            if bool(suite) == bool(dataset):
+                raise click.UsageError("'gfbench ls scenes' needs exactly one of --suite or --dataset")
+            scenes = specs.load_suite(suite).scenes if suite else specs.load_dataset(dataset).scenes
+            for scene in scenes:
+                click.echo(scene)
+    except specs.SpecError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command()
+def validate() -> None:
+    """Load and check every dataset and suite spec; exit 1 naming each problem."""
+    problems = specs.validate_all()
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    count = len(specs.list_datasets()) + len(specs.list_suites())
+    if problems:
+        click.echo(f"{len(problems)} problem(s) in {count} specs", err=True)
+        sys.exit(1)
+    click.echo(f"{count} specs valid ({len(specs.list_datasets())} datasets, {len(specs.list_suites())} suites)")

@@ -1,0 +1,293 @@
+"""Scenes as WebDataset tar shards: one shard per scene, a manifest with counts and sha256 per dataset.
+
+Layout under a data root::
+
+    <root>/<dataset>/<scene>.tar       # the scene's samples, frames sorted by name, scene sample last
+    <root>/<dataset>/manifest.json     # per scene: shard file, sha256, bytes, frame and point counts
+
+Frame sample ``<dataset>/<scene>/<frame stem>``: ``image.png``, ``camera.json`` (name, index, K, c2w, width,
+height) and, when the frame has them, ``depth.npy`` (float32) and ``mask.png``. Scene sample
+``<dataset>/<scene>/__scene__``: ``scene.json`` (ids, counts, meta) and ``points.npz``. The scene sample
+comes last so that loaders inferring fields from the first samples (Hugging Face ``datasets``) see frames.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from gfbench.camera import Camera
+from gfbench.scene import Frame, PointCloud, Scene
+
+FORMAT = "gfbench-shards"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SCENE_SAMPLE = "__scene__"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+
+
+class ShardError(RuntimeError):
+    """A shard or manifest is missing, altered, truncated or malformed; the message names the file."""
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _points_bytes(points: PointCloud | None) -> bytes:
+    buffer = io.BytesIO()
+    cloud = points or PointCloud(np.zeros((0, 3)), np.zeros((0, 3)))
+    np.savez(buffer, xyz=cloud.xyz, rgb=cloud.rgb, obs_point=cloud.obs_point, obs_frame=cloud.obs_frame,
+             obs_uv=cloud.obs_uv)
+    return buffer.getvalue()
+
+
+def frame_key(name: str) -> str:
+    """The sample key part for a frame file name: its stem, with dots (which WebDataset reads as field
+    separators) replaced by underscores."""
+    return Path(name).stem.replace(".", "_")
+
+
+def _frame_members(scene: Scene, index: int, frame: Frame) -> list[tuple[str, bytes]]:
+    key = f"{scene.dataset}/{scene.scene_id}/{frame_key(frame.name)}"
+    camera = {"name": frame.name, "index": index, **frame.camera.to_json()}
+    members = [(f"{key}.image.png", _png_bytes(frame.image)), (f"{key}.camera.json", json.dumps(camera).encode())]
+    if frame.depth is not None:
+        members.append((f"{key}.depth.npy", _npy_bytes(frame.depth.astype(np.float32))))
+    if frame.mask is not None:
+        members.append((f"{key}.mask.png", _png_bytes(frame.mask.astype(np.uint8) * 255)))
+    return members
+
+
+def _scene_members(scene: Scene) -> list[tuple[str, bytes]]:
+    key = f"{scene.dataset}/{scene.scene_id}/{SCENE_SAMPLE}"
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dataset": scene.dataset,
+        "scene": scene.scene_id,
+        "frames": len(scene.frames),
+        "frame_names": scene.frame_names,
+        "points": len(scene.points) if scene.points is not None else None,
+        "meta": scene.meta,
+    }
+    return [(f"{key}.scene.json", json.dumps(info, sort_keys=True).encode()), (f"{key}.points.npz", _points_bytes(scene.points))]
+
+
+def _check_ids(scene: Scene) -> None:
+    for label, value in (("dataset", scene.dataset), ("scene", scene.scene_id)):
+        if not _SAFE_ID.match(value):
+            raise ValueError(f"{label} id {value!r} must be letters, digits, '_' or '-' (it names files and keys)")
+    keys = [frame_key(f.name) for f in scene.frames]
+    if len(set(keys)) != len(keys):
+        clash = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"scene {scene.key}: frame names collide as sample keys: {clash[:5]}")
+
+
+def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    """A reproducible tar: fixed mtime, owner and mode, members in the given order."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def dataset_dir(root: Path, dataset: str) -> Path:
+    return Path(root) / dataset
+
+
+@contextmanager
+def _manifest_lock(directory: Path) -> Iterator[None]:
+    with open(directory / ".manifest.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_manifest(root: Path, dataset: str) -> dict:
+    path = dataset_dir(root, dataset) / MANIFEST
+    if not path.exists():
+        raise ShardError(f"{path}: no manifest; build the dataset first (gfbench build-data {dataset})")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ShardError(f"{path}: manifest is not valid JSON: {exc}") from exc
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ShardError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+    return manifest
+
+
+def list_built_scenes(root: Path, dataset: str) -> list[str]:
+    """Scenes with a shard in the manifest (empty when the dataset has not been built)."""
+    try:
+        return sorted(read_manifest(root, dataset)["scenes"])
+    except ShardError:
+        return []
+
+
+def _update_manifest(directory: Path, dataset: str, scene_id: str, entry: dict) -> None:
+    path = directory / MANIFEST
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest.setdefault("format", FORMAT)
+    manifest.setdefault("format_version", FORMAT_VERSION)
+    manifest.setdefault("dataset", dataset)
+    manifest.setdefault("scenes", {})[scene_id] = entry
+    manifest["scenes"] = dict(sorted(manifest["scenes"].items()))
+    _atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------- write / read
+
+
+def write_scene(scene: Scene, root: Path) -> Path:
+    """Write ``scene`` as one shard under ``root/<dataset>/`` and record it in the manifest.
+
+    The shard is written to a temporary file and renamed into place, so a crash never leaves a
+    half-written shard under the final name; the manifest is updated the same way, under a lock."""
+    _check_ids(scene)
+    directory = dataset_dir(root, scene.dataset)
+    directory.mkdir(parents=True, exist_ok=True)
+    members = [m for index, frame in enumerate(scene.frames) for m in _frame_members(scene, index, frame)]
+    members += _scene_members(scene)
+    shard = directory / f"{scene.scene_id}.tar"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{shard.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        _write_tar(Path(tmp), members)
+        entry = {
+            "shard": shard.name,
+            "sha256": sha256_file(Path(tmp)),
+            "bytes": os.path.getsize(tmp),
+            "frames": len(scene.frames),
+            "points": len(scene.points) if scene.points is not None else 0,
+            "samples": len(scene.frames) + 1,
+        }
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; shards are meant to be shared
+        with _manifest_lock(directory):
+            os.replace(tmp, shard)
+            _update_manifest(directory, scene.dataset, scene.scene_id, entry)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return shard
+
+
+def _verified_shard(root: Path, dataset: str, scene_id: str) -> tuple[Path, dict]:
+    manifest = read_manifest(root, dataset)
+    entry = manifest["scenes"].get(scene_id)
+    directory = dataset_dir(root, dataset)
+    if entry is None:
+        known = ", ".join(manifest["scenes"]) or "none"
+        raise ShardError(f"{directory / MANIFEST}: no scene {scene_id!r} (built scenes: {known})")
+    shard = directory / entry["shard"]
+    if not shard.exists():
+        raise ShardError(f"{shard}: listed in the manifest but missing")
+    size = shard.stat().st_size
+    if size != entry["bytes"]:
+        raise ShardError(f"{shard}: {size} bytes, the manifest says {entry['bytes']} (truncated or altered)")
+    if sha256_file(shard) != entry["sha256"]:
+        raise ShardError(f"{shard}: sha256 differs from the manifest (altered or corrupted)")
+    return shard, entry
+
+
+def _read_members(shard: Path) -> dict[str, dict[str, bytes]]:
+    samples: dict[str, dict[str, bytes]] = {}
+    try:
+        with tarfile.open(shard, "r") as tar:
+            for member in tar:
+                key, _, field = member.name.rpartition("/")[2].partition(".")
+                prefix = member.name.rpartition("/")[0]
+                samples.setdefault(f"{prefix}/{key}", {})[field] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError) as exc:
+        raise ShardError(f"{shard}: unreadable tar: {exc}") from exc
+    return samples
+
+
+def _decode_frame(sample: dict[str, bytes]) -> Frame:
+    camera = json.loads(sample["camera.json"])
+    image = np.array(Image.open(io.BytesIO(sample["image.png"])).convert("RGB"))
+    depth = np.load(io.BytesIO(sample["depth.npy"]), allow_pickle=False) if "depth.npy" in sample else None
+    mask = np.array(Image.open(io.BytesIO(sample["mask.png"]))) > 127 if "mask.png" in sample else None
+    return Frame(name=camera["name"], image=image, camera=Camera.from_json(camera), depth=depth, mask=mask)
+
+
+def _decode_points(data: bytes) -> PointCloud:
+    arrays = np.load(io.BytesIO(data), allow_pickle=False)
+    return PointCloud(**{name: arrays[name] for name in ("xyz", "rgb", "obs_point", "obs_frame", "obs_uv")})
+
+
+def read_scene(root: Path, dataset: str, scene_id: str) -> Scene:
+    """Read a scene back, after checking its shard against the manifest (size and sha256)."""
+    shard, entry = _verified_shard(Path(root), dataset, scene_id)
+    samples = _read_members(shard)
+    scene_sample = samples.pop(f"{dataset}/{scene_id}/{SCENE_SAMPLE}", None)
+    if scene_sample is None or "scene.json" not in scene_sample or "points.npz" not in scene_sample:
+        raise ShardError(f"{shard}: the scene sample {SCENE_SAMPLE!r} is missing or incomplete")
+    try:
+        info = json.loads(scene_sample["scene.json"])
+        frames = [_decode_frame(sample) for sample in samples.values()]
+        points = _decode_points(scene_sample["points.npz"])
+    except (KeyError, ValueError, OSError) as exc:
+        raise ShardError(f"{shard}: malformed sample: {exc}") from exc
+    if len(frames) != entry["frames"] or len(frames) != info["frames"]:
+        raise ShardError(f"{shard}: {len(frames)} frames, the manifest says {entry['frames']}")
+    return Scene(
+        dataset=dataset,
+        scene_id=scene_id,
+        frames=frames,
+        points=points if info["points"] is not None else None,
+        meta=info["meta"],
+    )
