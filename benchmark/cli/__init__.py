@@ -7,6 +7,7 @@ import click
 from gfbench import __version__
 from gfbench.cli.catalog import ls, validate
 from gfbench.cli.data import build_data, show
+from gfbench.cli.run import run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,5 +23,5 @@ def main() -> None:
     """
 
 
-for command in (ls, validate, build_data, show):
+for command in (ls, validate, build_data, show, run):
     main.add_command(command)

@@ -52,6 +52,7 @@ def show(scene_ref: str, root: Path | None, out: Path | None, frames: int) -> No
     """Save a contact sheet (frames and depth) of a built scene."""
     from gfbench.data import load_scene
     from gfbench.shards import ShardError
+    from gfbench.specs import SpecError
     from gfbench.viz import contact_sheet
 
     dataset, _, scene_id = scene_ref.partition("/")
@@ -59,7 +60,7 @@ def show(scene_ref: str, root: Path | None, out: Path | None, frames: int) -> No
         raise click.BadParameter(f"expected DATASET/SCENE, got {scene_ref!r}", param_hint="DATASET/SCENE")
     try:
         scene = load_scene(dataset, scene_id, data_root(root))
-    except ShardError as exc:
+    except (ShardError, SpecError) as exc:
         raise click.ClickException(str(exc)) from exc
     out = out or Path(f"{dataset}-{scene_id}.png")
     contact_sheet(scene, pick=frames).save(out)

@@ -1,0 +1,258 @@
+"""Jobs (suite x scene x method x seed): load the scene, split it by the suite's protocol, fit the method,
+render the test views, score them, and write one result record per job.
+
+The runner knows scenes, views and metrics, never what a method does inside. A job whose identity hash
+already has a successful record is skipped (unless ``overwrite``); a job that raises is recorded as failed
+and the next job still runs.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from gfbench import methods as method_registry
+from gfbench import metrics, results, shards
+from gfbench.data import load_scene
+from gfbench.paths import data_root
+from gfbench.protocols import Split
+from gfbench.scene import Scene
+from gfbench.specs import SuiteSpec
+from gfbench.splits import split_for_run
+
+ERROR_GAIN = 4.0  # the error panel shows |prediction - ground truth| x this, so small errors are visible
+
+
+@dataclass(frozen=True)
+class Job:
+    suite: SuiteSpec
+    scene: str
+    method: str
+    seed: int
+    config: dict[str, Any]
+    preset: str
+
+    def identity(self, scene_sha256: str) -> dict[str, Any]:
+        """Everything that determines this job's numbers; its hash keys the record."""
+        return {
+            "suite": self.suite.id, "suite_version": self.suite.version, "protocol": self.suite.protocol,
+            "metrics": list(self.suite.metrics), "quantize": self.suite.quantize, "dataset": self.suite.dataset,
+            "scene": self.scene, "scene_sha256": scene_sha256, "method": self.method, "config": self.config,
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class RunSummary:
+    done: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[Path] = field(default_factory=list)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` strings (values parsed as YAML: numbers, booleans, lists) into a dict."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def resolve_config(method: str, preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    config = method_registry.load_preset(method, preset)
+    unknown = [key for key in overrides if config and key not in config]
+    if unknown:
+        raise KeyError(f"method {method!r} preset {preset!r} has no setting {unknown[0]!r}; "
+                       f"settings: {', '.join(sorted(config))}")
+    return {**config, **overrides}
+
+
+def plan_jobs(suite: SuiteSpec, method_names: list[str], scenes: list[str] | None, seeds: list[int] | None,
+              preset: str | None, overrides: dict[str, Any]) -> list[Job]:
+    unknown = [s for s in scenes or [] if s not in suite.scenes]
+    if unknown:
+        raise ValueError(f"suite {suite.id!r} has no scene {unknown[0]!r}; scenes: {', '.join(suite.scenes)}")
+    preset = preset or suite.preset
+    configs = {m: resolve_config(m, preset, overrides) for m in method_names}
+    return [
+        Job(suite, scene, method, seed, configs[method], preset)
+        for scene in (scenes or suite.scenes)
+        for method in method_names
+        for seed in (seeds or suite.seeds)
+    ]
+
+
+# ---------------------------------------------------------------- provenance
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("gfbench", "torch", "gsplat", "numpy", "lpips", "scikit-image"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak so far (Linux: KiB)
+
+
+# ---------------------------------------------------------------- one job
+
+
+def save_render_images(directory: Path, split: Split, renders: list[np.ndarray]) -> None:
+    """``renders/<frame>.png`` and ``compare/<frame>.png`` (ground truth | prediction | error x ERROR_GAIN)."""
+    (directory / "renders").mkdir(parents=True, exist_ok=True)
+    (directory / "compare").mkdir(parents=True, exist_ok=True)
+    for view, render in zip(split.test, renders):
+        prediction = metrics.quantize(render, "truncate")
+        error = np.clip(np.abs(prediction.astype(np.int16) - view.image) * ERROR_GAIN, 0, 255).astype(np.uint8)
+        stem = Path(view.name).stem
+        Image.fromarray(prediction).save(directory / "renders" / f"{stem}.png")
+        Image.fromarray(np.concatenate([view.image, prediction, error], axis=1)).save(directory / "compare" / f"{stem}.png")
+
+
+def score_views(split: Split, renders: list[np.ndarray], suite: SuiteSpec, device: str) -> list[dict[str, Any]]:
+    rows = []
+    for view, render in zip(split.test, renders):
+        scores = metrics.score_image(render, view.image, suite.metrics, coverage=view.coverage,
+                                     quantize=suite.quantize, device=device)
+        rows.append({"name": view.name, "frame_index": view.frame_index, **scores})
+    return rows
+
+
+def scene_means(per_image: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean of each score over the test views that have it (region scores can be missing or NaN)."""
+    names = sorted({k for row in per_image for k in row if k not in ("name", "frame_index")})
+    means = {}
+    for name in names:
+        values = [row[name] for row in per_image if name in row and np.isfinite(row[name])]
+        if values:
+            means[name] = float(np.mean(values))
+    return means
+
+
+def fit_and_score(job: Job, scene: Scene, workdir: Path, device: str, on_step: Callable | None) -> dict[str, Any]:
+    split = split_for_run(job.suite, scene, seed=job.seed)
+    method = method_registry.load_method_class(job.method)(device=device)
+    started = time.perf_counter()
+    method.fit(split.train, points=split.points, config=job.config, seed=job.seed, workdir=workdir, progress=on_step)
+    fit_seconds = time.perf_counter() - started
+    renders = [r.rgb for r in method.render([v.camera for v in split.test])]
+    save_render_images(workdir, split, renders)
+    per_image = score_views(split, renders, job.suite, device)
+    return {
+        "metrics": scene_means(per_image),
+        "per_image": per_image,
+        "split": {k: split.info[k] for k in ("train_indices", "test_indices") if k in split.info},
+        "fit_seconds": fit_seconds,
+        "priors": getattr(method, "priors_used", {}),
+    }
+
+
+def preflight(jobs: list[Job], root: Path) -> dict[str, str]:
+    """Fail before any training when data or metric weights are missing: build missing synthetic scenes,
+    refuse missing real ones with the command that builds them, and resolve the LPIPS weights (their
+    sha256 go into every record)."""
+    missing = []
+    for dataset, scene in sorted({(job.suite.dataset, job.scene) for job in jobs}):
+        if scene in shards.list_built_scenes(root, dataset):
+            continue
+        if dataset == "synthetic":
+            load_scene(dataset, scene, root)
+        else:
+            missing.append(f"{dataset}/{scene}")
+    if missing:
+        dataset = missing[0].split("/")[0]
+        raise shards.ShardError(
+            f"{root}: {len(missing)} scene(s) not built: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
+            f"build them with 'gfbench build-data {dataset} --source PATH --out {root}'")
+    return metrics.lpips_hashes_for(sorted({m for job in jobs for m in job.suite.metrics}))
+
+
+def run_job(job: Job, results_dir: Path, root: Path, device: str, overwrite: bool, lpips_hashes: dict[str, str],
+            on_step: Callable | None = None, scene_cache: dict | None = None) -> tuple[str, Path]:
+    """Run one job unless it already has a successful record; return (status, record path)."""
+    identity = job.identity(shards.read_manifest(root, job.suite.dataset)["scenes"][job.scene]["sha256"])
+    digest = results.config_hash(identity)
+    path = results.record_path(results_dir, job.suite.id, job.scene, job.method, job.seed, digest)
+    if path.exists() and not overwrite and results.read_record(path).get("status") == "ok":
+        return "skipped", path
+    record = {
+        "suite": job.suite.id, "suite_version": job.suite.version,
+        "protocol_hash": results.config_hash({"protocol": job.suite.protocol, "metrics": list(job.suite.metrics),
+                                              "quantize": job.suite.quantize}),
+        "dataset": job.suite.dataset, "scene": job.scene, "method": job.method, "seed": job.seed,
+        "preset": job.preset, "config": job.config, "config_hash": digest, "identity": identity,
+        "versions": package_versions(), "git_commit": git_commit(), "device": device,
+        "weights": lpips_hashes,
+    }
+    started = time.perf_counter()
+    try:
+        cache = scene_cache if scene_cache is not None else {}
+        if job.scene not in cache:
+            cache.clear()  # keep one scene in memory at a time
+            cache[job.scene] = load_scene(job.suite.dataset, job.scene, root)
+        record.update(status="ok", **fit_and_score(job, cache[job.scene], path.with_suffix(""), device, on_step))
+    except Exception as exc:  # one failing job must not stop the others
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    record.update(wall_time_s=time.perf_counter() - started, peak_memory_mb=peak_memory_mb(device),
+                  created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    results.write_record(path, record)
+    return record["status"], path
+
+
+def run_suite(jobs: list[Job], results_dir: Path, root: Path | None = None, device: str = "cpu",
+              overwrite: bool = False, show_progress: bool = True) -> RunSummary:
+    from tqdm import tqdm
+
+    root = data_root(root)
+    lpips_hashes = preflight(jobs, root)
+    summary, scene_cache = RunSummary(), {}
+    bar = tqdm(jobs, desc="jobs", unit="job", disable=not show_progress, position=0)
+    for job in bar:
+        bar.set_postfix_str(f"{job.scene} {job.method} seed{job.seed}")
+        steps = tqdm(total=job.config.get("steps"), desc=f"  {job.method}", unit="step", leave=False,
+                     disable=not show_progress, position=1)
+
+        def on_step(step: int, logs: dict[str, float], steps=steps) -> None:
+            steps.update(step - steps.n)
+            steps.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "psnr")}, refresh=False)
+
+        try:
+            status, path = run_job(job, results_dir, root, device, overwrite, lpips_hashes, on_step, scene_cache)
+        finally:
+            steps.close()
+        {"ok": summary.done, "skipped": summary.skipped, "failed": summary.failed}[status].append(path)
+        if status == "failed":
+            bar.write(f"FAILED {job.scene} {job.method} seed{job.seed}: {results.read_record(path)['error']}")
+    return summary

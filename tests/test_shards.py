@@ -1,0 +1,129 @@
+import hashlib
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+from gfbench.shards import MANIFEST, ShardError, list_built_scenes, read_scene, write_scene
+from helpers import tiny_scene
+
+
+def assert_same_scene(a, b):
+    assert a.key == b.key and a.frame_names == b.frame_names and a.meta == b.meta
+    for fa, fb in zip(a.frames, b.frames):
+        np.testing.assert_array_equal(fa.image, fb.image)
+        np.testing.assert_array_equal(fa.camera.K, fb.camera.K)
+        np.testing.assert_array_equal(fa.camera.c2w, fb.camera.c2w)
+        assert (fa.camera.width, fa.camera.height) == (fb.camera.width, fb.camera.height)
+        for x, y in ((fa.depth, fb.depth), (fa.mask, fb.mask)):
+            assert (x is None) == (y is None)
+            if x is not None:
+                np.testing.assert_array_equal(x, y)
+    for name in ("xyz", "rgb", "obs_point", "obs_frame", "obs_uv"):
+        np.testing.assert_array_equal(getattr(a.points, name), getattr(b.points, name))
+
+
+def test_round_trip_keeps_pixels_cameras_depth_masks_points(tmp_path):
+    scene = tiny_scene(mask=True)
+    write_scene(scene, tmp_path)
+    assert_same_scene(scene, read_scene(tmp_path, "testset", "tiny"))
+    assert list_built_scenes(tmp_path, "testset") == ["tiny"]
+
+
+def test_frames_come_back_sorted_by_name(tmp_path):
+    scene = tiny_scene(frames=5)
+    scene.frames.reverse()  # whatever order a builder produced
+    write_scene(scene, tmp_path)
+    back = read_scene(tmp_path, "testset", "tiny")
+    assert back.frame_names == sorted(back.frame_names)
+
+
+def test_manifest_records_counts_and_sha256(tmp_path):
+    shard = write_scene(tiny_scene(frames=3), tmp_path)
+    manifest = json.loads((tmp_path / "testset" / MANIFEST).read_text())
+    entry = manifest["scenes"]["tiny"]
+    assert entry["frames"] == 3 and entry["points"] == 20 and entry["samples"] == 4
+    assert entry["sha256"] == hashlib.sha256(shard.read_bytes()).hexdigest()
+
+
+def test_altered_shard_is_an_error_naming_it(tmp_path):
+    shard = write_scene(tiny_scene(), tmp_path)
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=r"tiny\.tar.*sha256"):
+        read_scene(tmp_path, "testset", "tiny")
+
+
+def test_truncated_shard_is_an_error_naming_it(tmp_path):
+    shard = write_scene(tiny_scene(), tmp_path)
+    shard.write_bytes(shard.read_bytes()[:-2048])
+    with pytest.raises(ShardError, match=r"tiny\.tar.*truncated"):
+        read_scene(tmp_path, "testset", "tiny")
+
+
+def test_missing_scene_and_missing_manifest_are_clear(tmp_path):
+    with pytest.raises(ShardError, match="no manifest"):
+        read_scene(tmp_path, "testset", "tiny")
+    write_scene(tiny_scene(), tmp_path)
+    with pytest.raises(ShardError, match="no scene 'other'"):
+        read_scene(tmp_path, "testset", "other")
+
+
+def test_rewrite_is_byte_identical_and_leaves_no_temp_files(tmp_path):
+    first = write_scene(tiny_scene(), tmp_path).read_bytes()
+    second = write_scene(tiny_scene(), tmp_path).read_bytes()
+    assert first == second
+    assert not [p for p in (tmp_path / "testset").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_two_scenes_share_a_manifest(tmp_path):
+    write_scene(tiny_scene(scene_id="a"), tmp_path)
+    write_scene(tiny_scene(scene_id="b", seed=1), tmp_path)
+    assert list_built_scenes(tmp_path, "testset") == ["a", "b"]
+    assert read_scene(tmp_path, "testset", "a").frames[0].image.tobytes() != read_scene(tmp_path, "testset", "b").frames[0].image.tobytes()
+
+
+def test_one_scene_is_one_shard_with_scene_sample_last(tmp_path):
+    shard = write_scene(tiny_scene(frames=3), tmp_path)
+    with tarfile.open(shard) as tar:
+        names = tar.getnames()
+    assert names[-2:] == ["testset/tiny/__scene__.scene.json", "testset/tiny/__scene__.points.npz"]
+    assert names[0] == "testset/tiny/img_000.image.png"
+
+
+def test_bad_ids_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="scene id"):
+        write_scene(tiny_scene(scene_id="a/b"), tmp_path)
+
+
+def test_loads_with_webdataset(tmp_path):
+    import webdataset as wds
+
+    scene = tiny_scene(frames=3)
+    shard = write_scene(scene, tmp_path)
+    samples = list(wds.WebDataset(str(shard), shardshuffle=False).decode("rgb8"))
+    frames = [s for s in samples if "image.png" in s]
+    assert [s["__key__"] for s in frames] == [f"testset/tiny/img_{i:03d}" for i in range(3)]
+    np.testing.assert_array_equal(frames[1]["image.png"], scene.frames[1].image)
+    assert frames[1]["camera.json"]["name"] == "img_001.jpg"
+    np.testing.assert_array_equal(frames[2]["depth.npy"], scene.frames[2].depth)
+    points = [s for s in samples if "points.npz" in s][0]["points.npz"]
+    np.testing.assert_array_equal(points["xyz"], scene.points.xyz)
+
+
+def test_loads_with_hugging_face_datasets(tmp_path):
+    import datasets
+
+    scene = tiny_scene(frames=6)
+    shard = write_scene(scene, tmp_path)
+    loaded = datasets.load_dataset("webdataset", data_files={"train": str(shard)}, split="train",
+                                   cache_dir=str(tmp_path / "hf-cache"))
+    frames = [row for row in loaded if row["image.png"] is not None]
+    assert len(frames) == 6
+    np.testing.assert_array_equal(np.array(frames[4]["image.png"].convert("RGB")), scene.frames[4].image)
+    assert frames[4]["camera.json"]["K"] == scene.frames[4].camera.K.tolist()
+    depth = np.load(io.BytesIO(frames[0]["depth.npy"])) if isinstance(frames[0]["depth.npy"], bytes) else np.asarray(frames[0]["depth.npy"])
+    np.testing.assert_allclose(depth, scene.frames[0].depth)
