@@ -173,7 +173,7 @@ def fit_and_score(job: Job, scene: Scene, workdir: Path, device: str, on_step: C
     return {
         "metrics": scene_means(per_image),
         "per_image": per_image,
-        "split": {k: split.info[k] for k in ("train_indices", "test_indices") if k in split.info},
+        "split": {k: v for k, v in split.info.items() if k != "frame_names"},
         "fit_seconds": fit_seconds,
         "priors": getattr(method, "priors_used", {}),
     }

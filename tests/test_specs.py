@@ -8,6 +8,7 @@ from gfbench import specs
 from gfbench.paths import specs_root
 
 REPO_SPECS = specs_root()
+MASKED_PROTOCOL = specs.load_suite("synthetic-masked").protocol
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def write_yaml(path: Path, data: dict) -> Path:
 
 def suite(**overrides):
     base = {"id": "s", "kind": "suite", "version": 1, "dataset": "synthetic", "scenes": ["room"],
-            "protocol": {"type": "masked"}, "metrics": ["psnr"]}
+            "protocol": MASKED_PROTOCOL, "metrics": ["psnr"]}
     return {**base, **overrides}
 
 

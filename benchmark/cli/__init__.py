@@ -7,6 +7,7 @@ import click
 from gfbench import __version__
 from gfbench.cli.catalog import ls, validate
 from gfbench.cli.data import build_data, show
+from gfbench.cli.protocol import protocol_group, splits_group
 from gfbench.cli.run import run
 
 
@@ -23,5 +24,5 @@ def main() -> None:
     """
 
 
-for command in (ls, validate, build_data, show, run):
+for command in (ls, validate, build_data, show, run, protocol_group, splits_group):
     main.add_command(command)
