@@ -21,6 +21,7 @@ import os
 import re
 import tarfile
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -35,7 +36,7 @@ FORMAT = "gfbench-shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SCENE_SAMPLE = "__scene__"
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")  # dataset and scene ids name files and keys
 
 
 class ShardError(RuntimeError):
@@ -99,7 +100,7 @@ def _scene_members(scene: Scene) -> list[tuple[str, bytes]]:
 
 def _check_ids(scene: Scene) -> None:
     for label, value in (("dataset", scene.dataset), ("scene", scene.scene_id)):
-        if not _SAFE_ID.match(value):
+        if not SAFE_ID.match(value):
             raise ValueError(f"{label} id {value!r} must be letters, digits, '_' or '-' (it names files and keys)")
     keys = [frame_key(f.name) for f in scene.frames]
     if len(set(keys)) != len(keys):
@@ -200,7 +201,10 @@ def write_scene(scene: Scene, root: Path) -> Path:
     _check_ids(scene)
     directory = dataset_dir(root, scene.dataset)
     directory.mkdir(parents=True, exist_ok=True)
-    members = [m for index, frame in enumerate(scene.frames) for m in _frame_members(scene, index, frame)]
+    # PNG encoding dominates; zlib releases the GIL, so threads encode frames in parallel (order is kept).
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        encoded = pool.map(lambda item: _frame_members(scene, *item), enumerate(scene.frames))
+        members = [m for frame_members in encoded for m in frame_members]
     members += _scene_members(scene)
     shard = directory / f"{scene.scene_id}.tar"
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{shard.name}.", suffix=".tmp")

@@ -1,0 +1,277 @@
+"""What every real-data builder shares: the error type, the capture model a reader produces (frames with
+their lens and pose, points with tracks), and the assembly of a capture into a validated ``Scene``.
+
+A reader only parses and checks its files; ``assemble_scene`` then checks every image (exists, decodes,
+size consistent with its camera) and undistorts frames and observations. Nothing is written until the
+whole scene is in memory, so a bad input never leaves a half-built shard behind.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from gfbench.builders.undistort import DistortionError, Lens, Undistorter
+from gfbench.camera import Camera
+from gfbench.scene import Frame, PointCloud, Scene
+from gfbench.shards import SAFE_ID, frame_key, write_scene
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+_LOAD_THREADS = 4
+
+
+class BuildError(RuntimeError):
+    """A capture cannot be built honestly; the message names the file and the problem."""
+
+
+@dataclass
+class CaptureFrame:
+    """One image of a capture as its reader found it: ``lens`` at the model's image size, ``c2w`` OpenCV."""
+
+    name: str
+    image_path: Path
+    lens: Lens
+    c2w: np.ndarray
+    origin: str  # where the frame was declared, for messages ("sparse/0/images.bin, image 3")
+
+
+@dataclass
+class CapturePoints:
+    """3D points and their tracks: point ``obs_point[i]`` seen in frame named ``obs_name[i]`` at ``obs_uv[i]``
+    (pixels of the raw, possibly distorted image at the model's size; pixel centers at +0.5)."""
+
+    xyz: np.ndarray
+    rgb: np.ndarray
+    obs_point: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    obs_name: list[str] = field(default_factory=list)
+    obs_uv: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+
+
+@dataclass
+class Capture:
+    """A parsed capture, ready to assemble: frames (any order), optional points, provenance for the meta."""
+
+    frames: list[CaptureFrame]
+    points: CapturePoints | None
+    provenance: dict
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def safe_id(text: str) -> str:
+    """A dataset or scene id from a folder name: unsafe characters become '_'."""
+    cleaned = re.sub(r"[^A-Za-z0-9_\-]", "_", text).lstrip("_-")
+    return cleaned or "scene"
+
+
+def relative_to_source(path: Path, provenance: dict) -> str:
+    """``path`` relative to the capture's recorded source folder where it lies inside it."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(provenance["source"]))
+    except ValueError:
+        return str(path)
+
+
+def check_id(label: str, value: str) -> None:
+    if not SAFE_ID.match(value):
+        raise BuildError(f"{label} id {value!r} must be letters, digits, '_' or '-' (it names files and keys)")
+
+
+def find_image(folder: Path, name: str) -> Path:
+    """The image file for ``name`` in ``folder``: the exact path, else the one file with the same stem and
+    another image suffix (downscaled folders are sometimes re-encoded, e.g. JPG -> PNG)."""
+    exact = folder / name
+    if exact.is_file():
+        return exact
+    parent = exact.parent
+    if parent.is_dir():
+        stem = exact.stem
+        matches = sorted(p for p in parent.iterdir() if p.stem == stem and p.suffix.lower() in IMAGE_SUFFIXES)
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise BuildError(f"{exact}: missing, and several images share its stem: {[m.name for m in matches]}")
+    raise BuildError(f"{exact}: image file not found")
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow reports some broken files as SyntaxError
+        raise BuildError(f"{path}: not a readable image: {exc}") from exc
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """HxWx3 uint8 pixels as stored (no EXIF rotation: SfM tools read the raw pixel grid too)."""
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BuildError(f"{path}: cannot decode the image: {exc}") from exc
+
+
+def make_lens(where: str, **params) -> Lens:
+    """A ``Lens`` whose problems are reported as ``BuildError`` naming ``where``."""
+    try:
+        return Lens(**params)
+    except DistortionError as exc:
+        raise BuildError(f"{where}: {exc}") from exc
+
+
+def fit_lens(lens: Lens, width: int, height: int, where: str) -> Lens:
+    """``lens`` at an image of ``width`` x ``height``: intrinsics scaled per axis. The image must be the
+    model's image scaled by one factor, up to the rounding of each side (less than one pixel)."""
+    if (width, height) == (lens.width, lens.height):
+        return lens
+    low = max((width - 1) / lens.width, (height - 1) / lens.height)
+    high = min((width + 1) / lens.width, (height + 1) / lens.height)
+    if low >= high:
+        raise BuildError(
+            f"{where}: image is {width}x{height} but its camera is {lens.width}x{lens.height}; the aspect "
+            f"ratios differ (x{width / lens.width:.4f} horizontally, x{height / lens.height:.4f} vertically), "
+            "so this is not a downscaled copy of the modelled image"
+        )
+    return lens.scaled(width, height)
+
+
+def normalization(c2ws: list[np.ndarray]) -> dict:
+    centers = np.stack([c2w[:3, 3] for c2w in c2ws])
+    mean = centers.mean(0)
+    return {"center": mean.tolist(), "radius": float(np.linalg.norm(centers - mean, axis=1).max())}
+
+
+def check_pose(c2w: np.ndarray, where: str) -> np.ndarray:
+    """A finite rigid camera-to-world 4x4 (rotation orthonormal with determinant +1)."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    if not np.isfinite(c2w).all():
+        raise BuildError(f"{where}: pose is not finite (NaN or inf)")
+    rotation = c2w[:3, :3]
+    if not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-3) or np.linalg.det(rotation) <= 0:
+        raise BuildError(f"{where}: pose rotation is not a proper rotation (scaled, sheared or mirrored)")
+    if not np.allclose(c2w[3], [0, 0, 0, 1]):
+        raise BuildError(f"{where}: pose last row is {c2w[3].tolist()}, expected [0, 0, 0, 1]")
+    return c2w
+
+
+# ---------------------------------------------------------------- assembly
+
+
+@dataclass
+class _PlannedFrame:
+    capture: CaptureFrame
+    undistorter: Undistorter
+
+
+def _plan_frames(frames: list[CaptureFrame]) -> list[_PlannedFrame]:
+    """Sorted frames with their lens fitted to the image size; every image is checked before any is decoded."""
+    frames = sorted(frames, key=lambda f: f.name)
+    for a, b in zip(frames, frames[1:]):
+        if a.name == b.name:
+            raise BuildError(f"{b.origin}: duplicate image name {b.name!r} (also {a.origin})")
+    keys: dict[str, str] = {}
+    for frame in frames:
+        key = frame_key(frame.name)
+        if key in keys:
+            raise BuildError(f"{frame.origin}: image names {keys[key]!r} and {frame.name!r} give the same "
+                             f"sample key {key!r}")
+        keys[key] = frame.name
+    undistorters: dict[Lens, Undistorter] = {}
+    planned = []
+    for frame in frames:
+        width, height = image_size(frame.image_path)
+        lens = fit_lens(frame.lens, width, height, f"{frame.image_path} ({frame.origin})")
+        if lens not in undistorters:
+            try:
+                undistorters[lens] = Undistorter(lens)
+            except DistortionError as exc:
+                raise BuildError(f"{frame.origin}: {exc}") from exc
+        planned.append(_PlannedFrame(frame, undistorters[lens]))
+    return planned
+
+
+def _observations(points: CapturePoints, planned: list[_PlannedFrame]) -> PointCloud:
+    """Tracks on built frames become observations at the undistorted, image-size pixel; the rest are dropped."""
+    index = {p.capture.name: k for k, p in enumerate(planned)}
+    frame_of = np.array([index.get(name, -1) for name in points.obs_name], dtype=np.int64)
+    keep = frame_of >= 0
+    obs_point, obs_frame, raw_uv = points.obs_point[keep], frame_of[keep], points.obs_uv[keep]
+    obs_uv = np.zeros_like(raw_uv, dtype=np.float64)
+    for k in np.unique(obs_frame):
+        rows = obs_frame == k
+        model, fitted = planned[k].capture.lens, planned[k].undistorter.lens
+        scale = np.array([fitted.width / model.width, fitted.height / model.height])
+        try:
+            obs_uv[rows] = planned[k].undistorter.points(raw_uv[rows] * scale)
+        except DistortionError as exc:
+            raise BuildError(f"{planned[k].capture.origin}: {exc}") from exc
+    return PointCloud(points.xyz, points.rgb, obs_point=obs_point, obs_frame=obs_frame, obs_uv=obs_uv)
+
+
+def _load_frame(plan: _PlannedFrame) -> Frame:
+    capture, undistorter = plan.capture, plan.undistorter
+    raw = load_rgb(capture.image_path)
+    if raw.shape[:2] != (undistorter.lens.height, undistorter.lens.width):
+        raise BuildError(f"{capture.image_path}: decoded to {raw.shape[1]}x{raw.shape[0]}, its header said "
+                         f"{undistorter.lens.width}x{undistorter.lens.height}")
+    image, valid = undistorter.image(raw)
+    camera = Camera(undistorter.K, capture.c2w, undistorter.lens.width, undistorter.lens.height)
+    return Frame(name=capture.name, image=image, camera=camera, mask=valid)
+
+
+def _load_frames(planned: list[_PlannedFrame], label: str, progress: bool) -> list[Frame]:
+    """Decode and undistort on a few threads (decoding and the sparse remap release the GIL); the first
+    failure cancels the frames not started yet."""
+    pool = ThreadPoolExecutor(_LOAD_THREADS)
+    try:
+        loaded = pool.map(_load_frame, planned)
+        return list(tqdm(loaded, total=len(planned), unit="frame", desc=label, disable=not progress, leave=False))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def assemble_scene(dataset: str, scene_id: str, capture: Capture, progress: bool = False,
+                   expect_size: tuple[int, int] | None = None) -> Scene:
+    """Check, undistort and load a capture into a ``Scene`` (frames sorted by name).
+
+    Distorted frames are remapped to a pinhole camera of the same size and focal; pixels that fall outside
+    the raw image get a mask (False). ``expect_size`` (width, height), when given, must be every frame's size.
+    """
+    check_id("dataset", dataset)
+    check_id("scene", scene_id)
+    if not capture.frames:
+        raise BuildError(f"{capture.provenance.get('model_path', capture.provenance.get('source'))}: "
+                         "the model has no images")
+    planned = _plan_frames(capture.frames)
+    if expect_size is not None:
+        for plan in planned:
+            size = (plan.undistorter.lens.width, plan.undistorter.lens.height)
+            if size != tuple(expect_size):
+                raise BuildError(f"{plan.capture.image_path}: image is {size[0]}x{size[1]}, the dataset spec "
+                                 f"expects {expect_size[0]}x{expect_size[1]}")
+    points = _observations(capture.points, planned) if capture.points is not None else None
+    frames = _load_frames(planned, f"{dataset}/{scene_id}", progress)
+    lenses = {p.undistorter.lens for p in planned}
+    provenance = {
+        **capture.provenance,
+        "camera_models": sorted({lens.model for lens in lenses}),
+        "undistorted": any(lens.distorted for lens in lenses),
+    }
+    meta = {"provenance": provenance, "normalization": normalization([f.camera.c2w for f in frames])}
+    return Scene(dataset, scene_id, frames, points, meta)
+
+
+def build_and_write(dataset: str, scene_id: str, capture: Capture, out: Path, progress: bool = False,
+                    expect_size: tuple[int, int] | None = None) -> Path:
+    """Assemble the capture completely, then write its shard (atomically) under ``out``."""
+    scene = assemble_scene(dataset, scene_id, capture, progress=progress, expect_size=expect_size)
+    return write_scene(scene, out)
