@@ -30,6 +30,12 @@ def config_hash(job_identity: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(job_identity).encode()).hexdigest()
 
 
+def protocol_hash(suite) -> str:
+    """Hash of what makes a suite's scores comparable (protocol block, metrics, quantization); records with
+    another hash are never mixed into one leaderboard."""
+    return config_hash({"protocol": suite.protocol, "metrics": list(suite.metrics), "quantize": suite.quantize})
+
+
 def record_path(results: Path, suite: str, scene: str, method: str, seed: int, digest: str) -> Path:
     return Path(results) / suite / scene / method / f"seed{seed}-{digest[:12]}.json"
 

@@ -209,8 +209,7 @@ def run_job(job: Job, results_dir: Path, root: Path, device: str, overwrite: boo
         return "skipped", path
     record = {
         "suite": job.suite.id, "suite_version": job.suite.version,
-        "protocol_hash": results.config_hash({"protocol": job.suite.protocol, "metrics": list(job.suite.metrics),
-                                              "quantize": job.suite.quantize}),
+        "protocol_hash": results.protocol_hash(job.suite),
         "dataset": job.suite.dataset, "scene": job.scene, "method": job.method, "seed": job.seed,
         "preset": job.preset, "config": job.config, "config_hash": digest, "identity": identity,
         "versions": package_versions(), "git_commit": git_commit(), "device": device,

@@ -25,6 +25,8 @@ def test_wheel_carries_specs_and_presets(wheel):
         assert f"gfbench/_specs/{spec.relative_to(REPO / 'datasets').as_posix()}" in names
     for preset in (REPO / "methods" / "presets").glob("*.yaml"):
         assert f"gfbench/methods/presets/{preset.name}" in names
+    for table in (REPO / "leaderboards" / "paper").glob("*.csv"):
+        assert f"gfbench/_paper/{table.name}" in names
     assert not any(name.startswith("datasets/") for name in names)  # no top-level package shadowing HF datasets
 
 
