@@ -13,13 +13,15 @@ from gfbench.camera import Camera
 @dataclass
 class Frame:
     """One captured frame. ``image`` is HxWx3 uint8; ``depth`` is HxW float32 camera-space z
-    (0 where unknown); ``mask`` is HxW bool (True = valid pixel)."""
+    (0 where unknown); ``mask`` is HxW bool (True = valid pixel). ``source_jpeg`` optionally holds the JPEG
+    file whose decode ``image`` is, so a shard can store it as captured instead of a ~5x larger PNG."""
 
     name: str
     image: np.ndarray
     camera: Camera
     depth: np.ndarray | None = None
     mask: np.ndarray | None = None
+    source_jpeg: bytes | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         h, w = self.image.shape[:2]

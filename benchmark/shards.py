@@ -5,7 +5,8 @@ Layout under a data root::
     <root>/<dataset>/<scene>.tar       # the scene's samples, frames sorted by name, scene sample last
     <root>/<dataset>/manifest.json     # per scene: shard file, sha256, bytes, frame and point counts
 
-Frame sample ``<dataset>/<scene>/<frame stem>``: ``image.png``, ``camera.json`` (name, index, K, c2w, width,
+Frame sample ``<dataset>/<scene>/<frame stem>``: ``image.png`` (or ``image.jpg``, the captured file itself,
+when the frame's pixels are exactly its decode), ``camera.json`` (name, index, K, c2w, width,
 height) and, when the frame has them, ``depth.npy`` (float32) and ``mask.png``. Scene sample
 ``<dataset>/<scene>/__scene__``: ``scene.json`` (ids, counts, meta) and ``points.npz``. The scene sample
 comes last so that loaders inferring fields from the first samples (Hugging Face ``datasets``) see frames.
@@ -66,6 +67,18 @@ def _points_bytes(points: PointCloud | None) -> bytes:
     return buffer.getvalue()
 
 
+def _decode_rgb(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.array(image.convert("RGB"))
+
+
+def _image_member(frame: Frame) -> tuple[str, bytes]:
+    """Keep a source JPEG only when decoding it gives back the frame's pixels exactly; else lossless PNG."""
+    if frame.source_jpeg is not None and np.array_equal(_decode_rgb(frame.source_jpeg), frame.image):
+        return "image.jpg", frame.source_jpeg
+    return "image.png", _png_bytes(frame.image)
+
+
 def frame_key(name: str) -> str:
     """The sample key part for a frame file name: its stem, with dots (which WebDataset reads as field
     separators) replaced by underscores."""
@@ -75,7 +88,8 @@ def frame_key(name: str) -> str:
 def _frame_members(scene: Scene, index: int, frame: Frame) -> list[tuple[str, bytes]]:
     key = f"{scene.dataset}/{scene.scene_id}/{frame_key(frame.name)}"
     camera = {"name": frame.name, "index": index, **frame.camera.to_json()}
-    members = [(f"{key}.image.png", _png_bytes(frame.image)), (f"{key}.camera.json", json.dumps(camera).encode())]
+    field, data = _image_member(frame)
+    members = [(f"{key}.{field}", data), (f"{key}.camera.json", json.dumps(camera).encode())]
     if frame.depth is not None:
         members.append((f"{key}.depth.npy", _npy_bytes(frame.depth.astype(np.float32))))
     if frame.mask is not None:
@@ -262,7 +276,7 @@ def _read_members(shard: Path) -> dict[str, dict[str, bytes]]:
 
 def _decode_frame(sample: dict[str, bytes]) -> Frame:
     camera = json.loads(sample["camera.json"])
-    image = np.array(Image.open(io.BytesIO(sample["image.png"])).convert("RGB"))
+    image = _decode_rgb(sample["image.jpg"] if "image.jpg" in sample else sample["image.png"])
     depth = np.load(io.BytesIO(sample["depth.npy"]), allow_pickle=False) if "depth.npy" in sample else None
     mask = np.array(Image.open(io.BytesIO(sample["mask.png"]))) > 127 if "mask.png" in sample else None
     return Frame(name=camera["name"], image=image, camera=Camera.from_json(camera), depth=depth, mask=mask)

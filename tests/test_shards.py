@@ -127,3 +127,23 @@ def test_loads_with_hugging_face_datasets(tmp_path):
     assert frames[4]["camera.json"]["K"] == scene.frames[4].camera.K.tolist()
     depth = np.load(io.BytesIO(frames[0]["depth.npy"])) if isinstance(frames[0]["depth.npy"], bytes) else np.asarray(frames[0]["depth.npy"])
     np.testing.assert_allclose(depth, scene.frames[0].depth)
+
+
+def test_source_jpeg_is_stored_as_captured_and_reads_back_exactly(tmp_path):
+    from PIL import Image
+
+    scene = tiny_scene(frames=2, width=32, height=24)
+    buffer = io.BytesIO()
+    Image.fromarray(scene.frames[0].image).save(buffer, format="JPEG", quality=90)
+    jpeg = buffer.getvalue()
+    decoded = np.array(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    scene.frames[0].image, scene.frames[0].source_jpeg = decoded, jpeg
+    scene.frames[1].source_jpeg = jpeg  # not this frame's pixels: must fall back to PNG
+    shard = write_scene(scene, tmp_path)
+    with tarfile.open(shard) as tar:
+        names = tar.getnames()
+        assert tar.extractfile("testset/tiny/img_000.image.jpg").read() == jpeg
+    assert "testset/tiny/img_001.image.png" in names
+    back = read_scene(tmp_path, "testset", "tiny")
+    np.testing.assert_array_equal(back.frames[0].image, decoded)
+    np.testing.assert_array_equal(back.frames[1].image, scene.frames[1].image)

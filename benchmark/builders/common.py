@@ -225,7 +225,13 @@ def _load_frame(plan: _PlannedFrame) -> Frame:
                          f"{undistorter.lens.width}x{undistorter.lens.height}")
     image, valid = undistorter.image(raw)
     camera = Camera(undistorter.K, capture.c2w, undistorter.lens.width, undistorter.lens.height)
-    return Frame(name=capture.name, image=image, camera=camera, mask=valid)
+    return Frame(name=capture.name, image=image, camera=camera, mask=valid, source_jpeg=_jpeg_bytes(capture.image_path))
+
+
+def _jpeg_bytes(path: Path) -> bytes | None:
+    """The file's bytes when it is a JPEG (the shard keeps them if the frame's pixels are their decode)."""
+    data = path.read_bytes()
+    return data if data[:3] == b"\xff\xd8\xff" else None
 
 
 def _load_frames(planned: list[_PlannedFrame], label: str, progress: bool) -> list[Frame]:
