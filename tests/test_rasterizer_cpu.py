@@ -1,0 +1,446 @@
+"""The CPU tile rasterizer against a dense reference, and gsplat's DefaultStrategy on its info dict.
+
+The references below share no code with ``gfbench.methods.core``: they project with plain matrix algebra,
+evaluate every Gaussian at every pixel, and composite front to back with an explicit loop over the
+depth-sorted Gaussians, following gsplat's CUDA kernels rule by rule (alpha = min(0.999, o exp(-sigma)),
+skip alpha < 1/255, stop before T would drop to <= 1e-4). Comparisons run in float64 so that the tolerances
+(1e-5 on images, 1e-4 relative on gradients) measure the algorithm, not float32 rounding.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from gfbench.methods.core.rasterize import rasterize_2dgs, rasterize_3dgs
+
+W, H = 62, 45  # not multiples of the 16-pixel tile: partial tiles are exercised
+TILE = 16
+DT = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """These tensors are small; one thread avoids OpenMP hand-offs, which stall badly (10x here) when the
+    cores are shared with other jobs. Restored afterwards for the rest of the session."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------------
+# Scenes
+# ------------------------------------------------------------------------------------------------
+
+
+def _rotation(axis_angle: list[float]) -> torch.Tensor:
+    v = torch.tensor(axis_angle, dtype=DT)
+    theta = v.norm()
+    k = v / theta
+    Kx = torch.tensor([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]], dtype=DT)
+    return torch.eye(3, dtype=DT) + math.sin(theta) * Kx + (1 - math.cos(theta)) * Kx @ Kx
+
+
+def make_cameras() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two world-to-camera matrices (OpenCV) looking down +z at the origin region, and intrinsics."""
+    viewmats = torch.eye(4, dtype=DT).repeat(2, 1, 1)
+    viewmats[1, :3, :3] = _rotation([0.05, -0.12, 0.03])
+    viewmats[1, :3, 3] = torch.tensor([0.3, -0.1, 0.2], dtype=DT)
+    Ks = torch.tensor([[58.0, 0, 31.0], [0, 61.0, 25.0], [0, 0, 1]], dtype=DT).repeat(2, 1, 1)
+    Ks[1, 0, 2] = 33.5
+    return viewmats, Ks
+
+
+def make_scene(
+    n: int = 300, seed: int = 0, sh_degree: int | None = None, size: float = 1.0
+) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *s: torch.rand(*s, generator=g, dtype=DT)  # noqa: E731
+    means = torch.stack([(rand(n) - 0.5) * 3.2, (rand(n) - 0.5) * 2.4, 1.5 + 3.0 * rand(n)], dim=-1)
+    means[:4, 2] = torch.tensor([-1.0, 0.005, 0.0, -0.3], dtype=DT)  # behind / at the near plane
+    quats = torch.randn(n, 4, generator=g, dtype=DT)
+    scales = size * torch.exp(math.log(0.01) + rand(n, 3) * math.log(15.0))
+    opacities = 0.05 + 0.94 * rand(n)
+    opacities[4:7] = torch.tensor([0.002, 0.0035, 0.9999], dtype=DT)  # below 1/255, and ~opaque
+    if sh_degree is None:
+        colors = rand(n, 3)
+    else:
+        colors = (rand(n, (sh_degree + 1) ** 2, 3) - 0.5) * 0.8
+    params = dict(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors)
+    return {k: v.requires_grad_() for k, v in params.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Dense references
+# ------------------------------------------------------------------------------------------------
+
+
+def ref_rotmat(q: torch.Tensor) -> torch.Tensor:
+    q = q / q.norm(dim=-1, keepdim=True)
+    w, x, y, z = q.unbind(-1)
+    return torch.stack(
+        [
+            torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+            torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+            torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        dim=-2,
+    )
+
+
+def ref_colors(scene, viewmat, sh_degree):
+    if sh_degree is None:
+        return scene["colors"]
+    assert sh_degree == 1
+    campos = -viewmat[:3, :3].T @ viewmat[:3, 3]
+    d = scene["means"] - campos
+    x, y, z = (d / d.norm(dim=-1, keepdim=True)).unbind(-1)
+    c0, c1 = 0.2820947917738781, 0.48860251190292
+    sh = scene["colors"]
+    rgb = c0 * sh[:, 0] - c1 * y[:, None] * sh[:, 1] + c1 * z[:, None] * sh[:, 2] - c1 * x[:, None] * sh[:, 3]
+    return torch.clamp_min(rgb + 0.5, 0.0)
+
+
+def pixel_centres() -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=DT), torch.arange(W, dtype=DT), indexing="ij")
+    return torch.stack([xs, ys], dim=-1).reshape(-1, 2) + 0.5
+
+
+def composite_loop(alpha, feats, skip=None):
+    """Front-to-back over depth-sorted columns of alpha [P, K]; feats [K, F]. Mirrors the CUDA loop."""
+    P, K = alpha.shape
+    T = torch.ones(P, dtype=DT)
+    done = torch.zeros(P, dtype=torch.bool)
+    out = torch.zeros(P, feats.shape[1], dtype=DT)
+    distort = torch.zeros(P, dtype=DT)
+    accum_wd = torch.zeros(P, dtype=DT)
+    median = torch.zeros(P, dtype=DT)
+    # unbind once: indexing one column per step would make backward allocate a full [P, K] each time
+    alphas, rows = alpha.unbind(1), feats.unbind(0)
+    skips = skip.unbind(1) if skip is not None else [None] * K
+    for a, f, s in zip(alphas, rows, skips):
+        ok = (a >= 1.0 / 255.0) & ~done
+        if s is not None:
+            ok &= ~s
+        next_T = T * (1 - a)
+        stop = ok & (next_T <= 1e-4)
+        done = done | stop
+        ok = ok & ~stop
+        vis = torch.where(ok, a * T, torch.zeros_like(a))
+        out = out + vis[:, None] * f
+        depth = f[-1]
+        distort = distort + 2 * (vis * depth * (1 - T) - vis * accum_wd)
+        accum_wd = accum_wd + vis * depth
+        median = torch.where(ok & (T > 0.5), depth.expand(P), median)
+        T = torch.where(ok, next_T, T)
+    return out, 1 - T, distort, median
+
+
+def ref_render_3dgs(scene, viewmats, Ks, sh_degree=None, backgrounds=None, eps2d=0.3):
+    """[C, H, W, 3 + 1] colours with expected depth and [C, H, W, 1] alphas."""
+    pix = pixel_centres()
+    images, alphas = [], []
+    for c in range(viewmats.shape[0]):
+        Rw, t, K = viewmats[c, :3, :3], viewmats[c, :3, 3], Ks[c]
+        opac = scene["opacities"]
+        z_all = (scene["means"] @ Rw.T + t)[:, 2]
+        sel = torch.nonzero((z_all >= 0.01) & (opac >= 1 / 255))[:, 0]  # in front, not too faint
+        mc = scene["means"][sel] @ Rw.T + t
+        RS = ref_rotmat(scene["quats"][sel]) * scene["scales"][sel][:, None, :]
+        cov_c = Rw @ RS @ RS.transpose(1, 2) @ Rw.T
+        x, y, z = mc.unbind(-1)
+        fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+        lim_x = ((W - cx) / fx + 0.15 * W / fx, cx / fx + 0.15 * W / fx)
+        lim_y = ((H - cy) / fy + 0.15 * H / fy, cy / fy + 0.15 * H / fy)
+        tx = z * torch.clamp(x / z, -lim_x[1], lim_x[0])
+        ty = z * torch.clamp(y / z, -lim_y[1], lim_y[0])
+        J = torch.zeros(len(z), 2, 3, dtype=DT)
+        J[:, 0, 0], J[:, 0, 2] = fx / z, -fx * tx / z**2
+        J[:, 1, 1], J[:, 1, 2] = fy / z, -fy * ty / z**2
+        cov2d = J @ cov_c @ J.transpose(1, 2) + eps2d * torch.eye(2, dtype=DT)
+        mean2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)
+        keep = torch.nonzero(torch.linalg.det(cov2d) > 0)[:, 0]
+        keep = keep[torch.argsort(z[keep])]
+        idx = sel[keep]  # into the scene
+        conic = torch.linalg.inv(cov2d[keep])
+        mean2d, z = mean2d[keep], z[keep]
+        d = mean2d[None] - pix[:, None]  # [P, K, 2]
+        sigma = 0.5 * torch.einsum("pki,kij,pkj->pk", d, conic, d)
+        alpha = torch.clamp_max(opac[idx][None] * torch.exp(-sigma), 0.999)
+        feats = torch.cat([ref_colors(scene, viewmats[c], sh_degree)[idx], z[:, None]], dim=-1)
+        out, acc, _, _ = composite_loop(alpha, feats, skip=sigma < 0)
+        if backgrounds is not None:
+            out = out + (1 - acc)[:, None] * torch.cat([backgrounds[c], torch.zeros(1, dtype=DT)])
+        out = torch.cat([out[:, :-1], out[:, -1:] / acc.clamp(min=1e-10)[:, None]], dim=-1)
+        images.append(out.reshape(H, W, -1))
+        alphas.append(acc.reshape(H, W, 1))
+    return torch.stack(images), torch.stack(alphas)
+
+
+def ref_surfels(scene, viewmat, K):
+    """Splat-to-pixel transforms H = K [s_u t_u, s_v t_v, mu] [N, 3, 3], centres, radii, normals."""
+    Rw, t = viewmat[:3, :3], viewmat[:3, 3]
+    mc = scene["means"] @ Rw.T + t
+    Rc = Rw @ ref_rotmat(scene["quats"])
+    s = scene["scales"]
+    Hm = K @ torch.stack([Rc[:, :, 0] * s[:, :1], Rc[:, :, 1] * s[:, 1:2], mc], dim=-1)
+    Q = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=DT))
+    rows = Hm  # row r of K[...] is Hm[:, r, :]
+    quad = lambda a, b: torch.einsum("ni,ij,nj->n", a, Q, b)  # noqa: E731
+    dist = quad(rows[:, 2], rows[:, 2])
+    mean2d = torch.stack([quad(rows[:, 0], rows[:, 2]), quad(rows[:, 1], rows[:, 2])], -1) / dist[:, None]
+    second = torch.stack([quad(rows[:, 0], rows[:, 0]), quad(rows[:, 1], rows[:, 1])], -1) / dist[:, None]
+    with torch.no_grad():
+        radius = torch.ceil(3.33 * (mean2d**2 - second).clamp_min(1e-4).sqrt())
+    normal = Rc[:, :, 2]
+    normal = torch.where(((-normal * mc).sum(-1) > 0)[:, None], normal, -normal)
+    return Hm, mean2d, radius, normal, mc[:, 2], dist != 0
+
+
+def ref_render_2dgs(scene, viewmats, Ks):
+    """Colours+ED, alphas, world normals, distortion, median and the 'gradient_2dgs' dummy per camera."""
+    pix = pixel_centres()
+    px, py = pix[:, 0:1], pix[:, 1:2]
+    out_all = {k: [] for k in ("colors", "alphas", "normals", "distort", "median", "radii")}
+    densifies = []
+    for c in range(viewmats.shape[0]):
+        Hm, mean2d, radius, normal, z, ok = ref_surfels(scene, viewmats[c], Ks[c])
+        with torch.no_grad():
+            lo = torch.floor((mean2d - radius) / TILE).clamp_min(0)
+            hi = torch.ceil((mean2d + radius) / TILE)
+            hi = torch.minimum(hi, torch.tensor([math.ceil(W / TILE), math.ceil(H / TILE)], dtype=DT))
+            inside = (mean2d + radius > 0).all(-1) & (mean2d[:, 0] - radius[:, 0] < W)
+            inside &= mean2d[:, 1] - radius[:, 1] < H
+            valid = ok & (z > 0.01) & inside
+        out_all["radii"].append(torch.where(valid[:, None], radius, torch.zeros_like(radius)).int())
+        densify = torch.zeros(len(z), 2, dtype=DT, requires_grad=True)
+        densifies.append(densify)
+        shift = torch.zeros(len(z), 3, 3, dtype=DT)
+        shift[:, 0, 2], shift[:, 1, 2] = densify[:, 0] * z.detach(), densify[:, 1] * z.detach()
+        Hm = Hm + shift
+        idx = torch.nonzero(valid)[:, 0]
+        idx = idx[torch.argsort(z[idx])]
+        M = Hm[idx]
+        hu = px[..., None] * M[None, :, 2, :] - M[None, :, 0, :]  # [P, K, 3]
+        hv = py[..., None] * M[None, :, 2, :] - M[None, :, 1, :]
+        cr = torch.cross(hu, hv, dim=-1)
+        degenerate = cr[..., 2] == 0
+        cz = torch.where(degenerate, torch.ones_like(cr[..., 2]), cr[..., 2])
+        g3 = (cr[..., 0] / cz) ** 2 + (cr[..., 1] / cz) ** 2
+        g2 = 2.0 * ((mean2d[idx][None] - pix[:, None]) ** 2).sum(-1)
+        sigma = 0.5 * torch.where(g3 <= g2, g3, g2)
+        alpha = torch.clamp_max(scene["opacities"][idx][None] * torch.exp(-sigma), 0.999)
+        # gsplat only evaluates a surfel in the 16x16 tiles its bounding box touches.
+        tile_xy = torch.floor(pix / TILE)
+        in_tiles = ((tile_xy[:, None] >= lo[idx][None]) & (tile_xy[:, None] < hi[idx][None])).all(-1)
+        feats = torch.cat([scene["colors"][idx], z[idx, None], normal[idx]], dim=-1)
+        feats = feats[:, [0, 1, 2, 4, 5, 6, 3]]  # keep depth last, as the kernel reads it there
+        out, acc, distort, median = composite_loop(alpha, feats, skip=degenerate | (sigma < 0) | ~in_tiles)
+        rgb, nrm, dep = out[:, :3], out[:, 3:6], out[:, 6:]
+        c2w_rot = torch.linalg.inv(viewmats[c])[:3, :3]
+        out_all["colors"].append(torch.cat([rgb, dep / acc.clamp(min=1e-10)[:, None]], -1).reshape(H, W, 4))
+        out_all["alphas"].append(acc.reshape(H, W, 1))
+        out_all["normals"].append((nrm @ c2w_rot.T).reshape(H, W, 3))
+        out_all["distort"].append(distort.reshape(H, W, 1))
+        out_all["median"].append(median.reshape(H, W, 1))
+    return {k: torch.stack(v) for k, v in out_all.items()}, densifies
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def weighted_loss(outputs: list[torch.Tensor], seed: int = 1) -> torch.Tensor:
+    """A random linear functional of all outputs, so every output's gradient path is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    return sum((torch.rand(o.shape, generator=g, dtype=o.dtype) * o).sum() for o in outputs)
+
+
+def grads_of(loss: torch.Tensor, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return dict(zip(tensors, torch.autograd.grad(loss, list(tensors.values()), allow_unused=True)))
+
+
+def assert_grads_close(got: dict, want: dict, rtol: float = 1e-4) -> None:
+    for name, w in want.items():
+        g = got[name]
+        scale = w.abs().max().clamp_min(1e-12)
+        err = (g - w).abs().max() / scale
+        assert err < rtol, f"grad {name}: max error {err:.2e} relative to max |grad|"
+        torch.testing.assert_close(g, w, rtol=rtol, atol=rtol * 1e-2 * scale)
+
+
+# ------------------------------------------------------------------------------------------------
+# 3DGS
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sh_degree,with_background", [(None, False), (1, True)], ids=["rgb", "sh1-background"]
+)
+def test_3dgs_matches_dense_reference(sh_degree, with_background):
+    scene = make_scene(300, seed=3 if sh_degree else 0, sh_degree=sh_degree)
+    viewmats, Ks = make_cameras()
+    bg = torch.tensor([[0.2, 0.5, 0.9], [1.0, 0.0, 0.3]], dtype=DT) if with_background else None
+    colors, alphas, info = rasterize_3dgs(
+        *scene.values(), viewmats, Ks, W, H, sh_degree=sh_degree, backgrounds=bg, render_mode="RGB+ED"
+    )
+    ref_colors_, ref_alphas = ref_render_3dgs(scene, viewmats, Ks, sh_degree=sh_degree, backgrounds=bg)
+
+    assert colors.shape == (2, H, W, 4) and alphas.shape == (2, H, W, 1)
+    assert info["radii"].shape == (2, 300, 2) and info["radii"].dtype == torch.int32
+    assert info["means2d"].shape == (2, 300, 2) and info["depths"].shape == (2, 300)
+    assert (info["radii"][:, :7] == 0).all(dim=-1)[:, :6].all()  # near-plane and faint ones culled
+    assert alphas.min() >= 0 and alphas.max() > 0.9
+    torch.testing.assert_close(colors, ref_colors_, rtol=0, atol=1e-5)
+    torch.testing.assert_close(alphas, ref_alphas, rtol=0, atol=1e-5)
+
+    # The expected depth is ill-conditioned where alpha ~ 0; weight the loss by alpha there as a
+    # training loss would, and compare gradients of everything else directly.
+    loss_out = [colors[..., :3], colors[..., 3:] * alphas.detach(), alphas]
+    ref_out = [ref_colors_[..., :3], ref_colors_[..., 3:] * ref_alphas.detach(), ref_alphas]
+    got = grads_of(weighted_loss(loss_out), scene)
+    want = grads_of(weighted_loss(ref_out), scene)
+    assert_grads_close(got, want)
+
+
+def test_3dgs_render_modes_and_float32():
+    scene = make_scene(120, seed=5)
+    viewmats, Ks = make_cameras()
+    rgb, _, _ = rasterize_3dgs(*scene.values(), viewmats, Ks, W, H, render_mode="RGB")
+    d, _, _ = rasterize_3dgs(*scene.values(), viewmats, Ks, W, H, render_mode="D")
+    ed, a, _ = rasterize_3dgs(*scene.values(), viewmats, Ks, W, H, render_mode="ED")
+    rgbd, _, _ = rasterize_3dgs(*scene.values(), viewmats, Ks, W, H, render_mode="RGB+D")
+    assert rgb.shape[-1] == 3 and d.shape[-1] == 1 and rgbd.shape[-1] == 4
+    torch.testing.assert_close(rgbd, torch.cat([rgb, d], -1))
+    torch.testing.assert_close(ed, d / a.clamp(min=1e-10))
+
+    scene32 = {k: v.detach().float().requires_grad_() for k, v in scene.items()}
+    c32, a32, info32 = rasterize_3dgs(*scene32.values(), viewmats.float(), Ks.float(), W, H, render_mode="RGB")
+    assert c32.dtype == torch.float32 and info32["means2d"].dtype == torch.float32
+    # float32 vs float64: rounding, plus the odd pixel whose T <= 1e-4 cut-off falls one surfel apart
+    # (worth at most ~1e-3 of a colour); hence the looser bound.
+    torch.testing.assert_close(c32.double(), rgb, rtol=0, atol=2e-3)
+    assert (c32.double() - rgb).abs().mean() < 1e-5
+    c32.sum().backward()
+    assert all(torch.isfinite(v.grad).all() for v in scene32.values())
+
+    out64 = rasterize_2dgs(*scene.values(), viewmats, Ks, W, H)
+    out32 = rasterize_2dgs(*scene32.values(), viewmats.float(), Ks.float(), W, H)
+    for a, b in zip(out32[:6], out64[:6]):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=2e-3)
+        assert (a.double() - b).abs().mean() < 1e-4
+
+
+@pytest.mark.parametrize("render", [rasterize_3dgs, rasterize_2dgs])
+def test_nothing_visible_still_differentiable(render):
+    scene = make_scene(20, seed=2)
+    with torch.no_grad():
+        scene["means"][:, 2] -= 10.0  # everything behind the cameras
+    viewmats, Ks = make_cameras()
+    out = render(*scene.values(), viewmats, Ks, W, H)
+    assert (out[0] == 0).all() and (out[1] == 0).all()
+    assert (out[-1]["radii"] == 0).all()
+    out[0].sum().backward()
+    assert (scene["means"].grad == 0).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# 2DGS
+# ------------------------------------------------------------------------------------------------
+
+
+def test_2dgs_matches_dense_reference():
+    scene = make_scene(300, seed=1, size=2.5)  # surfels are flat: larger, so they cover the image
+    viewmats, Ks = make_cameras()
+    colors, alphas, normals, surf_normals, distort, median, info = rasterize_2dgs(
+        *scene.values(), viewmats, Ks, W, H, render_mode="RGB+ED"
+    )
+    ref, ref_densify = ref_render_2dgs(scene, viewmats, Ks)
+
+    assert colors.shape == (2, H, W, 4) and normals.shape == (2, H, W, 3)
+    assert surf_normals.shape == (2, H, W, 3) and distort.shape == median.shape == (2, H, W, 1)
+    assert torch.equal(info["radii"], ref["radii"])
+    for name, got in [("colors", colors), ("alphas", alphas), ("normals", normals), ("distort", distort)]:
+        torch.testing.assert_close(got, ref[name], rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    # Median depth is defined where accumulated opacity reaches 0.5; elsewhere it is the last surfel's.
+    torch.testing.assert_close(median, ref["median"], rtol=0, atol=1e-5)
+    assert (alphas > 0.5).float().mean() > 0.2
+
+    densify = info["gradient_2dgs"]
+    tensors = {**scene, "densify": densify}
+    got = grads_of(weighted_loss([colors[..., :3], alphas, normals, distort, median]), tensors)
+    ref_tensors = {**scene, "densify": ref_densify}
+    want_all = torch.autograd.grad(
+        weighted_loss([ref["colors"][..., :3], ref["alphas"], ref["normals"], ref["distort"], ref["median"]]),
+        list(ref_tensors.values())[:-1] + ref_densify,
+    )
+    want = dict(zip(scene, want_all[: len(scene)]))
+    want["densify"] = torch.stack(want_all[len(scene):])
+    assert_grads_close(got, want)
+
+
+# ------------------------------------------------------------------------------------------------
+# gsplat's DefaultStrategy on the CPU info dict
+# ------------------------------------------------------------------------------------------------
+
+
+def _params_and_optimizers(n: int = 200):
+    scene = make_scene(n, seed=7)
+    params = torch.nn.ParameterDict(
+        {
+            "means": torch.nn.Parameter(scene["means"].detach().float()),
+            "scales": torch.nn.Parameter(scene["scales"].detach().float().log()),
+            "quats": torch.nn.Parameter(scene["quats"].detach().float()),
+            "opacities": torch.nn.Parameter(torch.logit(scene["opacities"].detach().float().clamp(0.05, 0.95))),
+            "colors": torch.nn.Parameter(scene["colors"].detach().float()),
+        }
+    )
+    optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in params.items()}
+    return params, optimizers
+
+
+@pytest.mark.parametrize("kind", ["3dgs", "2dgs"])
+def test_default_strategy_densifies(kind, capsys):
+    from gsplat.strategy import DefaultStrategy
+
+    params, optimizers = _params_and_optimizers()
+    viewmats, Ks = (x.float() for x in make_cameras())
+    key = "means2d" if kind == "3dgs" else "gradient_2dgs"
+    # Tiny thresholds so that both duplication (small scales) and splitting (large scales) trigger.
+    strategy = DefaultStrategy(
+        refine_start_iter=0, refine_every=2, grow_grad2d=1e-7, grow_scale3d=0.05,
+        key_for_gradient=key, verbose=True,
+    )
+    strategy.check_sanity(params, optimizers)
+    state = strategy.initialize_state(scene_scale=1.0)
+    target = torch.rand(2, H, W, 3, generator=torch.Generator().manual_seed(0))
+    n_start = len(params["means"])
+    render = rasterize_3dgs if kind == "3dgs" else rasterize_2dgs
+    for step in range(3):
+        out = render(
+            params["means"], params["quats"], params["scales"].exp(), torch.sigmoid(params["opacities"]),
+            params["colors"], viewmats, Ks, W, H, render_mode="RGB",
+        )
+        colors, info = out[0], out[-1]
+        strategy.step_pre_backward(params, optimizers, state, step, info)
+        loss = (colors - target).abs().mean()
+        loss.backward()
+        assert info[key].grad is not None and info[key].grad.abs().sum() > 0
+        strategy.step_post_backward(params, optimizers, state, step, info)
+        for opt in optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    log = capsys.readouterr().out
+    grown = re.search(r"Step 2: (\d+) GSs duplicated, (\d+) GSs split", log)
+    assert grown is not None, log
+    n_dupli, n_split = int(grown[1]), int(grown[2])
+    assert n_dupli > 0 and n_split > 0, log
+    assert len(params["means"]) > n_start
+    assert all(len(p) == len(params["means"]) for p in params.values())
+    assert all(len(state[k]) == len(params["means"]) for k in ("grad2d", "count"))
