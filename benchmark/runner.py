@@ -151,11 +151,12 @@ def score_views(split: Split, renders: list[np.ndarray], suite: SuiteSpec, devic
 
 
 def scene_means(per_image: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean of each score over the test views that have it (region scores can be missing or NaN)."""
+    """Mean of each score over the test views that have it (a region score is missing or NaN where a view
+    has no pixels of that region; a perfect frame's infinite PSNR is kept, as the paper's mean would)."""
     names = sorted({k for row in per_image for k in row if k not in ("name", "frame_index")})
     means = {}
     for name in names:
-        values = [row[name] for row in per_image if name in row and np.isfinite(row[name])]
+        values = [row[name] for row in per_image if name in row and not np.isnan(row[name])]
         if values:
             means[name] = float(np.mean(values))
     return means

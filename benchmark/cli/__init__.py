@@ -8,6 +8,7 @@ from gfbench import __version__
 from gfbench.cli.build_real import colmap_command, dl3dv_command, mipnerf360_command, nerfstudio_command, tnt_command
 from gfbench.cli.catalog import ls, validate
 from gfbench.cli.data import build_data, show
+from gfbench.cli.evaluate import evaluate
 from gfbench.cli.leaderboard import leaderboard
 from gfbench.cli.protocol import protocol_group, splits_group
 from gfbench.cli.run import run
@@ -26,7 +27,7 @@ def main() -> None:
     """
 
 
-for command in (ls, validate, build_data, show, run, leaderboard, protocol_group, splits_group):
+for command in (ls, validate, build_data, show, run, leaderboard, evaluate, protocol_group, splits_group):
     main.add_command(command)
 for command in (colmap_command, nerfstudio_command, dl3dv_command, tnt_command, mipnerf360_command):
     build_data.add_command(command)
