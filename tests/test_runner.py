@@ -134,3 +134,15 @@ def test_cli_run_and_bad_input(world):
     assert bad.exit_code != 0 and "unknown method 'nope'" in bad.output
     crash = cli.invoke(main, ["run", "--suite", "test-masked", "--method", "crashes", *args[5:]])
     assert crash.exit_code == 1 and "2 failed" in crash.output
+
+
+def test_missing_lpips_weights_stop_the_run_before_training(world, tmp_path, monkeypatch):
+    from gfbench.metrics import LpipsWeightsMissing
+
+    monkeypatch.setenv("GFBENCH_LPIPS_WEIGHTS", str(tmp_path / "no-weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-home"))
+    suite = specs.SuiteSpec(**{**world["suite"].__dict__, "metrics": ("psnr", "lpips_vgg_3dgs")})
+    with pytest.raises(LpipsWeightsMissing, match="vgg16-397923af.pth"):
+        run_suite(plan_jobs(suite, ["mean-color"], None, None, None, {}), world["results"], world["data"],
+                  show_progress=False)
+    assert CALLS == []
