@@ -296,7 +296,8 @@ def read_scene(root: Path, dataset: str, scene_id: str) -> Scene:
         raise ShardError(f"{shard}: the scene sample {SCENE_SAMPLE!r} is missing or incomplete")
     try:
         info = json.loads(scene_sample["scene.json"])
-        frames = [_decode_frame(sample) for sample in samples.values()]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # image decoding releases the GIL
+            frames = list(pool.map(_decode_frame, samples.values()))
         points = _decode_points(scene_sample["points.npz"])
     except (KeyError, ValueError, OSError) as exc:
         raise ShardError(f"{shard}: malformed sample: {exc}") from exc
