@@ -115,7 +115,9 @@ def git_commit() -> str | None:
                              text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
 
 def peak_memory_mb(device: str) -> float:

@@ -17,9 +17,6 @@ import numpy as np
 from gfbench.camera import Camera, intrinsics, look_at
 from gfbench.scene import Frame, PointCloud, Scene
 
-VISIBILITY_TOLERANCE = 0.01  # relative depth difference under which a surface point counts as seen
-
-
 # ---------------------------------------------------------------- textures
 
 
@@ -259,9 +256,9 @@ def surface_points(surfaces: list[Surface], count: int, rng: np.random.Generator
     return np.concatenate(xyz), (np.concatenate(rgb) * 255.0 + 0.5).astype(np.uint8)
 
 
-def observations(xyz: np.ndarray, frames: list[Frame]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(point, frame, uv) for every point that a frame sees: inside the image and in front of whatever
-    that frame's depth map shows at the pixel."""
+def observations(xyz: np.ndarray, frames: list[Frame], depth_rtol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(point, frame, uv) for every point that a frame sees: inside the image and within ``depth_rtol``
+    (relative) of the depth that frame's depth map shows at the pixel."""
     obs_point, obs_frame, obs_uv = [], [], []
     for index, frame in enumerate(frames):
         uv, z = frame.camera.project(xyz)
@@ -269,7 +266,7 @@ def observations(xyz: np.ndarray, frames: list[Frame]) -> tuple[np.ndarray, np.n
         inside = (z > 0) & (px >= 0) & (py >= 0) & (px < frame.camera.width) & (py < frame.camera.height)
         ids = np.flatnonzero(inside)
         surface_z = frame.depth[py[ids], px[ids]]
-        seen = ids[np.abs(surface_z - z[ids]) <= VISIBILITY_TOLERANCE * z[ids]]
+        seen = ids[np.abs(surface_z - z[ids]) <= depth_rtol * z[ids]]
         obs_point.append(seen)
         obs_frame.append(np.full(len(seen), index))
         obs_uv.append(uv[seen])
@@ -297,7 +294,7 @@ def build_scene(scene_id: str, options: dict[str, Any], width: int, height: int,
         if progress:
             progress()
     xyz, rgb = surface_points(surfaces, options["points_per_scene"], rng, lighting)
-    obs_point, obs_frame, obs_uv = observations(xyz, frames)
+    obs_point, obs_frame, obs_uv = observations(xyz, frames, options["observation_depth_rtol"])
     centers = np.stack([f.camera.center for f in frames])
     meta = {
         "provenance": {"generator": "gfbench.synthetic", "seed": options["seed"], "scene_seed": seed},

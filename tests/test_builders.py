@@ -176,8 +176,8 @@ def pinhole_projection(camera, xyz: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("fmt, per_image", [("binary", False), ("text", True)])
 def test_colmap_build_matches_pycolmap(tmp_path, fmt, per_image):
-    rec = colmap_capture(tmp_path / "cap", model="PINHOLE", params=[30.0, 31.0, 20.3, 14.8], fmt=fmt,
-                         per_image_cameras=per_image)
+    colmap_capture(tmp_path / "cap", model="PINHOLE", params=[30.0, 31.0, 20.3, 14.8], fmt=fmt,
+                   per_image_cameras=per_image)
     build_colmap(tmp_path / "cap", out=tmp_path / "out", scene_id="cap")
     scene = read_scene(tmp_path / "out", "custom", "cap")
     reference = pycolmap.Reconstruction(str(tmp_path / "cap" / "sparse" / "0"))

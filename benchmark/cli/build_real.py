@@ -96,21 +96,21 @@ def dl3dv_command(source: Path | None, from_hub: bool, token: str | None, scenes
     _build_known("dl3dv", source, scenes, out)
 
 
-@click.command("tnt")
-@click.option("--source", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help=_SOURCE_HELP)
-@_SCENES
-@_OUT
-def tnt_command(source: Path, scenes: tuple[str, ...], out: Path | None) -> None:
-    """Tanks and Temples scenes (3DGS tandt layout: <scene>/images and sparse/0)."""
-    _build_known("tnt", source, scenes, out)
+def _known_layout_command(dataset_id: str, help_text: str) -> click.Command:
+    """``gfbench build-data <dataset_id> --source PATH``: a known benchmark layout read from a local copy."""
+
+    @click.command(dataset_id, help=help_text)
+    @click.option("--source", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+                  help=_SOURCE_HELP)
+    @_SCENES
+    @_OUT
+    def command(source: Path, scenes: tuple[str, ...], out: Path | None) -> None:
+        _build_known(dataset_id, source, scenes, out)
+
+    return command
 
 
-@click.command("mipnerf360")
-@click.option("--source", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help=_SOURCE_HELP)
-@_SCENES
-@_OUT
-def mipnerf360_command(source: Path, scenes: tuple[str, ...], out: Path | None) -> None:
-    """Mip-NeRF 360 scenes (<scene>/images_4 and sparse/0; the image folder comes from the spec)."""
-    _build_known("mipnerf360", source, scenes, out)
+tnt_command = _known_layout_command(
+    "tnt", "Tanks and Temples scenes (3DGS tandt layout: <scene>/images and sparse/0).")
+mipnerf360_command = _known_layout_command(
+    "mipnerf360", "Mip-NeRF 360 scenes (<scene>/images_4 and sparse/0; the image folder comes from the spec).")

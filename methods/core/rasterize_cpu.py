@@ -428,13 +428,22 @@ def rasterize_3dgs_cpu(
     render = finish_render(render, alphas, backgrounds, render_mode)
     info = {
         "batch_ids": None,
+        "conics": proj.conics,
+        "n_batches": 1,
+        **tile_info(proj, opac, bins, width, height),
+    }
+    return render, alphas, info
+
+
+def tile_info(proj, opacities: Tensor, bins, width: int, height: int) -> dict:
+    """The ``info`` keys gsplat returns for both Gaussian kinds (what its strategies read)."""
+    return {
         "camera_ids": None,
         "gaussian_ids": None,
         "radii": proj.radii,
         "means2d": proj.means2d,
         "depths": proj.depths,
-        "conics": proj.conics,
-        "opacities": opac,
+        "opacities": opacities,
         "tile_width": bins.tile_width,
         "tile_height": bins.tile_height,
         "tiles_per_gauss": bins.tiles_per_gauss,
@@ -444,7 +453,5 @@ def rasterize_3dgs_cpu(
         "width": width,
         "height": height,
         "tile_size": TILE_SIZE,
-        "n_batches": 1,
-        "n_cameras": C,
+        "n_cameras": opacities.shape[0],
     }
-    return render, alphas, info

@@ -37,6 +37,7 @@ from .rasterize_cpu import (
     finish_render,
     flat_with_padding,
     tile_batches,
+    tile_info,
     tile_pixel_offsets,
     tiles_to_image,
     transmittance,
@@ -278,24 +279,9 @@ def rasterize_2dgs_cpu(
     render_normals = torch.einsum("cij,chwj->chwi", camtoworlds[:, :3, :3], normals_cam)
 
     info = {
-        "camera_ids": None,
-        "gaussian_ids": None,
-        "radii": proj.radii,
-        "means2d": proj.means2d,
-        "depths": proj.depths,
+        **tile_info(proj, opac, bins, width, height),
         "ray_transforms": proj.ray_transforms,
-        "opacities": opac,
         "normals": proj.normals,
-        "tile_width": bins.tile_width,
-        "tile_height": bins.tile_height,
-        "tiles_per_gauss": bins.tiles_per_gauss,
-        "isect_ids": bins.isect_ids,
-        "flatten_ids": bins.flatten_ids.int(),
-        "isect_offsets": bins.isect_offsets(),
-        "width": width,
-        "height": height,
-        "tile_size": TILE_SIZE,
-        "n_cameras": C,
         "render_distort": distort,
         "gradient_2dgs": densify,
     }
