@@ -5,7 +5,7 @@ files, the TnT notice, and the README's "Benchmark your own capture" run end to 
 from __future__ import annotations
 
 import json
-import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -200,6 +200,10 @@ def test_a_split_file_suite_on_a_shard_without_the_file_stops_before_training(tm
     with pytest.raises(SceneInputMissing, match=r"scene mine/cap was built without train_test_split_3.json, which "
                                                 r"suite my-sparse reads its 3 train views from.*--splits DIR"):
         check_scene_inputs([(suite, "cap")], out)
+    result = invoke("run", "--suite", str(path), "--data", str(out), "--method", "3dgs", "--results",
+                    str(tmp_path / "results"))
+    assert result.exit_code == 1 and "built without train_test_split_3.json" in result.output
+    assert not (tmp_path / "results").exists()  # stopped before any job
     assert invoke("build-data", "colmap", str(tmp_path / "cap"), "--dataset", "mipnerf360", "--scene", "garden",
                   "--out", str(out)).exit_code == 0
     with pytest.raises(SceneInputMissing, match=r"mipnerf360/garden was built without train_test_split_6.json.*"
@@ -227,6 +231,13 @@ def test_a_dl3dv_suite_refuses_scenes_undistorted_another_way(tmp_path):
 # ---------------------------------------------------------------- the README's four commands
 
 
+def readme_commands() -> list[list[str]]:
+    """The commands of the README's "Benchmark your own capture" block, without ``gfbench`` and comments."""
+    text = (REPO / "README.md").read_text().split("## Benchmark your own capture", 1)[1]
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line.split("#", 1)[0])[1:] for line in block.splitlines() if line.strip()]
+
+
 def package_state() -> dict[str, tuple[int, int]]:
     """Every file of the package and its specs (size, mtime): what a user's run must leave untouched."""
     roots = [REPO / "benchmark", REPO / "methods", REPO / "datasets", REPO / "leaderboards"]
@@ -243,12 +254,11 @@ def test_benchmark_your_own_capture_in_four_commands(tmp_path, monkeypatch):
     colmap_capture(tmp_path / "garden", frames=10)
     (tmp_path / "garden" / "train_test_split_3.json").write_text(json.dumps({"train_ids": [1, 4, 9],
                                                                              "test_ids": [0, 8]}))
-    commands = [
-        ["build-data", "colmap", "garden", "--dataset", "mine"],
-        ["suite", "new", "specs/my-masked.yaml", "--from", "synthetic-masked", "--dataset", "mine"],
-        ["run", "--suite", "specs/my-masked.yaml", "--method", "3dgs", "--set", "steps=30"],
-        ["leaderboard", "--suite", "specs/my-masked.yaml", "--out", "boards"],
-    ]
+    commands = readme_commands()
+    assert [c[:2] for c in commands] == [["build-data", "colmap"], ["suite", "new"], ["run", "--suite"],
+                                         ["leaderboard", "--suite"]]
+    commands[2] += ["--set", "steps=30"]  # a short run: the test is about the plumbing
+    commands[3] += ["--out", "boards"]
     for command in commands:
         result = invoke(*command)
         assert result.exit_code == 0, (command, result.output)
