@@ -27,7 +27,7 @@ from gfbench.paths import spec_dirs, specs_root
 SUITES_DIR = "suites"
 SPLITS_DIR = "splits"
 SUITE_FILE_SUFFIXES = (".yaml", ".yml")
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader where PyYAML has it (~10x faster)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader where PyYAML was built with it
 KNOWN_LAYOUTS = ("synthetic", "colmap", "nerfstudio")
 
 
