@@ -281,6 +281,8 @@ def render_markdown(board: Leaderboard, comparison: pd.DataFrame | None = None) 
     extra_metrics = [m for m in board.metrics if m not in spec.metrics]
     directions = ", ".join(f"{m} {ARROWS[higher_is_better(m)]}" for m in spec.metrics)
     lines = [f"# Leaderboard: {spec.id} (v{spec.version})", ""]
+    if spec.notice:
+        lines += [f"> **Note:** {spec.notice}", ""]
     if spec.description:
         lines += [spec.description.strip(), ""]
     lines += [
@@ -341,6 +343,8 @@ def format_delta(metric: str, delta: float) -> str:
 
 def comparison_markdown(comparison: pd.DataFrame, spec: SuiteSpec) -> list[str]:
     lines = ["## Compared with the paper", ""]
+    if spec.notice:
+        lines += [f"> **Warning:** {spec.notice}", ""]
     if comparison.empty:
         return lines + [f"The paper has no numbers for suite `{spec.id}` and these methods.", ""]
     metrics = [m for m in spec.metrics if m in set(comparison["metric"])]

@@ -18,8 +18,16 @@ With a coverage mask (bool HxW: pixels some train view observed) PSNR and SSIM a
 covered and the uncovered pixels alone (``psnr_covered``, ``ssim_uncovered``, ...): the MSE or the mean of the
 SSIM map over those pixels, NaN when the region is empty.
 
-LPIPS backbones (torchvision's ImageNet VGG16 / AlexNet files) are never downloaded: they are read from a folder
-the caller names, ``$GFBENCH_LPIPS_WEIGHTS``, or torch's hub cache, and a missing file fails at once.
+With a validity mask (bool HxW: pixels that have a source; an undistorted frame's corners may have none) the
+pixels outside it are never scored: the render takes the ground truth's values there (so no window or
+receptive field sees a difference), PSNR and SSIM average over the valid pixels only (coverage regions are
+cut to them too), and LPIPS averages its spatial map (``lpips``' ``spatial=True``) over them.
+
+LPIPS backbones (torchvision's ImageNet VGG16 / AlexNet files) are read from a folder the caller names,
+``$GFBENCH_LPIPS_WEIGHTS``, or torch's hub cache. A file in none of them is downloaded into torch's hub cache
+from torchvision's address, as torchvision itself does (short timeout, sha256 prefix checked), unless
+``$GFBENCH_NO_DOWNLOAD`` is set; when that fails the error says where to put the file by hand.
+``gfbench weights fetch`` does the download up front.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import functools
 import hashlib
 import math
 import os
+import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +96,15 @@ LPIPS_WEIGHTS_ENV = "GFBENCH_LPIPS_WEIGHTS"
 
 LPIPS_BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
 """torchvision's file names; the part after the dash is the start of the file's published sha256."""
+
+NO_DOWNLOAD_ENV = "GFBENCH_NO_DOWNLOAD"
+"""Set (to anything but 0/false/no/off) to never download backbone files."""
+
+LPIPS_DOWNLOAD_URL = "https://download.pytorch.org/models/{name}"
+"""Where torchvision downloads its ImageNet weights from."""
+
+LPIPS_DOWNLOAD_TIMEOUT_S = 10.0
+"""Seconds a download may wait on the network (per connection attempt and per read)."""
 
 LPIPS_CPU_CHUNK = 2
 """Images per LPIPS forward pass on CPU (VGG activations at 960x540 are ~0.5 GB an image)."""
@@ -298,22 +316,66 @@ def _check_net(net: str) -> None:
         raise ValueError(f"unknown LPIPS network {net!r}; known: {', '.join(LPIPS_BACKBONE_FILES)}")
 
 
-def find_lpips_backbone(net: str, weights_dir: str | os.PathLike | None = None) -> Path:
-    """Path of torchvision's ImageNet backbone file for ``net`` ("vgg" or "alex"); raises
-    :class:`LpipsWeightsMissing` naming the file, the folders searched and how to provide it."""
+def downloads_allowed() -> bool:
+    return os.environ.get(NO_DOWNLOAD_ENV, "").strip().lower() in ("", "0", "false", "no", "off")
+
+
+def _download(url: str, path: Path, hash_prefix: str, timeout: float) -> None:
+    """torch.hub's download (temporary file, sha256 prefix check, then a rename) with a network timeout,
+    which ``download_url_to_file`` lacks on its own."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=hash_prefix, progress=True)
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _found_backbone(net: str, weights_dir: str | os.PathLike | None) -> Path | None:
     _check_net(net)
     name = LPIPS_BACKBONE_FILES[net]
-    dirs = lpips_search_dirs(weights_dir)
-    for folder in dirs:
-        if (folder / name).is_file():
-            return folder / name
+    return next((folder / name for folder in lpips_search_dirs(weights_dir) if (folder / name).is_file()), None)
+
+
+def _missing(net: str, weights_dir: str | os.PathLike | None, why: str) -> LpipsWeightsMissing:
+    name = LPIPS_BACKBONE_FILES[net]
     arch = "vgg16" if net == "vgg" else "alexnet"
-    raise LpipsWeightsMissing(
-        f"LPIPS-{net} needs torchvision's ImageNet {arch} weights {name!r}, not found in: "
-        f"{', '.join(str(d) for d in dirs)}. gfbench never downloads them: copy {name} (from "
-        f"https://download.pytorch.org/models/{name}, or an existing torch hub cache) into one of those "
-        f"folders, or name its folder with --lpips-weights DIR or ${LPIPS_WEIGHTS_ENV}."
+    dirs = ", ".join(str(d) for d in lpips_search_dirs(weights_dir))
+    return LpipsWeightsMissing(
+        f"LPIPS-{net} needs torchvision's ImageNet {arch} weights {name!r}, not found in: {dirs}; {why}. Run "
+        f"`gfbench weights fetch` where the network is reachable, or copy {name} (from "
+        f"{LPIPS_DOWNLOAD_URL.format(name=name)}, or an existing torch hub cache) into one of those folders, or "
+        f"name its folder with --lpips-weights DIR or ${LPIPS_WEIGHTS_ENV}."
     )
+
+
+def fetch_lpips_backbone(net: str, weights_dir: str | os.PathLike | None = None,
+                         timeout: float = LPIPS_DOWNLOAD_TIMEOUT_S) -> Path:
+    """The backbone file of ``net``: found where :func:`lpips_search_dirs` look, else downloaded into torch's
+    hub cache (``$TORCH_HOME/hub/checkpoints``) from torchvision's address with its sha256 prefix checked.
+    Raises :class:`LpipsWeightsMissing` when downloads are off or fail, saying why and what to do."""
+    found = _found_backbone(net, weights_dir)
+    if found is not None:
+        return found
+    if not downloads_allowed():
+        raise _missing(net, weights_dir, f"downloads are off (${NO_DOWNLOAD_ENV} is set)")
+    name = LPIPS_BACKBONE_FILES[net]
+    url = LPIPS_DOWNLOAD_URL.format(name=name)
+    target = Path(torch.hub.get_dir()) / "checkpoints" / name
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _download(url, target, name.rsplit("-", 1)[1].split(".")[0], timeout)
+    except Exception as exc:  # noqa: BLE001 - DNS, connection, timeout, HTTP, disk and hash errors alike
+        raise _missing(net, weights_dir, f"downloading {url} failed ({type(exc).__name__}: {exc})") from exc
+    if not target.is_file():
+        raise _missing(net, weights_dir, f"downloading {url} left no file at {target}")
+    return target
+
+
+def find_lpips_backbone(net: str, weights_dir: str | os.PathLike | None = None) -> Path:
+    """Path of torchvision's ImageNet backbone file for ``net`` ("vgg" or "alex"), downloaded first when it is
+    in none of the folders searched (see :func:`fetch_lpips_backbone`)."""
+    return fetch_lpips_backbone(net, weights_dir)
 
 
 def lpips_linear_path(net: str) -> Path:
@@ -406,6 +468,21 @@ def load_lpips(net: str, device: str | torch.device = "cpu",
     published ones."""
     backbone = find_lpips_backbone(net, weights_dir)
     return _load_lpips_cached(net, str(torch.device(device)), str(backbone.resolve()))
+
+
+def lpips_valid_mean(metric: str, render: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
+                     weights_dir: str | os.PathLike | None = None) -> torch.Tensor:
+    """An LPIPS ``metric`` as the mean of its spatial map over the ``(B, H, W)`` ``valid`` pixels, ``(B,)``."""
+    net, map_to_signed = LPIPS_NETS[metric], metric != "lpips_vgg_3dgs"
+    model = load_lpips(net, render.device, weights_dir)
+    model.spatial = True
+    try:
+        with torch.inference_mode():
+            maps = torch.cat([model(r.float(), g.float(), normalize=map_to_signed)[:, 0]
+                              for r, g in zip(render.split(1), gt.split(1))])
+    finally:
+        model.spatial = False
+    return masked_mean(maps, valid)
 
 
 def _lpips(net: str, map_to_signed: bool, render: torch.Tensor, gt: torch.Tensor,
@@ -516,29 +593,57 @@ def _coverage_tensor(coverages: Sequence[np.ndarray], shape: tuple[int, int], de
 
 
 def _score_metric(metric: str, render: torch.Tensor, gt: torch.Tensor, coverage: torch.Tensor | None,
-                  masked: torch.Tensor, lpips_weights: str | os.PathLike | None) -> dict[str, torch.Tensor]:
+                  masked: torch.Tensor, lpips_weights: str | os.PathLike | None,
+                  valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """``{metric: (B,)}``, plus ``{metric}_covered`` / ``_uncovered`` for the images ``masked`` indexes (their
-    masks: ``coverage``) when ``metric`` is region-aware: the per-pixel map is computed once for all three."""
+    masks: ``coverage``) when ``metric`` is region-aware: the per-pixel map is computed once for all three.
+    ``valid`` (``(B, H, W)``, given when some image has pixels without a source) limits every score to it."""
+    holes = None if valid is None else ~valid.flatten(1).all(1)
     if metric in LPIPS_NETS:
-        return {metric: METRICS[metric].fn(render, gt, weights_dir=lpips_weights)}
+        scores = METRICS[metric].fn(render, gt, weights_dir=lpips_weights)
+        if holes is not None:
+            scores[holes] = lpips_valid_mean(metric, render[holes], gt[holes], valid[holes], lpips_weights)
+        return {metric: scores}
     if metric not in REGION_METRICS:
         return {metric: METRICS[metric].fn(render, gt)}
     spec = REGION_METRICS[metric]
     values = spec.per_pixel(render, gt)
-    scores = {metric: spec.score(values)}
+    scores = {metric: spec.score(values) if valid is None else spec.score(values, valid)}
     if coverage is not None:
-        for region, mask in zip(REGIONS, (coverage, ~coverage)):
+        inside = torch.ones_like(coverage) if valid is None else valid[masked]
+        for region, mask in zip(REGIONS, (coverage & inside, ~coverage & inside)):
             scores[f"{metric}_{region}"] = spec.score(values[masked], mask)
     return scores
+
+
+def _valid_tensor(valids, render_u8: np.ndarray, gt_u8: np.ndarray, device: str) -> torch.Tensor | None:
+    """``(B, H, W)`` validity of every image (None when every pixel of every image is valid); the render's
+    invalid pixels take the ground truth's values (in place) so that no difference is seen there."""
+    if valids is None or all(v is None for v in valids):
+        return None
+    if len(valids) != len(render_u8):
+        raise ValueError(f"{len(valids)} validity masks for {len(render_u8)} images (use None for frames without)")
+    shape = render_u8.shape[1:3]
+    masks = np.ones(render_u8.shape[:3], bool)
+    for i, mask in enumerate(valids):
+        if mask is None:
+            continue
+        if np.shape(mask) != shape:
+            raise ValueError(f"valid[{i}]: shape {np.shape(mask)}, expected {shape} (HxW of the images)")
+        masks[i] = np.asarray(mask, bool)
+        render_u8[i][~masks[i]] = gt_u8[i][~masks[i]]
+    return None if masks.all() else torch.from_numpy(masks).to(device)
 
 
 def score_batch(renders: Sequence[np.ndarray] | np.ndarray, gts: Sequence[np.ndarray] | np.ndarray,
                 metrics: Sequence[str], coverages: Sequence[np.ndarray | None] | np.ndarray | None = None,
                 quantize: str = "truncate", device: str = "cpu",
-                lpips_weights: str | os.PathLike | None = None) -> list[dict[str, float]]:
+                lpips_weights: str | os.PathLike | None = None,
+                valids: Sequence[np.ndarray | None] | None = None) -> list[dict[str, float]]:
     """Score equally sized HxWx3 renders (float in [0, 1] or uint8) against ground truth (uint8 or float), one
     dict per image. Both are quantized with ``quantize`` first. A coverage mask (bool HxW) given for an image
-    adds ``<metric>_covered`` / ``<metric>_uncovered`` scores for PSNR and SSIM metrics."""
+    adds ``<metric>_covered`` / ``<metric>_uncovered`` scores for PSNR and SSIM metrics. A validity mask (bool
+    HxW) given for an image leaves its False pixels unscored (see the module docstring)."""
     metrics = check_metrics(metrics)
     if len(renders) != len(gts):
         raise ValueError(f"{len(renders)} renders but {len(gts)} ground-truth images")
@@ -551,13 +656,14 @@ def score_batch(renders: Sequence[np.ndarray] | np.ndarray, gts: Sequence[np.nda
     if coverages is not None and len(coverages) != len(renders):
         raise ValueError(f"{len(coverages)} coverage masks for {len(renders)} images (use None for frames without)")
     masked = [i for i, m in enumerate(coverages if coverages is not None else []) if m is not None]
+    valid = _valid_tensor(valids, render_u8, gt_u8, device)
     with torch.inference_mode():
         render, gt = to_tensor(render_u8, device), to_tensor(gt_u8, device)
         coverage = _coverage_tensor([coverages[i] for i in masked], render_u8.shape[1:3], device) if masked else None
         masked_index = torch.tensor(masked, dtype=torch.long, device=render.device)
         scores = {}
         for metric in metrics:
-            scores.update(_score_metric(metric, render, gt, coverage, masked_index, lpips_weights))
+            scores.update(_score_metric(metric, render, gt, coverage, masked_index, lpips_weights, valid))
     results = [{} for _ in range(len(render_u8))]
     for name, values in scores.items():
         rows = range(len(results)) if name in metrics else masked
@@ -568,7 +674,8 @@ def score_batch(renders: Sequence[np.ndarray] | np.ndarray, gts: Sequence[np.nda
 
 def score_image(render: np.ndarray, gt: np.ndarray, metrics: Sequence[str], coverage: np.ndarray | None = None,
                 quantize: str = "truncate", device: str = "cpu",
-                lpips_weights: str | os.PathLike | None = None) -> dict[str, float]:
+                lpips_weights: str | os.PathLike | None = None, valid: np.ndarray | None = None) -> dict[str, float]:
     """Score one HxWx3 render against its ground truth; see :func:`score_batch`."""
     coverages = None if coverage is None else [coverage]
-    return score_batch([render], [gt], metrics, coverages, quantize, device, lpips_weights)[0]
+    return score_batch([render], [gt], metrics, coverages, quantize, device, lpips_weights,
+                       None if valid is None else [valid])[0]

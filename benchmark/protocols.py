@@ -7,8 +7,14 @@ Three protocol types, every number coming from the block (see ``datasets/suites/
   to the frame and rounded); test frames are all the others, whole.
 - ``corner``: one corner (drawn from the seed and the scene) for the whole reconstruction; train frames
   ``indices[::downsample]`` cropped to that corner's patch; test frames are all frames, whole.
-- ``sparse``: test frames ``k % test_every == 0``; ``n_views`` train frames from the remaining pool, from an
-  explicit split file when the block names one, else evenly spaced with Python's ``round``.
+- ``sparse``: test frames ``k % test_every == 0``; ``n_views`` train frames from the remaining pool, by the
+  block's ``train_views`` rule: ``split-file`` takes the ``train_ids`` of the scene's
+  ``train_test_split_{n}.json`` (ReconFusion's files, stored in the shard at build time: what the official
+  GenFusion code reads), ``fsgs-rule`` spaces them evenly with Python's ``round`` (FSGS's rule).
+
+Initial points (``points``): ``all``, or those ``observed`` in at least ``min_views`` train views (inside the
+patch, for crops). The masked protocol's ``pairing: official-code`` reproduces GenFusion's
+``filter_points`` as written (see ``PointRule``).
 
 A patch that does not lie inside its frame is an error, never clamped: clamping would silently move the
 visible region away from the published protocol (with the paper's trajectory it never happens at any size).
@@ -16,10 +22,8 @@ visible region away from the published protocol (with the paper's trajectory it 
 
 from __future__ import annotations
 
-import json
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +34,9 @@ from gfbench.views import View
 PROTOCOL_TYPES = ("masked", "corner", "sparse")
 CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
 POINT_RULES = ("all", "observed")
+POINT_PAIRINGS = ("frame", "official-code")
+TRAIN_VIEW_RULES = ("split-file", "fsgs-rule")
+SPLIT_FILES_META = "train_test_splits"  # scene meta key: {"<n>": {"train_ids": [...], "test_ids": [...], ...}}
 
 Box = tuple[int, int, int, int]  # (x, y, width, height) in the source frame
 
@@ -59,10 +66,17 @@ class Bounce:
 @dataclass(frozen=True)
 class PointRule:
     """Which initial points a method gets: ``all``, or those ``observed`` inside at least ``min_views``
-    train views (their patch, for crops)."""
+    train views (their patch, for crops).
+
+    ``pairing`` (masked protocol): ``frame`` tests each train frame's observations against its own patch
+    (what the official code evidently intends); ``official-code`` reproduces GenFusion's ``filter_points``
+    as written: the j-th train frame ``indices[::f][j]`` is tested with the patch of trajectory entry ``j``
+    (not of its own index), and a point observed in that frame is kept when its projection (not its
+    keypoint) lies inside that patch, in front of the camera."""
 
     keep: str = "all"
     min_views: int = 1
+    pairing: str = "frame"
 
 
 @dataclass(frozen=True)
@@ -95,7 +109,7 @@ class CornerProtocol(Protocol):
 class SparseProtocol(Protocol):
     test_every: int = 8
     n_views: int = 3
-    split_file: str | None = None
+    train_views: str = "split-file"
 
 
 class _Block:
@@ -172,9 +186,16 @@ def _point_rule(block: _Block) -> PointRule:
     sub = block.sub("points", None)
     if sub is None:
         return PointRule()
-    sub.only({"keep", "min_views"})
-    keep = sub.text("keep", POINT_RULES)
-    return PointRule(keep=keep, min_views=sub.integer("min_views", 1, default=1))
+    sub.only({"keep", "min_views", "pairing"})
+    rule = PointRule(keep=sub.text("keep", POINT_RULES), min_views=sub.integer("min_views", 1, default=1),
+                     pairing=sub.text("pairing", POINT_PAIRINGS, default="frame"))
+    if rule.pairing == "official-code":
+        kind = block.data.get("type")
+        if kind != "masked" or rule.keep != "observed" or rule.min_views != 1:
+            sub.fail("pairing", f"'official-code' reproduces the masked protocol's filter (keep: observed, "
+                                f"min_views: 1); this block has type {kind!r}, keep {rule.keep!r}, "
+                                f"min_views {rule.min_views}")
+    return rule
 
 
 def _common(block: _Block, kind: str) -> dict:
@@ -226,16 +247,9 @@ def _parse_corner(block: _Block) -> CornerProtocol:
 
 
 def _parse_sparse(block: _Block) -> SparseProtocol:
-    block.only(_COMMON_FIELDS | {"test_every", "n_views", "split_file"})
-    split_file = block.text("split_file", default=None)
-    if split_file is not None:
-        try:
-            split_file.format(scene="s", dataset="d", n=1)
-        except (KeyError, IndexError, ValueError) as exc:
-            block.fail("split_file", f"bad template {split_file!r} (placeholders: {{scene}}, {{dataset}}, {{n}}): "
-                                     f"{exc!r}")
+    block.only(_COMMON_FIELDS | {"test_every", "n_views", "train_views"})
     return SparseProtocol(test_every=block.integer("test_every", 2), n_views=block.integer("n_views", 1),
-                          split_file=split_file, **_common(block, "sparse"))
+                          train_views=block.text("train_views", TRAIN_VIEW_RULES), **_common(block, "sparse"))
 
 
 _PARSERS = {"masked": _parse_masked, "corner": _parse_corner, "sparse": _parse_sparse}
@@ -295,37 +309,43 @@ def sparse_pool_choice(pool_size: int, n: int) -> list[int]:
     return [round(float(i)) for i in np.linspace(0, pool_size - 1, n)]
 
 
-def _split_file_path(protocol: SparseProtocol, scene: Scene) -> Path:
-    from gfbench.paths import splits_root
-
-    path = Path(protocol.split_file.format(scene=scene.scene_id, dataset=scene.dataset, n=protocol.n_views))
-    return path if path.is_absolute() else splits_root() / path
+def split_file_name(n_views: int) -> str:
+    """ReconFusion's (and the official GenFusion code's) name of the n-view split file."""
+    return f"train_test_split_{n_views}.json"
 
 
-def read_split_ids(path: Path, protocol: SparseProtocol, num_frames: int, test: list[int]) -> list[int]:
-    """``train_ids`` of a ReconFusion-style split file, checked against the scene and the protocol."""
-    if not path.exists():
-        raise ValueError(f"split file {path} not found")
-    try:
-        data = json.loads(path.read_text())
-        train_ids = data["train_ids"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"split file {path}: expected {{\"train_ids\": [...], \"test_ids\": [...]}}: {exc!r}") from exc
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in train_ids) or len(set(train_ids)) != len(train_ids):
-        raise ValueError(f"split file {path}: train_ids must be distinct integers, got {train_ids!r}")
+class SplitFileMissing(ValueError):
+    """A ``train_views: split-file`` protocol meets a scene built without the file it needs."""
+
+
+def stored_split(scene_meta: dict, n_views: int, scene_key: str) -> dict:
+    """The stored content of ``train_test_split_{n}.json`` of a scene (from its meta)."""
+    stored = scene_meta.get(SPLIT_FILES_META) or {}
+    if str(n_views) not in stored:
+        have = ", ".join(split_file_name(int(n)) for n in sorted(stored, key=int)) or "none"
+        raise SplitFileMissing(f"scene {scene_key} was built without {split_file_name(n_views)} (it has: {have}); "
+                               "put the file in the scene folder (or pass --splits DIR) and build the scene again")
+    return stored[str(n_views)]
+
+
+def read_split_ids(stored: dict, protocol: SparseProtocol, num_frames: int, test: list[int],
+                   where: str) -> list[int]:
+    """``train_ids`` of a ReconFusion-style split, checked against the scene and the protocol."""
+    train_ids = stored.get("train_ids")
+    if (not isinstance(train_ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in train_ids)
+            or len(set(train_ids)) != len(train_ids)):
+        raise ValueError(f"{where}: train_ids must be distinct integers, got {train_ids!r}")
     if len(train_ids) != protocol.n_views:
-        raise ValueError(f"split file {path}: {len(train_ids)} train_ids, the protocol asks for "
-                         f"n_views = {protocol.n_views}")
+        raise ValueError(f"{where}: {len(train_ids)} train_ids, the protocol asks for n_views = {protocol.n_views}")
     outside = [i for i in train_ids if not 0 <= i < num_frames]
     if outside:
-        raise ValueError(f"split file {path}: train id {outside[0]} names a frame the scene lacks "
-                         f"(it has {num_frames} frames)")
-    if "test_ids" in data and sorted(data["test_ids"]) != test:
-        raise ValueError(f"split file {path}: test_ids differ from the protocol's test frames (k % "
-                         f"{protocol.test_every} == 0): {sorted(data['test_ids'])[:6]}... vs {test[:6]}...")
+        raise ValueError(f"{where}: train id {outside[0]} names a frame the scene lacks (it has {num_frames} frames)")
+    if stored.get("test_ids") is not None and sorted(stored["test_ids"]) != test:
+        raise ValueError(f"{where}: test_ids differ from the protocol's test frames (k % {protocol.test_every} == 0): "
+                         f"{sorted(stored['test_ids'])[:6]}... vs {test[:6]}...")
     in_test = sorted(set(train_ids) & set(test))
     if in_test:
-        raise ValueError(f"split file {path}: train id {in_test[0]} is a test frame")
+        raise ValueError(f"{where}: train id {in_test[0]} is a test frame")
     return sorted(train_ids)
 
 
@@ -386,10 +406,12 @@ def _choose(protocol: Protocol, scene: Scene, seed: int) -> tuple[dict[int, Box 
         return boxes, list(range(n)), {"seed": seed, "corner": corner, "clip": protocol.clip}
     test = [k for k in range(n) if k % protocol.test_every == 0]
     pool = [k for k in range(n) if k % protocol.test_every != 0]
-    if protocol.split_file is not None:
-        path = _split_file_path(protocol, scene)
-        train = read_split_ids(path, protocol, n, test)
-        notes = {"split_file": str(path)}
+    if protocol.train_views == "split-file":
+        stored = stored_split(scene.meta, protocol.n_views, scene.key)
+        where = f"scene {scene.key}: {stored.get('file', split_file_name(protocol.n_views))}"
+        train = read_split_ids(stored, protocol, n, test, where)
+        notes = {"split_file": stored.get("file", split_file_name(protocol.n_views)),
+                 "split_file_sha256": stored.get("sha256")}
     else:
         if protocol.n_views > len(pool):
             raise ValueError(f"scene {scene.key}: n_views = {protocol.n_views} is larger than the train pool "
@@ -501,6 +523,29 @@ def _projected_views(points: PointCloud, train: list[View], depth_rtol: float | 
     return np.sum([seen_in(columns, view, depth_rtol) for view in train], axis=0, dtype=np.int64)
 
 
+def _official_code_filter(points: PointCloud, scene: Scene, train: list[View], protocol: Protocol) -> np.ndarray:
+    """GenFusion's ``filter_points`` as written: the j-th train frame (``indices[::f][j]``) keeps the points
+    it observes whose projection through its whole-frame camera lies in front of it and inside the patch of
+    trajectory entry ``j``; a point is kept when some train frame keeps it."""
+    if not isinstance(protocol, MaskedProtocol):
+        raise ValueError("points pairing 'official-code' belongs to the masked protocol")
+    if not points.has_observations:
+        raise ValueError("points pairing 'official-code' needs the points' 2D observations (which frames see "
+                         "which point); this scene's points have none")
+    keep = np.zeros(len(points), bool)
+    for j, view in enumerate(sorted(train, key=lambda v: v.frame_index)):
+        camera = scene.frames[view.frame_index].camera
+        x, y, w, h = masked_box(protocol, j, camera.width, camera.height)
+        seen = np.unique(points.obs_point[points.obs_frame == view.frame_index])
+        in_camera = camera.w2c[:3, :3] @ points.xyz[seen].T.astype(np.float64) + camera.w2c[:3, 3:]
+        projected = camera.K @ in_camera
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u, v = projected[0] / projected[2], projected[1] / projected[2]
+        inside = (u >= x) & (u < x + w) & (v >= y) & (v < y + h) & (in_camera[2] > 0)
+        keep[seen[inside]] = True
+    return keep
+
+
 def select_points(scene: Scene, train: list[View], protocol: Protocol) -> tuple[PointCloud | None, dict]:
     """The initial points under ``protocol.points``. ``observed`` uses the 2D observations; a cloud without
     any falls back to projecting the points into the train views (with the depth test where every train
@@ -510,6 +555,10 @@ def select_points(scene: Scene, train: list[View], protocol: Protocol) -> tuple[
         return None, {"point_filter": "none (the scene has no points)"}
     if rule.keep == "all":
         return points, {"point_filter": "all", "points": len(points)}
+    if rule.pairing == "official-code":
+        kept = points.subset(_official_code_filter(points, scene, train, protocol)) if len(points) else points
+        return kept, {"point_filter": "official code: train frame j observed, projected into trajectory box j",
+                      "points_before": len(points), "points": len(kept)}
     if points.has_observations:
         counts, how = _observed_views(points, train, len(scene.frames)), "observations"
     else:

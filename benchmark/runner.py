@@ -30,7 +30,7 @@ from gfbench.paths import data_root
 from gfbench.protocols import Split
 from gfbench.scene import Scene
 from gfbench.specs import SuiteSpec
-from gfbench.splits import split_for_run
+from gfbench.splits import check_scene_inputs, split_for_run
 
 ERROR_GAIN = 4.0  # the error panel shows |prediction - ground truth| x this, so small errors are visible
 
@@ -147,7 +147,7 @@ def score_views(split: Split, renders: list[np.ndarray], suite: SuiteSpec, devic
     rows = []
     for view, render in zip(split.test, renders):
         scores = metrics.score_image(render, view.image, suite.metrics, coverage=view.coverage,
-                                     quantize=suite.quantize, device=device)
+                                     quantize=suite.quantize, device=device, valid=view.mask)
         rows.append({"name": view.name, "frame_index": view.frame_index, **scores})
     return rows
 
@@ -199,6 +199,7 @@ def preflight(jobs: list[Job], root: Path) -> dict[str, str]:
         raise shards.ShardError(
             f"{root}: {len(missing)} scene(s) not built: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
             f"build them with 'gfbench build-data {dataset} --source PATH --out {root}'")
+    check_scene_inputs([(job.suite, job.scene) for job in jobs], root)
     return metrics.lpips_hashes_for(sorted({m for job in jobs for m in job.suite.metrics}))
 
 

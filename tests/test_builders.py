@@ -516,13 +516,18 @@ def test_tnt_and_mipnerf360_layouts(tmp_path):
     assert not (tmp_path / "out2").exists()
 
 
+DL3DV_PARAMS = [3000.0, 3000.0, 1920.0, 1080.0, -0.02, 0.001, 0.0, 0.0]
+
+
 def write_dl3dv_scene(scene_dir: Path, layout: str, scratch: Path) -> None:
-    """A DL3DV scene at 960x540 images_4 from a 3840x2160 model: COLMAP in ``gaussian_splat/`` or
-    ``transforms.json`` in ``nerfstudio/`` (its model then goes to ``scratch``)."""
+    """A DL3DV scene at 960x540 images_4 from a 3840x2160 model: GenFusion's release (``nerfstudio/`` with
+    ``colmap/sparse/0`` and ``images_4``), COLMAP in ``gaussian_splat/``, or ``transforms.json`` in
+    ``nerfstudio/`` (its model then goes to ``scratch``)."""
     names = [f"frame_{k:05d}.png" for k in range(1, 4)]
-    camera = make_camera("OPENCV", [3000.0, 3000.0, 1920.0, 1080.0, -0.02, 0.001, 0.0, 0.0], width=3840, height=2160)
-    sub = scene_dir / ("gaussian_splat" if layout == "colmap" else "nerfstudio")
-    model_dir = sub / "sparse" / "0" if layout == "colmap" else scratch
+    camera = make_camera("OPENCV", DL3DV_PARAMS, width=3840, height=2160)
+    sub = scene_dir / {"genfusion": "nerfstudio", "colmap": "gaussian_splat", "nerfstudio": "nerfstudio"}[layout]
+    model_dir = {"genfusion": sub / "colmap" / "sparse" / "0", "colmap": sub / "sparse" / "0",
+                 "nerfstudio": scratch}[layout]
     rec = write_colmap(model_dir, [camera], names, ring_poses(3), *random_points())
     (sub / "images_4").mkdir(parents=True)
     for k, name in enumerate(names):
@@ -531,19 +536,151 @@ def write_dl3dv_scene(scene_dir: Path, layout: str, scratch: Path) -> None:
         nerfstudio_from_colmap(sub, rec)
 
 
-@pytest.mark.parametrize("layout", ["colmap", "nerfstudio"])
-def test_dl3dv_layouts_build_at_960x540(tmp_path, layout):
+def official_undistortion(raw: np.ndarray, K: np.ndarray, coefficients: list[float]):
+    """GenFusion's colmap_debug.py, written out from its Parser and load_image_into_memory: float32
+    coefficients, getOptimalNewCameraMatrix at alpha 0, initUndistortRectifyMap (CV_32FC1), remap (bilinear),
+    crop to the ROI; K is the new matrix as it is."""
+    import cv2
+
+    height, width = raw.shape[:2]
+    dist = np.array(coefficients, dtype=np.float32)
+    new_K, (x, y, w, h) = cv2.getOptimalNewCameraMatrix(K, dist, (width, height), 0)
+    map_x, map_y = cv2.initUndistortRectifyMap(K, dist, None, new_K, (width, height), cv2.CV_32FC1)
+    return cv2.remap(raw, map_x, map_y, cv2.INTER_LINEAR)[y:y + h, x:x + w], new_K, (x, y, w, h)
+
+
+@pytest.mark.parametrize("layout", ["genfusion", "colmap", "nerfstudio"])
+def test_dl3dv_layouts_build_undistorted_as_the_official_code(tmp_path, layout):
     write_dl3dv_scene(tmp_path / "src" / "1K" / DL3DV_HASH, layout, tmp_path / "scratch")
     build_known("dl3dv", tmp_path / "src", [DL3DV_HASH], out=tmp_path / "out")
     scene = read_scene(tmp_path / "out", "dl3dv", DL3DV_HASH)
-    assert [(f.camera.width, f.camera.height) for f in scene.frames] == [(960, 540)] * 3
-    np.testing.assert_allclose(np.diag(scene.frames[0].camera.K), [750.0, 750.0, 1.0])
+    raw = np.full((540, 960, 3), 40, np.uint8)
+    K = np.array([[750.0, 0, 480.0], [0, 750.0, 270.0], [0, 0, 1]])  # the 3840x2160 model at 960x540
+    image, new_K, (_, _, w, h) = official_undistortion(raw, K, DL3DV_PARAMS[4:])
+    assert [(f.camera.width, f.camera.height) for f in scene.frames] == [(w, h)] * 3 and (w, h) != (960, 540)
+    np.testing.assert_allclose(scene.frames[0].camera.K, new_K, rtol=1e-12)
+    np.testing.assert_array_equal(scene.frames[1].image, image)
     assert scene.meta["provenance"]["layout"] == f"dl3dv/{layout}"
-    assert scene.meta["provenance"]["undistorted"] is True
+    assert scene.meta["provenance"]["undistort"] == "opencv-alpha0"
+    build_known("dl3dv", tmp_path / "src", [DL3DV_HASH], out=tmp_path / "kept", undistort="keep-size")
+    kept = read_scene(tmp_path / "kept", "dl3dv", DL3DV_HASH)
+    assert [(f.camera.width, f.camera.height) for f in kept.frames] == [(960, 540)] * 3
+    np.testing.assert_allclose(np.diag(kept.frames[0].camera.K), [750.0, 750.0, 1.0])
     for image in (tmp_path / "src").rglob("images_4/*.png"):  # images_8 sizes where images_4 should be
         Image.open(image).resize((480, 270)).save(image)
     with pytest.raises(BuildError, match="480x270, the dataset spec expects 960x540"):
         build_known("dl3dv", tmp_path / "src", [DL3DV_HASH], out=tmp_path / "out")
+
+
+def smooth_image(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """Low-frequency color waves: bilinear sampling differences stay well below a gray level."""
+    rng = np.random.default_rng(seed)
+    v, u = np.mgrid[0:height, 0:width] / max(width, height)
+    channels = [127 + 100 * np.sin(2 * np.pi * (a * u + b * v) + c) for a, b, c in rng.uniform(0.5, 2.0, (3, 3))]
+    return np.stack(channels, axis=-1).round().astype(np.uint8)
+
+
+def test_opencv_alpha0_undistortion_matches_opencv_on_a_fixture(tmp_path):
+    """Golden test of the official option against OpenCV itself: the same new camera matrix and valid region
+    as getOptimalNewCameraMatrix, pixels bit-equal to the official code's remap and within a gray level of
+    cv2.undistort (which samples with fixed-point maps), observations where cv2.undistortPoints puts them,
+    and the pixels whose bilinear sample leaves the raw image masked."""
+    import cv2
+
+    width, height = 160, 120
+    params = [120.0, 122.0, 80.4, 59.6, -0.25, 0.06, 0.002, -0.003]
+    camera = make_camera("OPENCV", params, width=width, height=height)
+    names = ["a.png", "b.png"]
+    rec = write_colmap(tmp_path / "cap" / "sparse" / "0", [camera], names, ring_poses(2), *random_points(60))
+    (tmp_path / "cap" / "images").mkdir()
+    raws = {name: smooth_image(width, height, seed) for seed, name in enumerate(names)}
+    for name, raw in raws.items():
+        Image.fromarray(raw).save(tmp_path / "cap" / "images" / name)
+    build_colmap(tmp_path / "cap", out=tmp_path / "out", scene_id="cv", undistort="opencv-alpha0")
+    scene = read_scene(tmp_path / "out", "custom", "cv")
+    K, dist = camera.calibration_matrix(), np.array(params[4:], np.float32)
+    for k, frame in enumerate(scene.frames):
+        image, new_K, (x, y, w, h) = official_undistortion(raws[frame.name], K, params[4:])
+        assert (frame.camera.width, frame.camera.height) == (w, h)
+        np.testing.assert_array_equal(frame.camera.K, new_K)  # the principal point is not shifted by (x, y)
+        np.testing.assert_array_equal(frame.image, image)
+        fixed_point = cv2.undistort(raws[frame.name], K, dist, None, new_K)[y:y + h, x:x + w].astype(int)
+        sourced = frame.mask if frame.mask is not None else np.ones((h, w), bool)
+        difference = np.abs(fixed_point - frame.image)[sourced]
+        assert difference.max() <= 2 and difference.mean() < 0.3
+        # which pixels have a source, from the forward model (pycolmap-checked) rather than OpenCV's maps
+        lens = Lens("OPENCV", width, height, *params[:4], radial=(params[4], params[5], 0, 0), tangential=tuple(params[6:]))
+        u, v = np.meshgrid(np.arange(w) + x, np.arange(h) + y)
+        xd, yd = distort(lens, (u - new_K[0, 2]) / new_K[0, 0], (v - new_K[1, 2]) / new_K[1, 1])
+        su, sv = K[0, 0] * xd + K[0, 2], K[1, 1] * yd + K[1, 2]
+        expected = (su >= 0) & (su <= width - 1) & (sv >= 0) & (sv <= height - 1)
+        near_edge = np.minimum.reduce([np.abs(su), np.abs(su - width + 1), np.abs(sv), np.abs(sv - height + 1)]) < 1e-3
+        assert (~expected).any() and ((sourced == expected) | near_edge).all()
+        _, raw_uv = reference_observations(rec, frame.name)
+        xyz, built_uv = scene_observations(scene, k)
+        oracle = cv2.undistortPoints(raw_uv.reshape(-1, 1, 2), K, dist, None, None, new_K,
+                                     (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)).reshape(-1, 2)
+        np.testing.assert_allclose(built_uv, oracle, atol=2e-3)
+    assert scene.meta["provenance"]["undistort"] == "opencv-alpha0"
+
+
+def test_opencv_alpha0_refuses_what_opencv_cannot_model():
+    from gfbench.builders.undistort import DistortionError, OpenCVAlpha0Undistorter
+
+    with pytest.raises(DistortionError, match="r\\^8 term.*--undistort keep-size"):
+        OpenCVAlpha0Undistorter(Lens("nerfstudio", W, H, 30.0, 30.0, 20.0, 15.0, radial=(0.0, 0.0, 0.0, 0.01)))
+    pinhole = Lens("PINHOLE", W, H, 30.0, 30.0, 20.0, 15.0)
+    raw = np.zeros((H, W, 3), np.uint8)
+    undistorter = OpenCVAlpha0Undistorter(pinhole)
+    assert undistorter.image(raw)[0] is raw and (undistorter.width, undistorter.height) == (W, H)
+
+
+# ---------------------------------------------------------------- split files (ReconFusion's)
+
+
+def write_split(folder: Path, n: int, train: list[int], test: list[int]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"train_test_split_{n}.json"
+    path.write_text(json.dumps({"train_ids": train, "test_ids": test}))
+    return path
+
+
+def test_mipnerf360_build_stores_the_split_files_of_the_scene_folder_or_of_splits(tmp_path):
+    colmap_capture(tmp_path / "m360" / "garden", model="PINHOLE", params=[60.0, 60.0, 40.0, 30.0], frames=10,
+                   model_size=(80, 60), folders={"images_4": (20, 15)})
+    colmap_capture(tmp_path / "m360" / "room", model="PINHOLE", params=[60.0, 60.0, 40.0, 30.0], frames=10,
+                   model_size=(80, 60), folders={"images_4": (20, 15)})
+    path = write_split(tmp_path / "m360" / "garden", 3, [1, 4, 9], [0, 8])
+    notes: list[str] = []
+    build_known("mipnerf360", tmp_path / "m360", ["garden", "room"], out=tmp_path / "out", notes=notes)
+    stored = read_scene(tmp_path / "out", "mipnerf360", "garden").meta["train_test_splits"]
+    assert stored == {"3": {"train_ids": [1, 4, 9], "test_ids": [0, 8], "file": "train_test_split_3.json",
+                            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}}
+    assert "train_test_splits" not in read_scene(tmp_path / "out", "mipnerf360", "room").meta
+    assert len(notes) == 1 and notes[0].startswith("mipnerf360/room: no train_test_split_{n}.json")
+    assert "drive.google.com" in notes[0]
+    write_split(tmp_path / "reconfusion" / "room", 6, [1, 2, 3, 5, 6, 7], [0, 8])
+    write_split(tmp_path / "reconfusion" / "room", 3, [1, 2, 3], [0, 8])
+    build_known("mipnerf360", tmp_path / "m360", ["room"], out=tmp_path / "out", splits=tmp_path / "reconfusion")
+    assert sorted(read_scene(tmp_path / "out", "mipnerf360", "room").meta["train_test_splits"]) == ["3", "6"]
+    with pytest.raises(BuildError, match=r"reconfusion/garden: no split files for scene 'garden'"):
+        build_known("mipnerf360", tmp_path / "m360", ["garden"], out=tmp_path / "out", splits=tmp_path / "reconfusion")
+
+
+@pytest.mark.parametrize("content,message", [
+    ({"train_ids": [1, 2, 40], "test_ids": [0]}, r"names frame 40, but the scene has 4 frames"),
+    ({"train_ids": [1, 2], "test_ids": [0]}, r"2 train_ids in a 3-view split file"),
+    ({"train_ids": [1, 2, 3], "test_ids": [0, 3]}, r"frame 3 is both a train and a test id"),
+    ({"train_ids": [1, 2, 2], "test_ids": [0]}, r"train_ids must be a list of distinct frame indices"),
+    ({"train_ids": [1, 2, 3]}, r"test_ids must be a list"),
+])
+def test_bad_split_files_are_refused_at_build_naming_the_file(tmp_path, content, message):
+    colmap_capture(tmp_path / "cap")
+    (tmp_path / "cap" / "train_test_split_3.json").write_text(json.dumps(content))
+    with pytest.raises(BuildError, match=message) as info:
+        build_colmap(tmp_path / "cap", out=tmp_path / "out")
+    assert "train_test_split_3.json" in str(info.value)
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- the hub

@@ -11,6 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.error
 
 import numpy as np
 import pytest
@@ -433,6 +439,167 @@ def test_lpips_rejects_a_file_that_is_not_a_backbone(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     with pytest.raises(ValueError, match="not a torchvision backbone"):
         M.load_lpips("alex", weights_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LPIPS weights: fetched into torch's hub cache (a fake downloader stands in for the network)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    """No backbone anywhere, downloads allowed; returns the hub cache folder a download goes to."""
+    empty = tmp_path / "no_weights"
+    empty.mkdir()
+    monkeypatch.setenv(M.LPIPS_WEIGHTS_ENV, str(empty))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv(M.NO_DOWNLOAD_ENV, raising=False)
+    return tmp_path / "torch_home" / "hub" / "checkpoints"
+
+
+def test_a_missing_backbone_is_downloaded_into_the_hub_cache_once(no_weights, lpips_weights_dir, monkeypatch):
+    calls = []
+
+    def fake_download(url, path, hash_prefix, timeout):
+        calls.append((url, path, hash_prefix, timeout))
+        shutil.copy(lpips_weights_dir / path.name, path)
+
+    monkeypatch.setattr(M, "_download", fake_download)
+    path = M.find_lpips_backbone("vgg")
+    assert path == no_weights / "vgg16-397923af.pth"
+    assert calls == [("https://download.pytorch.org/models/vgg16-397923af.pth", path, "397923af",
+                      M.LPIPS_DOWNLOAD_TIMEOUT_S)]
+    assert M.find_lpips_backbone("vgg") == path and len(calls) == 1  # found in the cache from now on
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert M.lpips_hashes_for(["lpips_vgg_3dgs"])["lpips_vgg_backbone_sha256"] == digest
+
+
+def test_a_failed_download_says_why_and_what_to_do(no_weights, monkeypatch):
+    def unreachable(url, path, hash_prefix, timeout):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(M, "_download", unreachable)
+    with pytest.raises(M.LpipsWeightsMissing) as info:
+        M.lpips_hashes_for(["lpips_alex"])
+    message = str(info.value)
+    assert "downloading https://download.pytorch.org/models/alexnet-owt-7be5be79.pth failed (URLError" in message
+    assert "Name or service not known" in message and "gfbench weights fetch" in message
+    assert str(no_weights) in message and "--lpips-weights" in message
+    assert not (no_weights / "alexnet-owt-7be5be79.pth").exists()
+
+
+def test_downloads_off_never_reach_the_downloader(no_weights, monkeypatch):
+    monkeypatch.setenv(M.NO_DOWNLOAD_ENV, "1")
+    monkeypatch.setattr(M, "_download", lambda *args: pytest.fail("downloaded although downloads are off"))
+    with pytest.raises(M.LpipsWeightsMissing, match=r"downloads are off \(\$GFBENCH_NO_DOWNLOAD is set\)"):
+        M.find_lpips_backbone("vgg")
+
+
+def test_the_real_download_gives_up_on_a_server_that_never_answers(tmp_path):
+    """torch.hub's own download, through gfbench's timeout, against a local socket that accepts and never
+    replies (a fresh interpreter, so a hang would end in the subprocess timeout rather than the test run)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        code = ("import sys\nfrom gfbench import metrics as M\n"
+                f"M.LPIPS_DOWNLOAD_URL = 'http://127.0.0.1:{silent.getsockname()[1]}/{{name}}'\n"
+                "try:\n    M.fetch_lpips_backbone('alex', timeout=0.5)\n"
+                "except M.LpipsWeightsMissing as e:\n    print(e); sys.exit(3)\n")
+        env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home"), M.LPIPS_WEIGHTS_ENV: str(tmp_path)}
+        env.pop(M.NO_DOWNLOAD_ENV, None)
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr
+    assert "failed" in result.stdout and "timed out" in result.stdout
+    assert not list((tmp_path / "torch_home").rglob("*.pth"))
+
+
+def test_cli_weights_fetch(no_weights, lpips_weights_dir, monkeypatch):
+    from gfbench.cli import main
+
+    monkeypatch.setattr(M, "_download", lambda url, path, prefix, timeout: shutil.copy(lpips_weights_dir / path.name,
+                                                                                        path))
+    result = CliRunner().invoke(main, ["weights", "fetch", "--net", "alex"])
+    assert result.exit_code == 0, result.output
+    digest = hashlib.sha256((no_weights / "alexnet-owt-7be5be79.pth").read_bytes()).hexdigest()
+    assert f"alex: {no_weights / 'alexnet-owt-7be5be79.pth'}  sha256 {digest}  (not torchvision's published file)" \
+        in result.output
+    monkeypatch.setenv(M.NO_DOWNLOAD_ENV, "1")
+    result = CliRunner().invoke(main, ["weights", "fetch"])
+    assert result.exit_code == 1 and "alex: " in result.output and "vgg16-397923af.pth" in result.output
+    assert "downloads are off" in result.output
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pixels without a source (validity masks)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def holed_pair():
+    gt = data.astronaut()[100:164, 150:230]  # 64x80
+    render = M.quantize(noisy(gt, 0.1, seed=5))
+    valid = np.ones(gt.shape[:2], bool)
+    valid[:6, :] = valid[:, -9:] = False  # an undistorted frame's unsourced border
+    return gt, render, valid
+
+
+def test_pixels_without_a_source_are_never_scored(holed_pair):
+    gt, render, valid = holed_pair
+    coverage = np.zeros_like(valid)
+    coverage[20:50, 10:60] = True
+    names = ["psnr", "ssim", "ssim_unpadded"]
+    base = M.score_image(render, gt, names, coverage=coverage, valid=valid)
+    other = render.copy()
+    other[~valid] = 255 - other[~valid]  # anything at all where there is no source
+    assert M.score_image(other, gt, names, coverage=coverage, valid=valid) == base
+    error = (render.astype(np.float64) - gt) / 255
+    assert base["psnr"] == pytest.approx(-10 * np.log10(np.mean(error[valid] ** 2)), abs=1e-5)  # float32 maps
+    assert base["psnr_uncovered"] == pytest.approx(-10 * np.log10(np.mean(error[valid & ~coverage] ** 2)), abs=1e-5)
+    # SSIM over the valid pixels: the map of the render with the ground truth put where there is no source
+    filled = render.copy()
+    filled[~valid] = gt[~valid]
+    ssim_map = M.ssim_map(M.to_tensor(filled[None]), M.to_tensor(gt[None]))[0].numpy()
+    assert base["ssim"] == pytest.approx(ssim_map[valid].mean(), abs=1e-6)
+    whole = M.score_image(render, gt, names)
+    assert whole["psnr"] != pytest.approx(base["psnr"], abs=1e-3)
+
+
+def test_lpips_averages_its_map_over_the_valid_pixels(lpips_env, holed_pair):
+    gt, render, valid = holed_pair
+    base = M.score_image(render, gt, LPIPS_METRICS, valid=valid)
+    other = render.copy()
+    other[~valid] = 0
+    assert M.score_image(other, gt, LPIPS_METRICS, valid=valid) == pytest.approx(base, rel=1e-6)
+    everywhere = np.ones_like(valid)
+    assert M.score_image(render, gt, LPIPS_METRICS, valid=everywhere) == M.score_image(render, gt, LPIPS_METRICS)
+    model = M.load_lpips("vgg")
+    model.spatial = True
+    try:
+        filled = render.copy()
+        filled[~valid] = gt[~valid]
+        with torch.inference_mode():
+            spatial = model(M.to_tensor(filled[None]), M.to_tensor(gt[None]), normalize=False)[0, 0].numpy()
+    finally:
+        model.spatial = False
+    assert base["lpips_vgg_3dgs"] == pytest.approx(spatial[valid].mean(), rel=1e-5)
+
+
+def test_runner_scores_test_views_within_their_mask(holed_pair):
+    from gfbench import runner
+    from gfbench.camera import Camera, intrinsics
+    from gfbench.protocols import Split
+    from gfbench.views import View
+
+    gt, render, valid = holed_pair
+    h, w = valid.shape
+    view = View("f.png", 0, gt, Camera(intrinsics(50, 50, w / 2, h / 2), np.eye(4), w, h), mask=valid)
+    split = Split(train=[], test=[view], points=None, info={})
+    suite = type("Suite", (), {"metrics": ("psnr",), "quantize": "truncate"})()
+    other = render.copy()
+    other[~valid] = 0
+    scores = [runner.score_views(split, [image.astype(np.float32) / 255], suite, "cpu")[0]["psnr"]
+              for image in (render, other)]
+    assert scores[0] == scores[1] == M.score_image(render, gt, ["psnr"], valid=valid)["psnr"]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from PIL import Image
 from gfbench import specs
 from gfbench.camera import Camera, intrinsics, look_at
 from gfbench.protocols import (
+    SplitFileMissing,
     corner_box,
     make_split,
     masked_box,
@@ -24,6 +25,7 @@ from gfbench.protocols import (
 from gfbench.scene import Frame, PointCloud, Scene
 from gfbench.splits import (
     SplitMismatch,
+    checksum,
     freeze_split,
     load_frozen_split,
     verify_frozen_split,
@@ -33,8 +35,11 @@ from gfbench.splits import (
 SUITES = [
     "dl3dv-masked", "dl3dv-masked-4x", "tnt-masked", "tnt-masked-4x",
     "mipnerf360-sparse-3", "mipnerf360-sparse-6", "mipnerf360-sparse-9",
+    "mipnerf360-sparse-3-fsgs-rule", "mipnerf360-sparse-6-fsgs-rule", "mipnerf360-sparse-9-fsgs-rule",
     "synthetic-masked", "synthetic-masked-4x", "synthetic-sparse-3", "synthetic-corner",
 ]
+FSGS = {"type": "sparse", "test_every": 8, "n_views": 3, "train_views": "fsgs-rule"}
+SPLIT_FILE = {"type": "sparse", "test_every": 8, "n_views": 3, "train_views": "split-file"}
 UP = (0.0, -1.0, 0.0)  # with this up vector, look_at along +z gives the identity rotation
 
 
@@ -72,12 +77,13 @@ def make_frame(name: str, width: int, height: int, eye=(0.0, 0.0, 0.0), depth=No
     return Frame(name=name, image=image, camera=camera, depth=depth_map)
 
 
-def make_scene(count: int, width: int = 16, height: int = 12, depth=None, points=None, scene_id="s") -> Scene:
+def make_scene(count: int, width: int = 16, height: int = 12, depth=None, points=None, scene_id="s",
+               meta=None) -> Scene:
     rng = np.random.default_rng(count)
     # handed over in reverse: the scene sorts by name, and frame index k follows that order
     frames = [make_frame(f"f{k:03d}.png", width, height, eye=(0.1 * k, 0, 0), depth=depth, rng=rng)
               for k in reversed(range(count))]
-    return Scene("toy", scene_id, frames, points)
+    return Scene("toy", scene_id, frames, points, meta=meta or {})
 
 
 def toy_suite(block: dict, suite_id: str = "toy-suite", seeds=(0,)) -> specs.SuiteSpec:
@@ -205,7 +211,7 @@ def test_sparse_rule_on_small_pools(pool, n, expected):
 
 
 def test_sparse_split_on_scenes_by_hand():
-    block = {"type": "sparse", "test_every": 8, "n_views": 3}
+    block = FSGS
     split = make_split(make_scene(20), block)
     assert [v.frame_index for v in split.test] == [0, 8, 16]
     # pool = 1..7, 9..15, 17..19 (17 frames); positions 0, 8, 16
@@ -220,42 +226,41 @@ def test_sparse_split_on_scenes_by_hand():
 
 def test_sparse_n_larger_than_pool_is_an_error():
     with pytest.raises(ValueError, match=r"n_views = 9 is larger than the train pool \(7 of 9 frames"):
-        make_split(make_scene(9), {"type": "sparse", "test_every": 8, "n_views": 9})
+        make_split(make_scene(9), {**FSGS, "n_views": 9})
 
 
-def write_json(path: Path, data: dict) -> Path:
-    path.write_text(json.dumps(data))
-    return path
+def stored(train_ids, test_ids=None, name="train_test_split_3.json") -> dict:
+    """A scene meta holding one split file, as a builder stores it."""
+    entry = {"train_ids": train_ids, "file": name, "sha256": "0" * 64}
+    if test_ids is not None:
+        entry["test_ids"] = test_ids
+    return {"train_test_splits": {"3": entry}}
 
 
-def test_sparse_explicit_split_file_is_used(tmp_path):
-    write_json(tmp_path / "s_3.json", {"train_ids": [11, 2, 5], "test_ids": [0, 8]})
-    block = {"type": "sparse", "test_every": 8, "n_views": 3, "split_file": str(tmp_path / "{scene}_{n}.json")}
-    split = make_split(make_scene(12), block)
+def test_sparse_split_file_stored_in_the_scene_is_used():
+    split = make_split(make_scene(12, meta=stored([11, 2, 5], [0, 8])), SPLIT_FILE)
     assert [v.frame_index for v in split.train] == [2, 5, 11]
     assert [v.frame_index for v in split.test] == [0, 8]
-    assert split.info["split_file"] == str(tmp_path / "s_3.json")
+    assert split.info["split_file"] == "train_test_split_3.json"
 
 
-@pytest.mark.parametrize("content,message", [
-    ({"train_ids": [2, 5, 40]}, r"train id 40 names a frame the scene lacks \(it has 12 frames\)"),
-    ({"train_ids": [2, 5]}, r"2 train_ids, the protocol asks for n_views = 3"),
-    ({"train_ids": [2, 5, 8]}, r"train id 8 is a test frame"),
-    ({"train_ids": [2, 5, 7], "test_ids": [0, 9]}, r"test_ids differ"),
-    ({"test_ids": [0, 8]}, r"expected \{\"train_ids\""),
+@pytest.mark.parametrize("meta,message", [
+    (stored([2, 5, 40]), r"train id 40 names a frame the scene lacks \(it has 12 frames\)"),
+    (stored([2, 5]), r"2 train_ids, the protocol asks for n_views = 3"),
+    (stored([2, 5, 8]), r"train id 8 is a test frame"),
+    (stored([2, 5, 7], [0, 9]), r"test_ids differ"),
+    (stored([2, 5, 5]), r"train_ids must be distinct integers"),
 ])
-def test_bad_split_files_are_clear_errors(tmp_path, content, message):
-    path = write_json(tmp_path / "split.json", content)
-    block = {"type": "sparse", "test_every": 8, "n_views": 3, "split_file": str(path)}
+def test_bad_split_files_are_clear_errors(meta, message):
     with pytest.raises(ValueError, match=message) as info:
-        make_split(make_scene(12), block)
-    assert str(path) in str(info.value)
+        make_split(make_scene(12, meta=meta), SPLIT_FILE)
+    assert "scene toy/s: train_test_split_3.json" in str(info.value)
 
 
-def test_missing_split_file_is_an_error(tmp_path):
-    block = {"type": "sparse", "test_every": 8, "n_views": 3, "split_file": str(tmp_path / "none.json")}
-    with pytest.raises(ValueError, match="none.json not found"):
-        make_split(make_scene(12), block)
+def test_missing_split_file_names_the_file_and_what_to_do():
+    with pytest.raises(SplitFileMissing, match=r"toy/s was built without train_test_split_6.json \(it has: "
+                                               r"train_test_split_3.json\).*build the scene again"):
+        make_split(make_scene(12, meta=stored([1, 2, 3])), {**SPLIT_FILE, "n_views": 6})
 
 
 # ---------------------------------------------------------------- points
@@ -310,6 +315,64 @@ def test_points_without_observations_fall_back_to_projection():
     frames = [make_frame(f"f{k}.png", 16, 12) for k in range(3)]
     no_depth = make_split(Scene("toy", "s", frames, PointCloud(xyz, np.zeros((4, 3)))), fixed_patch_block(points=rule))
     np.testing.assert_allclose(no_depth.points.xyz, xyz[[0, 3]])
+
+
+def test_sparse_suites_keep_every_point_some_train_view_observes():
+    """The official rule (colmap_debug.py filter_points_sparse): a point of the full capture is kept when at
+    least one train view observes it, anywhere in the frame."""
+    points = cloud(6, [
+        (0, 2, 1.0, 1.0),                     # train frame 2: kept
+        (1, 0, 5.0, 5.0),                     # only test frame 0
+        (2, 3, 5.0, 5.0),                     # frame 3 is in the pool but not a train view
+        (3, 5, 15.9, 11.9), (3, 11, 0.0, 0.0),  # two train views, corners of the frame: kept
+        (5, 8, 5.0, 5.0), (5, 11, 7.0, 2.0),  # a test frame and train frame 11: kept
+    ])                                        # point 4 has no observation
+    scene = make_scene(12, points=points, meta=stored([2, 5, 11], [0, 8]))
+    for suite_id in ("mipnerf360-sparse-3", "mipnerf360-sparse-3-fsgs-rule"):
+        block = {**suite_block(suite_id), "train_views": "split-file"}
+        split = make_split(scene, block)
+        assert [v.frame_index for v in split.train] == [2, 5, 11]
+        np.testing.assert_array_equal(split.points.xyz, points.xyz[[0, 3, 5]])
+
+
+# The paper's trajectory at 96x54 (a tenth of the reference): frame 100 at f = 2 is train view j = 50. Its own
+# patch has its corner at (352, 76) x 0.1 = (35.2, 7.6) -> (35, 8); trajectory entry 50 at (352, 176) x 0.1 =
+# (35.2, 17.6) -> (35, 18); the patch is 48 x 27 (PROTOCOL.md's closed form, computed by hand here).
+OWN_BOX, ENTRY_BOX = (35, 8, 48, 27), (35, 18, 48, 27)
+
+
+def paired_scene() -> tuple[Scene, np.ndarray]:
+    """102 frames at 96x54, all at the origin looking down +z (f = 10, c = (48, 27)); two points observed in
+    frame 100, each at its exact projection: A at pixel (40.5, 12.5), inside the own patch only (y < 18);
+    B at (40.5, 40.5), inside entry 50's patch only (y >= 35)."""
+    pixels = np.array([[40.5, 12.5], [40.5, 40.5]])
+    xyz = np.c_[(pixels - [48, 27]) / 10 * 5, [5.0, 5.0]]
+    frames = [make_frame(f"f{k:03d}.png", 96, 54) for k in range(102)]
+    points = PointCloud(xyz, np.zeros((2, 3)), obs_point=[0, 1], obs_frame=[100, 100], obs_uv=pixels)
+    return Scene("toy", "paired", frames, points), xyz
+
+
+def test_official_code_pairing_filters_train_view_j_with_trajectory_entry_j():
+    block = suite_block("dl3dv-masked")
+    protocol = parse_protocol(block)
+    assert paper_corner(100) == (352, 76) and paper_corner(50) == (352, 176)
+    assert masked_box(protocol, 100, 96, 54) == OWN_BOX and masked_box(protocol, 50, 96, 54) == ENTRY_BOX
+    scene, xyz = paired_scene()
+    intended = make_split(scene, block)
+    assert intended.train[50].frame_index == 100 and intended.train[50].box == OWN_BOX
+    np.testing.assert_allclose(intended.points.xyz, xyz[[0]])
+    official = make_split(scene, {**block, "points": {**block["points"], "pairing": "official-code"}})
+    assert official.train[50].box == OWN_BOX  # the crop itself is the same: only the point filter differs
+    np.testing.assert_allclose(official.points.xyz, xyz[[1]])
+    assert "trajectory box j" in official.info["point_filter"]
+
+
+def test_official_code_pairing_drops_points_behind_the_camera():
+    scene, xyz = paired_scene()
+    scene.points.xyz[1] *= -1  # B now projects to the same pixel from behind the camera
+    block = suite_block("dl3dv-masked")
+    official = make_split(scene, {**block, "points": {**block["points"], "pairing": "official-code"}})
+    assert len(official.points) == 0
 
 
 def test_keep_all_points_by_default():
@@ -383,10 +446,13 @@ def test_bad_masked_fields_are_named(change, field):
 
 
 @pytest.mark.parametrize("block,field", [
-    ({"type": "sparse", "test_every": 8, "n_views": 0}, "n_views"),
-    ({"type": "sparse", "test_every": 8}, "n_views"),
-    ({"type": "sparse", "test_every": 1, "n_views": 3}, "test_every"),
-    ({"type": "sparse", "test_every": 8, "n_views": 3, "split_file": "x_{views}.json"}, "split_file"),
+    ({**FSGS, "n_views": 0}, "n_views"),
+    ({"type": "sparse", "test_every": 8, "train_views": "fsgs-rule"}, "n_views"),
+    ({**FSGS, "test_every": 1}, "test_every"),
+    ({"type": "sparse", "test_every": 8, "n_views": 3}, "train_views"),
+    ({**FSGS, "train_views": "reconfusion"}, "train_views"),
+    ({**FSGS, "split_file": "x_{n}.json"}, "split_file"),
+    ({**FSGS, "points": {"keep": "observed", "min_views": 1, "pairing": "official-code"}}, "points.pairing"),
     ({"type": "corner", "downsample": 1, "patch_divisor": 2, "corners": ["top_left", "middle"]}, "corners"),
     ({"type": "corner", "downsample": 1, "patch_divisor": 2, "corners": []}, "corners"),
     ({"type": "corner", "downsample": 0, "patch_divisor": 2, "corners": ["top_left"]}, "downsample"),
@@ -472,10 +538,23 @@ def test_suite_variants_override_only_what_differs():
     assert suite_block("tnt-masked") == base == suite_block("synthetic-masked")
     assert suite_block("tnt-masked-4x") == suite_block("synthetic-masked-4x") == {**base, "downsample": 4}
     sparse = suite_block("mipnerf360-sparse-3")
-    assert sparse["n_views"] == 3 and sparse["test_every"] == 8
-    assert suite_block("mipnerf360-sparse-6") == {**sparse, "n_views": 6}
-    assert suite_block("mipnerf360-sparse-9") == {**sparse, "n_views": 9}
-    assert suite_block("synthetic-sparse-3") == sparse
+    assert sparse["n_views"] == 3 and sparse["test_every"] == 8 and sparse["train_views"] == "split-file"
+    for n in (3, 6, 9):
+        assert suite_block(f"mipnerf360-sparse-{n}") == {**sparse, "n_views": n}
+        assert suite_block(f"mipnerf360-sparse-{n}-fsgs-rule") == {**sparse, "n_views": n, "train_views": "fsgs-rule"}
+    assert suite_block("synthetic-sparse-3") == {**sparse, "train_views": "fsgs-rule"}
+
+
+def test_protocol_changes_came_with_a_version_bump():
+    """What a suite trains on changed in these suites (split files, point rule, undistortion): a new version,
+    so that their old records never mix with new ones; the rest kept theirs."""
+    versions = {suite_id: specs._read_with_includes(specs.suite_path(suite_id))["version"] for suite_id in SUITES}
+    assert versions == {
+        "dl3dv-masked": 2, "dl3dv-masked-4x": 2, "tnt-masked": 1, "tnt-masked-4x": 1,
+        "mipnerf360-sparse-3": 2, "mipnerf360-sparse-6": 2, "mipnerf360-sparse-9": 2,
+        "mipnerf360-sparse-3-fsgs-rule": 1, "mipnerf360-sparse-6-fsgs-rule": 1, "mipnerf360-sparse-9-fsgs-rule": 1,
+        "synthetic-masked": 1, "synthetic-masked-4x": 1, "synthetic-sparse-3": 2, "synthetic-corner": 1,
+    }
 
 
 @pytest.mark.parametrize("suite_id", SUITES)
@@ -535,6 +614,10 @@ def test_cli_freeze_then_verify(cli_env, tmp_path):
     verify = ["verify", "--suite", "synthetic-sparse-3", "--root", str(tmp_path)]
     assert runner.invoke(cli_env.splits_group, verify).exit_code == 0
     frozen["splits"][0]["train"][1]["name"] = "f06.png"
+    path.write_text(json.dumps(frozen))
+    result = runner.invoke(cli_env.splits_group, verify)
+    assert result.exit_code != 0 and f"{path}: content does not match its checksum" in result.output
+    frozen["checksum"] = checksum(frozen)  # an edit that also forges the checksum is caught by the data
     path.write_text(json.dumps(frozen))
     result = runner.invoke(cli_env.splits_group, verify)
     assert result.exit_code != 0

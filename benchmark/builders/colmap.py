@@ -429,12 +429,20 @@ def read_colmap_capture(model_dir: Path, image_dir: Path, source: Path, layout: 
 
 
 def build_colmap(path: Path, images: str = "images", dataset: str = "custom", scene_id: str | None = None,
-                 out: Path | None = None, progress: bool = False) -> Path:
+                 out: Path | None = None, progress: bool = False, undistort: str = "keep-size",
+                 splits: Path | None = None) -> Path:
     """Build the COLMAP capture at ``path`` (``sparse/0`` or ``sparse`` beside an image folder) into a shard
-    ``<out>/<dataset>/<scene_id>.tar``; ``scene_id`` defaults to the folder name."""
+    ``<out>/<dataset>/<scene_id>.tar``; ``scene_id`` defaults to the folder name. Split files
+    (``train_test_split_{n}.json``) in ``path``, or in ``splits`` when given, go into the shard."""
+    from gfbench.builders.known import split_files_meta  # late: known imports this module
+
     path = Path(path)
     if not path.is_dir():
         raise BuildError(f"{path}: capture folder not found")
+    if splits is not None and not Path(splits).is_dir():
+        raise BuildError(f"{splits}: split file folder not found")
     capture = read_colmap_capture(find_model(path), path / images, path)
     scene_id = scene_id or safe_id(path.resolve().name)
-    return build_and_write(dataset, scene_id, capture, data_root(out), progress=progress)
+    extra = split_files_meta(Path(splits or path), len(capture.frames), f"{dataset}/{scene_id}")
+    return build_and_write(dataset, scene_id, capture, data_root(out), progress=progress, undistort=undistort,
+                           extra_meta=extra)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from gfbench.builders.undistort import DistortionError, Lens, Undistorter
+from gfbench.builders.undistort import DistortionError, Lens, Undistorter, make_undistorter
 from gfbench.camera import Camera
 from gfbench.scene import Frame, PointCloud, Scene
 from gfbench.shards import SAFE_ID, frame_key, write_scene
@@ -172,7 +172,7 @@ class _PlannedFrame:
     undistorter: Undistorter
 
 
-def _plan_frames(frames: list[CaptureFrame]) -> list[_PlannedFrame]:
+def _plan_frames(frames: list[CaptureFrame], undistort: str = "keep-size") -> list[_PlannedFrame]:
     """Sorted frames with their lens fitted to the image size; every image is checked before any is decoded."""
     frames = sorted(frames, key=lambda f: f.name)
     for a, b in zip(frames, frames[1:]):
@@ -192,7 +192,7 @@ def _plan_frames(frames: list[CaptureFrame]) -> list[_PlannedFrame]:
         lens = fit_lens(frame.lens, width, height, f"{frame.image_path} ({frame.origin})")
         if lens not in undistorters:
             try:
-                undistorters[lens] = Undistorter(lens)
+                undistorters[lens] = make_undistorter(lens, undistort)
             except DistortionError as exc:
                 raise BuildError(f"{frame.origin}: {exc}") from exc
         planned.append(_PlannedFrame(frame, undistorters[lens]))
@@ -224,7 +224,7 @@ def _load_frame(plan: _PlannedFrame) -> Frame:
         raise BuildError(f"{capture.image_path}: decoded to {raw.shape[1]}x{raw.shape[0]}, its header said "
                          f"{undistorter.lens.width}x{undistorter.lens.height}")
     image, valid = undistorter.image(raw)
-    camera = Camera(undistorter.K, capture.c2w, undistorter.lens.width, undistorter.lens.height)
+    camera = Camera(undistorter.K, capture.c2w, undistorter.width, undistorter.height)
     return Frame(name=capture.name, image=image, camera=camera, mask=valid, source_jpeg=_jpeg_bytes(capture.image_path))
 
 
@@ -246,18 +246,20 @@ def _load_frames(planned: list[_PlannedFrame], label: str, progress: bool) -> li
 
 
 def assemble_scene(dataset: str, scene_id: str, capture: Capture, progress: bool = False,
-                   expect_size: tuple[int, int] | None = None) -> Scene:
+                   expect_size: tuple[int, int] | None = None, undistort: str = "keep-size",
+                   extra_meta: dict | None = None) -> Scene:
     """Check, undistort and load a capture into a ``Scene`` (frames sorted by name).
 
-    Distorted frames are remapped to a pinhole camera of the same size and focal; pixels that fall outside
-    the raw image get a mask (False). ``expect_size`` (width, height), when given, must be every frame's size.
+    Distorted frames are remapped to a pinhole camera by the named ``undistort`` option (see
+    ``gfbench.builders.undistort``); pixels without a source get a mask (False). ``expect_size`` (width,
+    height), when given, must be every raw frame's size. ``extra_meta`` joins the scene's meta.
     """
     check_id("dataset", dataset)
     check_id("scene", scene_id)
     if not capture.frames:
         raise BuildError(f"{capture.provenance.get('model_path', capture.provenance.get('source'))}: "
                          "the model has no images")
-    planned = _plan_frames(capture.frames)
+    planned = _plan_frames(capture.frames, undistort)
     if expect_size is not None:
         for plan in planned:
             size = (plan.undistorter.lens.width, plan.undistorter.lens.height)
@@ -272,12 +274,17 @@ def assemble_scene(dataset: str, scene_id: str, capture: Capture, progress: bool
         "camera_models": sorted({lens.model for lens in lenses}),
         "undistorted": any(lens.distorted for lens in lenses),
     }
-    meta = {"provenance": provenance, "normalization": normalization([f.camera.c2w for f in frames])}
+    if provenance["undistorted"]:
+        provenance["undistort"] = undistort
+    meta = {**(extra_meta or {}), "provenance": provenance,
+            "normalization": normalization([f.camera.c2w for f in frames])}
     return Scene(dataset, scene_id, frames, points, meta)
 
 
 def build_and_write(dataset: str, scene_id: str, capture: Capture, out: Path, progress: bool = False,
-                    expect_size: tuple[int, int] | None = None) -> Path:
+                    expect_size: tuple[int, int] | None = None, undistort: str = "keep-size",
+                    extra_meta: dict | None = None) -> Path:
     """Assemble the capture completely, then write its shard (atomically) under ``out``."""
-    scene = assemble_scene(dataset, scene_id, capture, progress=progress, expect_size=expect_size)
+    scene = assemble_scene(dataset, scene_id, capture, progress=progress, expect_size=expect_size,
+                           undistort=undistort, extra_meta=extra_meta)
     return write_scene(scene, out)

@@ -1,16 +1,21 @@
 """The benchmark datasets with known layouts (DL3DV benchmark, Tanks and Temples, Mip-NeRF 360), and DL3DV
 from the Hugging Face hub.
 
-Scene lists, the image folder and the expected frame size come from ``datasets/<id>.yaml``. Layouts are
-found tolerantly under ``--source``:
+Scene lists, the image folder, the expected frame size and the undistortion come from
+``datasets/<id>.yaml``. Layouts are found tolerantly under ``--source``:
 
-- DL3DV: ``<hash>/`` (also one level down, e.g. ``1K/<hash>/``) holding, in order of preference, a COLMAP
-  model (``sparse/0`` or ``sparse``) in the scene folder or its ``colmap/``, ``gaussian_splat/`` or
-  ``nerfstudio/`` subfolder, with ``images_4`` beside it (or in the scene folder); else a ``transforms.json``
-  with ``images_4`` beside it (the hub's ``<hash>/nerfstudio/`` layout).
+- DL3DV: ``<hash>/`` (also one level down, e.g. ``1K/<hash>/``) holding, in order of preference:
+  GenFusion's preprocessed release (``GenFusion_DL3DV_24Benchmark``), read where the official loader reads
+  it: ``<hash>/nerfstudio/colmap/sparse/0`` or ``<hash>/nerfstudio/sparse/0`` with
+  ``<hash>/nerfstudio/images_4``; then a COLMAP model (``sparse/0`` or ``sparse``) in the scene folder or its
+  ``colmap/``, ``gaussian_splat/`` subfolder with ``images_4`` beside it (or in the scene folder); else a
+  ``transforms.json`` with ``images_4`` beside it (the raw benchmark's ``<hash>/nerfstudio/`` layout).
 - Tanks and Temples: ``<scene>/`` or ``tandt/<scene>/`` (3DGS's archive; names match case-insensitively,
   and nerfbaselines' ``<scene>_2down`` folders too) with ``images`` and ``sparse/0``.
 - Mip-NeRF 360: ``<scene>/`` or ``360_v2/<scene>/`` with the spec's image folder and ``sparse/0``.
+
+Split files (``train_test_split_{n}.json``, ReconFusion's) in a scene folder, or in ``<splits>/<scene>/``
+when a splits folder is named, are stored in the shard (see ``gfbench.splits.collect_split_files``).
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ from gfbench.builders.colmap import find_model, has_model, read_colmap_capture
 from gfbench.builders.common import BuildError, Capture, build_and_write
 from gfbench.builders.nerfstudio import TRANSFORMS, read_nerfstudio_capture
 from gfbench.paths import data_root
+from gfbench.protocols import SPLIT_FILES_META
 from gfbench.specs import DatasetSpec, SpecError, load_dataset
+from gfbench.splits import check_split_ids, collect_split_files
 
 HUB_TIMEOUT_S = 10.0
+DL3DV_OFFICIAL = ("nerfstudio/colmap", "nerfstudio")  # the official loader: <data_dir>/colmap/sparse/0, else sparse/0
 DL3DV_SUBFOLDERS = (".", "colmap", "gaussian_splat", "nerfstudio")
 
 
@@ -55,7 +63,13 @@ def _subfolders(source: Path) -> list[Path]:
 
 
 def dl3dv_capture(scene_dir: Path, images: str, layout: str = "dl3dv") -> Capture:
-    """A DL3DV scene: a COLMAP model with ``images`` beside it, else ``transforms.json`` with ``images``."""
+    """A DL3DV scene: GenFusion's preprocessed layout, else a COLMAP model with ``images`` beside it, else
+    ``transforms.json`` with ``images``."""
+    official_images = scene_dir / "nerfstudio" / images
+    for sub in DL3DV_OFFICIAL:
+        model = scene_dir / sub / "sparse" / "0"
+        if has_model(model) and official_images.is_dir():
+            return read_colmap_capture(model, official_images, scene_dir, f"{layout}/genfusion")
     for sub in DL3DV_SUBFOLDERS:
         folder = scene_dir / sub
         if has_model(folder / "sparse" / "0") or has_model(folder / "sparse"):
@@ -113,21 +127,53 @@ def locate_scenes(spec: DatasetSpec, source: Path, scenes: list[str] | None = No
     return found
 
 
+def split_files_meta(folder: Path, frames: int, where: str) -> dict:
+    """``{"train_test_splits": {...}}`` for a scene's meta from the split files in ``folder`` (empty when
+    there are none); a malformed file, or one naming frames the scene lacks, is a BuildError."""
+    try:
+        stored = collect_split_files(folder)
+        check_split_ids(stored, frames, where)
+    except ValueError as exc:
+        raise BuildError(str(exc)) from exc
+    return {SPLIT_FILES_META: stored} if stored else {}
+
+
+def _split_folder(scene: str, scene_dir: Path, splits: Path | None) -> Path:
+    if splits is None:
+        return scene_dir
+    folder = Path(splits) / scene
+    if not folder.is_dir():
+        raise BuildError(f"{folder}: no split files for scene {scene!r} (--splits names a folder holding "
+                         "<scene>/train_test_split_{n}.json)")
+    return folder
+
+
 def build_known(dataset_id: str, source: Path, scenes: list[str] | None = None, out: Path | None = None,
-                progress: bool = False) -> list[Path]:
-    """Build the chosen scenes of a known dataset from a local copy at ``source``; one shard per scene."""
+                progress: bool = False, undistort: str | None = None, splits: Path | None = None,
+                notes: list[str] | None = None) -> list[Path]:
+    """Build the chosen scenes of a known dataset from a local copy at ``source``; one shard per scene.
+
+    ``undistort`` defaults to the spec's ``options.undistort`` (else ``keep-size``). Split files come from each
+    scene folder, or from ``<splits>/<scene>/``; where the spec names ``options.split_files`` (their source)
+    and a scene has none, a line saying so is appended to ``notes``."""
     try:
         spec = load_dataset(dataset_id)
     except SpecError as exc:
         raise BuildError(str(exc)) from exc
+    undistort = undistort or spec.options.get("undistort", "keep-size")
     folders = locate_scenes(spec, Path(source), scenes)
+    split_dirs = {scene: _split_folder(scene, folder, splits) for scene, folder in folders.items()}
     _, read = _layout(spec)
     written = []
     for scene, folder in tqdm(folders.items(), unit="scene", desc=dataset_id, disable=not progress):
         capture = read(folder)
         capture.provenance["dataset_spec"] = f"{spec.id} v{spec.version}"
+        extra = split_files_meta(split_dirs[scene], len(capture.frames), f"{dataset_id}/{scene}")
+        if not extra and spec.options.get("split_files") and notes is not None:
+            notes.append(f"{dataset_id}/{scene}: no train_test_split_{{n}}.json in {split_dirs[scene]}; the suites "
+                         f"that read them will refuse this scene. {' '.join(str(spec.options['split_files']).split())}")
         written.append(build_and_write(spec.id, scene, capture, data_root(out), progress=progress,
-                                       expect_size=spec.resolution))
+                                       expect_size=spec.resolution, undistort=undistort, extra_meta=extra))
     return written
 
 
@@ -143,7 +189,7 @@ def _hub_offline() -> bool:
 
 def _hub_failure(repo: str, endpoint: str, problem: str) -> BuildError:
     return BuildError(f"cannot download {repo} from the Hugging Face hub at {endpoint}: {problem}. Download it "
-                      "elsewhere (DL3DV's own download.py) and pass the local copy with --source PATH")
+                      "elsewhere and pass the local copy with --source PATH")
 
 
 def download_dl3dv(scenes: list[str] | None = None, token: str | None = None, local_dir: Path | None = None,

@@ -1,5 +1,15 @@
-"""Lenses with radial-tangential distortion, and their undistortion to a pinhole camera of the same size
-and focal (numpy, and scipy.sparse for the remap).
+"""Lenses with radial-tangential distortion, and their undistortion to a pinhole camera, by one of two named
+options (``UNDISTORT_OPTIONS``):
+
+- ``keep-size``: a pinhole camera of the same size and focal (numpy, and scipy.sparse for the remap); pixels
+  that sample outside the raw image are zeroed and masked.
+- ``opencv-alpha0``: exactly what GenFusion's official loader (gsplat's COLMAP parser) does: OpenCV's
+  ``getOptimalNewCameraMatrix(K, dist, size, alpha=0)``, ``initUndistortRectifyMap`` + ``remap`` (bilinear),
+  then a crop to the valid region OpenCV returns, keeping the new camera matrix as it is (the principal
+  point is not shifted by the crop offset, as in the official code). Pixels whose bilinear sample reaches
+  outside the raw image are masked.
+
+Under either option masked pixels never reach a loss or a score.
 
 Distortion acts on normalized coordinates ``(x, y) = ((u - cx) / fx, (v - cy) / fy)``::
 
@@ -27,6 +37,8 @@ _NEWTON_STEPS = 20
 _POINT_TOLERANCE_PX = 1e-4
 _FOLD_CHECK_STRIDE = 2
 _CACHED_MAPS = 4
+
+UNDISTORT_OPTIONS = ("keep-size", "opencv-alpha0")
 
 
 class DistortionError(ValueError):
@@ -176,12 +188,15 @@ def sampling_map(lens: Lens) -> tuple[sparse.csr_matrix, np.ndarray]:
 
 
 class Undistorter:
-    """Remaps images and observed pixels of one lens to the pinhole camera ``K`` (same size and focal).
-    Creating one checks that the lens can be undistorted (``check_no_fold``)."""
+    """``keep-size``: remaps images and observed pixels of one lens to the pinhole camera ``K`` (same size and
+    focal). Creating one checks that the lens can be undistorted (``check_no_fold``)."""
+
+    option = "keep-size"
 
     def __init__(self, lens: Lens):
         self.lens = lens
         self.K = lens.K
+        self.width, self.height = lens.width, lens.height
         if lens.distorted:
             check_no_fold(lens)
 
@@ -208,3 +223,97 @@ class Undistorter:
                 f"({int(bad.sum())} observed points); it cannot be undistorted honestly"
             )
         return self.lens.to_pixels(x, y)
+
+
+# ---------------------------------------------------------------- opencv-alpha0 (the official code)
+
+
+def opencv_coefficients(lens: Lens) -> np.ndarray:
+    """OpenCV's ``(k1, k2, p1, p2[, k3])`` for ``lens``, as float32 like the official loader keeps them."""
+    k1, k2, k3, k4 = lens.radial
+    p1, p2 = lens.tangential
+    if k4:
+        raise DistortionError(f"{lens.model} distortion has an r^8 term (k4 = {k4}), which OpenCV's model lacks; "
+                              "build with --undistort keep-size")
+    return np.array([k1, k2, p1, p2, *([k3] if k3 else [])], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class OpenCVMap:
+    """The official undistortion of one lens: new camera matrix, valid region (x, y, w, h), remap tables and
+    which output pixels (of the cropped region) have a source wholly inside the raw image."""
+
+    K: np.ndarray
+    roi: tuple[int, int, int, int]
+    map_x: np.ndarray
+    map_y: np.ndarray
+    sourced: np.ndarray
+
+
+@lru_cache(maxsize=_CACHED_MAPS)
+def _opencv_alpha0_map(lens: Lens) -> OpenCVMap:
+    import cv2
+
+    size = (lens.width, lens.height)
+    coefficients = opencv_coefficients(lens)
+    new_K, roi = cv2.getOptimalNewCameraMatrix(lens.K, coefficients, size, 0)
+    x, y, w, h = (int(v) for v in roi)
+    if w <= 0 or h <= 0:
+        raise DistortionError(f"{lens.model} distortion {lens.radial + lens.tangential} leaves OpenCV no valid "
+                              "region at alpha = 0; build with --undistort keep-size")
+    map_x, map_y = cv2.initUndistortRectifyMap(lens.K, coefficients, None, new_K, size, cv2.CV_32FC1)
+    # bilinear sampling reads (floor, floor + 1): wholly inside the raw image when 0 <= map <= size - 1
+    sourced = (map_x >= 0) & (map_x <= lens.width - 1) & (map_y >= 0) & (map_y <= lens.height - 1)
+    return OpenCVMap(new_K, (x, y, w, h), map_x, map_y, sourced[y:y + h, x:x + w].copy())
+
+
+def opencv_alpha0_map(lens: Lens) -> OpenCVMap:
+    with _MAP_LOCK:
+        return _opencv_alpha0_map(lens)
+
+
+class OpenCVAlpha0Undistorter:
+    """``opencv-alpha0``: the official code's undistortion of one lens (see the module docstring). The output
+    frame is the valid region, smaller than the raw image; a lens without distortion passes unchanged."""
+
+    option = "opencv-alpha0"
+
+    def __init__(self, lens: Lens):
+        self.lens = lens
+        self.map = opencv_alpha0_map(lens) if lens.distorted else None
+        self.K = lens.K if self.map is None else self.map.K
+        self.width, self.height = (lens.width, lens.height) if self.map is None else self.map.roi[2:]
+
+    def image(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The undistorted, cropped HxWx3 uint8 image and its mask of sourced pixels (None when all are)."""
+        if self.map is None:
+            return raw, None
+        import cv2
+
+        x, y, w, h = self.map.roi
+        out = cv2.remap(raw, self.map.map_x, self.map.map_y, cv2.INTER_LINEAR)[y:y + h, x:x + w]
+        return np.ascontiguousarray(out), (None if self.map.sourced.all() else self.map.sourced.copy())
+
+    def points(self, uv: np.ndarray) -> np.ndarray:
+        """Observed (distorted) pixels -> pixels of ``K`` (not shifted by the crop, like the frame's camera)."""
+        uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
+        if self.map is None or len(uv) == 0:
+            return uv.copy()
+        x, y, residual = undistort_normalized(self.lens, *self.lens.to_normalized(uv))
+        bad = residual > _POINT_TOLERANCE_PX
+        if bad.any():
+            raise DistortionError(
+                f"{self.lens.model} distortion does not invert at pixel {uv[bad][0].tolist()} "
+                f"({int(bad.sum())} observed points); it cannot be undistorted honestly"
+            )
+        K = self.K
+        return np.stack([K[0, 0] * x + K[0, 1] * y + K[0, 2], K[1, 1] * y + K[1, 2]], axis=-1)
+
+
+def make_undistorter(lens: Lens, option: str) -> Undistorter | OpenCVAlpha0Undistorter:
+    """The undistorter of ``lens`` under a named option (``UNDISTORT_OPTIONS``)."""
+    if option == "keep-size":
+        return Undistorter(lens)
+    if option == "opencv-alpha0":
+        return OpenCVAlpha0Undistorter(lens)
+    raise ValueError(f"unknown undistortion {option!r}; options: {', '.join(UNDISTORT_OPTIONS)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from gfbench import __version__
+from gfbench.paths import set_user_spec_dirs
 from gfbench.cli.build_real import colmap_command, dl3dv_command, mipnerf360_command, nerfstudio_command, tnt_command
 from gfbench.cli.catalog import ls, validate
 from gfbench.cli.data import build_data, show
@@ -12,11 +13,16 @@ from gfbench.cli.evaluate import evaluate
 from gfbench.cli.leaderboard import leaderboard
 from gfbench.cli.protocol import protocol_group, splits_group
 from gfbench.cli.run import run
+from gfbench.cli.suite import suite_group
+from gfbench.cli.weights import weights_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gfbench")
-def main() -> None:
+@click.option("--specs", "spec_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="A folder of your own specs (<dir>/<id>.yaml datasets, <dir>/suites/<id>.yaml suites, "
+                   "<dir>/splits/), added to the built-in ones (repeatable; also $GFBENCH_SPEC_PATH).")
+def main(spec_dirs: tuple[str, ...]) -> None:
     """gfbench: datasets, suites, methods and leaderboards for sparse and partial-capture 3D reconstruction.
 
     \b
@@ -25,9 +31,11 @@ def main() -> None:
       gfbench run --suite synthetic-masked  # train and score every method on a suite
       gfbench leaderboard --suite synthetic-masked
     """
+    set_user_spec_dirs(list(spec_dirs))
 
 
-for command in (ls, validate, build_data, show, run, leaderboard, evaluate, protocol_group, splits_group):
+for command in (ls, validate, build_data, show, run, leaderboard, evaluate, protocol_group, splits_group,
+                weights_group, suite_group):
     main.add_command(command)
 for command in (colmap_command, nerfstudio_command, dl3dv_command, tnt_command, mipnerf360_command):
     build_data.add_command(command)

@@ -11,6 +11,8 @@ from typing import Iterator
 
 import click
 
+from gfbench.builders.undistort import UNDISTORT_OPTIONS
+
 # the same help as ``gfbench.cli.data.OUT_HELP``; not imported, since that module imports this one
 OUT_HELP = "Shard root (default: $GFBENCH_DATA, else ~/.cache/gfbench/data)."
 _OUT = click.option("--out", type=click.Path(file_okay=False, path_type=Path), help=OUT_HELP)
@@ -19,6 +21,12 @@ _DATASET = click.option("--dataset", default="custom", show_default=True,
 _SCENE_ID = click.option("--scene", "scene_id", help="Scene id (default: the capture folder's name).")
 _SCENES = click.option("--scene", "scenes", multiple=True,
                        help="Build only this scene (repeatable). Default: every scene of the dataset spec.")
+_UNDISTORT_CHOICES = click.Choice(UNDISTORT_OPTIONS)
+_UNDISTORT_HELP = ("How distorted cameras become pinhole ones: keep-size (same size and focal, pixels without a "
+                   "source masked) or opencv-alpha0 (GenFusion's official code: OpenCV's optimal new camera at "
+                   "alpha 0, cropped to the valid region). Pixels without a source are never scored.")
+_SPLITS_HELP = ("Folder of split files (train_test_split_<n>.json, ReconFusion's format) to store in the shard"
+                "{where}. Default: those in the scene folder.")
 
 
 @contextmanager
@@ -39,12 +47,18 @@ def _build_errors() -> Iterator[None]:
 @_DATASET
 @_SCENE_ID
 @_OUT
-def colmap_command(path: Path, images: str, dataset: str, scene_id: str | None, out: Path | None) -> None:
-    """Build a COLMAP capture: PATH holds sparse/0 (or sparse) and an image folder."""
+@click.option("--undistort", type=_UNDISTORT_CHOICES, default="keep-size", show_default=True, help=_UNDISTORT_HELP)
+@click.option("--splits", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help=_SPLITS_HELP.format(where=" (the files themselves, not a folder per scene)"))
+def colmap_command(path: Path, images: str, dataset: str, scene_id: str | None, out: Path | None, undistort: str,
+                   splits: Path | None) -> None:
+    """Build a COLMAP capture: PATH holds sparse/0 (or sparse) and an image folder, and optionally
+    ReconFusion-style split files (train_test_split_{n}.json) for sparse-view suites."""
     from gfbench.builders.colmap import build_colmap
 
     with _build_errors():
-        shard = build_colmap(path, images=images, dataset=dataset, scene_id=scene_id, out=out, progress=True)
+        shard = build_colmap(path, images=images, dataset=dataset, scene_id=scene_id, out=out, progress=True,
+                             undistort=undistort, splits=splits)
     click.echo(f"wrote {shard}")
 
 
@@ -64,13 +78,24 @@ def nerfstudio_command(path: Path, images: str | None, dataset: str, scene_id: s
     click.echo(f"wrote {shard}")
 
 
-def _build_known(dataset_id: str, source: Path, scenes: tuple[str, ...], out: Path | None) -> None:
+def _build_known(dataset_id: str, source: Path, scenes: tuple[str, ...], out: Path | None,
+                 undistort: str | None = None, splits: Path | None = None) -> None:
     from gfbench.builders.known import build_known
 
+    notes: list[str] = []
     with _build_errors():
-        written = build_known(dataset_id, source, list(scenes) or None, out=out, progress=True)
+        written = build_known(dataset_id, source, list(scenes) or None, out=out, progress=True, undistort=undistort,
+                              splits=splits, notes=notes)
     for shard in written:
         click.echo(f"wrote {shard}")
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+
+
+_UNDISTORT = click.option("--undistort", type=_UNDISTORT_CHOICES, default=None,
+                          help=_UNDISTORT_HELP + " Default: the dataset spec's (options.undistort), else keep-size.")
+_SPLITS = click.option("--splits", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+                       help=_SPLITS_HELP.format(where=": <DIR>/<scene>/train_test_split_<n>.json"))
 
 
 _SOURCE_HELP = "Local copy of the dataset (the folder holding the scene folders)."
@@ -83,9 +108,11 @@ _SOURCE_HELP = "Local copy of the dataset (the folder holding the scene folders)
 @click.option("--token", default=None, help="Hugging Face token for --from-hub (default: your saved login).")
 @_SCENES
 @_OUT
+@_UNDISTORT
 def dl3dv_command(source: Path | None, from_hub: bool, token: str | None, scenes: tuple[str, ...],
-                  out: Path | None) -> None:
-    """DL3DV benchmark scenes at 960x540 (images_4), COLMAP or nerfstudio layout."""
+                  out: Path | None, undistort: str | None) -> None:
+    """DL3DV benchmark scenes at 960x540 (images_4): GenFusion's preprocessed release (<hash>/nerfstudio/ with
+    colmap/sparse/0 or sparse/0 and images_4), or the raw benchmark's COLMAP or nerfstudio layouts."""
     if from_hub:
         from gfbench.builders.known import download_dl3dv
 
@@ -93,7 +120,7 @@ def dl3dv_command(source: Path | None, from_hub: bool, token: str | None, scenes
             source = download_dl3dv(list(scenes) or None, token=token, local_dir=source)
     elif source is None:
         raise click.UsageError("pass --source PATH (a local copy) or --from-hub")
-    _build_known("dl3dv", source, scenes, out)
+    _build_known("dl3dv", source, scenes, out, undistort)
 
 
 def _known_layout_command(dataset_id: str, help_text: str) -> click.Command:
@@ -104,8 +131,11 @@ def _known_layout_command(dataset_id: str, help_text: str) -> click.Command:
                   help=_SOURCE_HELP)
     @_SCENES
     @_OUT
-    def command(source: Path, scenes: tuple[str, ...], out: Path | None) -> None:
-        _build_known(dataset_id, source, scenes, out)
+    @_UNDISTORT
+    @_SPLITS
+    def command(source: Path, scenes: tuple[str, ...], out: Path | None, undistort: str | None,
+                splits: Path | None) -> None:
+        _build_known(dataset_id, source, scenes, out, undistort, splits)
 
     return command
 
@@ -113,4 +143,5 @@ def _known_layout_command(dataset_id: str, help_text: str) -> click.Command:
 tnt_command = _known_layout_command(
     "tnt", "Tanks and Temples scenes (3DGS tandt layout: <scene>/images and sparse/0).")
 mipnerf360_command = _known_layout_command(
-    "mipnerf360", "Mip-NeRF 360 scenes (<scene>/images_4 and sparse/0; the image folder comes from the spec).")
+    "mipnerf360", "Mip-NeRF 360 scenes (<scene>/images_4 and sparse/0; the image folder comes from the spec), "
+                  "with ReconFusion's train_test_split_{3,6,9}.json from each scene folder or --splits DIR.")

@@ -7,6 +7,7 @@ import sys
 import click
 
 from gfbench import specs
+from gfbench.paths import specs_root
 
 
 @click.command("ls")
@@ -17,10 +18,14 @@ def ls(what: str, suite: str | None, dataset: str | None) -> None:
     """List suites, datasets, methods, or the scenes of a suite or dataset."""
     try:
         if what == "suites":
+            builtin = specs_root().resolve()
             for suite_id in specs.list_suites():
                 spec = specs.load_suite(suite_id)
-                click.echo(f"{spec.id:24s} v{spec.version}  {spec.dataset:11s} {spec.protocol_type:7s} "
-                           f"{len(spec.scenes):3d} scenes  {', '.join(spec.metrics)}")
+                where = "" if spec.path.resolve().is_relative_to(builtin) else f"  ({spec.path})"
+                click.echo(f"{spec.id:32s} v{spec.version}  {spec.dataset:11s} {spec.protocol_type:7s} "
+                           f"{len(spec.scenes):3d} scenes  {', '.join(spec.metrics)}{where}")
+                if spec.notice:
+                    click.echo(f"{'':32s} ! {spec.notice}")
         elif what == "datasets":
             for dataset_id in specs.list_datasets():
                 spec = specs.load_dataset(dataset_id)
@@ -42,12 +47,16 @@ def ls(what: str, suite: str | None, dataset: str | None) -> None:
 
 @click.command()
 def validate() -> None:
-    """Load and check every dataset and suite spec; exit 1 naming each problem."""
+    """Load and check every dataset and suite spec (built-in and your own) and every frozen split file of
+    every suite (format, checksum, suite version and protocol, frame roles); exit 1 naming each problem."""
     problems = specs.validate_all()
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     count = len(specs.list_datasets()) + len(specs.list_suites())
+    frozen = sum(1 for suite_id in specs.list_suites()
+                 for _ in (specs.splits_dir_of(specs.suite_path(suite_id)) / suite_id).glob("*.json"))
     if problems:
-        click.echo(f"{len(problems)} problem(s) in {count} specs", err=True)
+        click.echo(f"{len(problems)} problem(s) in {count} specs and {frozen} frozen split files", err=True)
         sys.exit(1)
-    click.echo(f"{count} specs valid ({len(specs.list_datasets())} datasets, {len(specs.list_suites())} suites)")
+    click.echo(f"{count} specs valid ({len(specs.list_datasets())} datasets, {len(specs.list_suites())} suites), "
+               f"{frozen} frozen split files checked")

@@ -11,7 +11,8 @@ from gfbench import paper, results, specs
 
 
 @click.command("leaderboard")
-@click.option("--suite", "suite_id", required=True, help="Suite id (see 'gfbench ls suites').")
+@click.option("--suite", "suite_id", required=True,
+              help="Suite id (see 'gfbench ls suites') or the path of a suite file.")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
               default=results.DEFAULT_RESULTS, show_default=True, help="Folder of result records.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -42,6 +43,8 @@ def leaderboard(suite_id: str, results_dir: Path, out_dir: Path, compare_paper: 
         raise click.ClickException(
             f"none of the {len(pairs)} record(s) for suite {spec.id!r} belong to its current version "
             f"(v{spec.version}) and protocol; re-run them with 'gfbench run --suite {spec.id}'")
+    if compare_paper and spec.notice:
+        click.echo(f"warning: {spec.notice}", err=True)
     try:
         if compare_paper and paper.paper_results(spec.id).empty:
             covered = ", ".join(sorted(set(paper.load_tables()["suite"])))

@@ -14,6 +14,7 @@ from gfbench.scene import Scene
 
 TRAIN_COLOR, TEST_COLOR, UNUSED_COLOR = (60, 220, 60), (230, 60, 60), (150, 150, 150)
 THUMB_WIDTH = 192
+SUITE_HELP = "Suite id (see 'gfbench ls suites') or the path of a suite file."
 
 
 def load_scene(dataset: str, scene_id: str, data: str | None) -> Scene:
@@ -89,7 +90,7 @@ def protocol_group() -> None:
 
 
 @protocol_group.command("show")
-@click.option("--suite", "suite_id", required=True, help="Suite id (datasets/suites/<id>.yaml).")
+@click.option("--suite", "suite_id", required=True, help=SUITE_HELP)
 @click.option("--scene", "scene_id", required=True, help="Scene id of the suite's dataset.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="PNG to write [<suite>-<scene>.png].")
 @click.option("--data", type=click.Path(file_okay=False), default=None, help="Data root [gfbench data root].")
@@ -125,38 +126,57 @@ def _chosen_scenes(suite: specs.SuiteSpec, scenes: tuple[str, ...]) -> list[str]
     return chosen
 
 
+def _splits_root(suite: specs.SuiteSpec, folder: str | None) -> Path:
+    """Where a suite's frozen splits are written: ``folder`` when given, else beside the suite (its spec
+    folder's ``splits/``), never inside the installed package."""
+    from gfbench.paths import inside_installed_package
+
+    if folder:
+        return Path(folder)
+    if inside_installed_package(suite.splits_dir):
+        raise click.ClickException(
+            f"suite {suite.id} is built into the installed gfbench package ({suite.path}); nothing is written "
+            f"there. Write a suite of your own that starts with 'include: {suite.id}' and freeze that one (its "
+            "splits go beside it), or name another folder with --out DIR")
+    return suite.splits_dir
+
+
 @splits_group.command("freeze")
-@click.option("--suite", "suite_id", required=True, help="Suite id (datasets/suites/<id>.yaml).")
+@click.option("--suite", "suite_id", required=True, help=SUITE_HELP)
 @click.option("--scenes", multiple=True, help="Scene ids (repeat or comma-separate) [all of the suite's].")
 @click.option("--data", type=click.Path(file_okay=False), default=None, help="Data root [gfbench data root].")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Splits root [datasets/splits].")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Splits root [splits/ of the suite's spec folder: datasets/splits for the checkout's suites, "
+                   "beside the file for a suite of your own].")
 def freeze(suite_id: str, scenes: tuple[str, ...], data: str | None, out: str | None) -> None:
-    """Write datasets/splits/<suite>/<scene>.json for each scene."""
+    """Write <splits root>/<suite>/<scene>.json for each scene (never into the installed package)."""
     from gfbench.splits import freeze_split, write_frozen_split
 
     suite = _load_suite(suite_id)
+    root = _splits_root(suite, out)
     for scene_id in _chosen_scenes(suite, scenes):
         scene = load_scene(suite.dataset, scene_id, data)
         try:
             frozen = freeze_split(suite, scene)
         except ValueError as exc:
             raise click.ClickException(f"{suite.id} / {scene.key}: {exc}") from exc
-        path = write_frozen_split(frozen, Path(out) if out else None)
+        path = write_frozen_split(frozen, root)
         entry = frozen["splits"][0]
         click.echo(f"{scene_id}: {len(entry['train'])} train, {len(entry['test'])} test -> {path}")
 
 
 @splits_group.command("verify")
-@click.option("--suite", "suite_id", required=True, help="Suite id (datasets/suites/<id>.yaml).")
+@click.option("--suite", "suite_id", required=True, help=SUITE_HELP)
 @click.option("--scenes", multiple=True, help="Scene ids (repeat or comma-separate) [all of the suite's].")
 @click.option("--data", type=click.Path(file_okay=False), default=None, help="Data root [gfbench data root].")
-@click.option("--root", type=click.Path(file_okay=False), default=None, help="Splits root [datasets/splits].")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Splits root [splits/ of the suite's spec folder].")
 def verify(suite_id: str, scenes: tuple[str, ...], data: str | None, root: str | None) -> None:
     """Recompute each scene's split (every suite seed) and check it against its frozen file."""
     from gfbench.splits import load_frozen_split, verify_frozen_split
 
     suite = _load_suite(suite_id)
-    root_path = Path(root) if root else None
+    root_path = Path(root) if root else suite.splits_dir
     for scene_id in _chosen_scenes(suite, scenes):
         scene = load_scene(suite.dataset, scene_id, data)
         try:

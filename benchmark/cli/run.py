@@ -10,7 +10,8 @@ from gfbench.results import DEFAULT_RESULTS
 
 
 @click.command()
-@click.option("--suite", "suite_id", required=True, help="Suite id (see 'gfbench ls suites').")
+@click.option("--suite", "suite_id", required=True,
+              help="Suite id (see 'gfbench ls suites') or the path of a suite file of your own.")
 @click.option("--method", "method_names", multiple=True,
               help="Method to run (repeatable). Default: every registered method.")
 @click.option("--scenes", "scenes", multiple=True, help="Only these scenes (repeatable, or comma-separated).")
