@@ -14,7 +14,24 @@ from gfbench.cli.protocol import protocol_group, splits_group
 from gfbench.cli.run import run
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; a full disk anywhere is one line naming the path, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from gfbench.storage import DiskFull, is_disk_full
+
+        try:
+            return super().invoke(ctx)
+        except DiskFull as exc:
+            raise click.ClickException(str(exc)) from exc
+        except Exception as exc:  # a library may wrap the OSError it got
+            if is_disk_full(exc):
+                name = getattr(exc, "filename", None) or "a file"
+                raise click.ClickException(f"{name}: disk full (no space left on device)") from exc
+            raise
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gfbench")
 def main() -> None:
     """gfbench: datasets, suites, methods and leaderboards for sparse and partial-capture 3D reconstruction.
