@@ -305,3 +305,36 @@ def test_two_concurrent_runs_share_the_jobs_instead_of_doing_each_twice(world, t
     assert all(s["failed"] == [] for s in summaries)
     records = results.scan_records(world["results"])
     assert len(records.records) == 4 and records.problems == []
+
+
+# ---------------------------------------------------------------- runs to leaderboard
+
+
+def test_a_preset_run_and_a_set_run_are_two_entries_and_published_tables_stay(world, tmp_path, monkeypatch):
+    """The issue's check, with the stand-in method: the preset run and a `--set steps=30` run of one scene
+    make two entries labelled apart; nothing but `--publish` touches leaderboards/."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "leaderboards").mkdir()
+    published = tmp_path / "leaderboards" / "test-masked.md"
+    published.write_text("published\n")
+    cli = CliRunner()
+    base = ["run", "--suite", "test-masked", "--method", "mean-color", "--scenes", "a", "--data", str(world["data"])]
+    assert cli.invoke(main, base).exit_code == 0
+    assert cli.invoke(main, base + ["--set", "steps=30"]).exit_code == 0
+    assert CALLS == [("fit", 7, 0), ("fit", 30, 0)]
+
+    result = cli.invoke(main, ["leaderboard", "--suite", "test-masked"])
+    assert result.exit_code == 0, result.output
+    board = (tmp_path / "results" / "leaderboards" / "test-masked.csv").read_text()
+    assert {line.split(",")[2] for line in board.splitlines()[1:]} == {"mean-color"}
+    assert "config cfg-" in result.output and "is not the suite's preset 'quick' (quick with steps=30" \
+        in result.output
+
+    result = cli.invoke(main, ["leaderboard", "--suite", "test-masked", "--all-configs"])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "results" / "leaderboards" / "test-masked.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| scene |"))
+    (label,) = {cell.split()[0] for cell in header.split("|")[2:-1]} - {"mean-color"}
+    assert label.startswith("mean-color@cfg-") and f"- `{label}`: quick with steps=30 (preset: 7)" in text
+    assert published.read_text() == "published\n" and sorted(p.name for p in published.parent.iterdir()) == [
+        "test-masked.md"]
