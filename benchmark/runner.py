@@ -307,9 +307,11 @@ def _run_locked(job: Job, path: Path, identity: dict[str, Any], digest: str, roo
                 cache.clear()  # keep one scene in memory at a time
                 cache[job.scene] = load_scene(job.suite.dataset, job.scene, root)
             record.update(status="ok", **fit_and_score(job, cache[job.scene], workdir, device, on_step))
-        except Exception as exc:  # one failing job must not stop the others; a full disk stops them all
+        except DiskFull:
+            raise  # a full disk stops every job, not just this one
+        except Exception as exc:  # one failing job must not stop the others
             if is_disk_full(exc):
-                raise exc if isinstance(exc, DiskFull) else DiskFull(workdir, "the job's working files") from exc
+                raise DiskFull(workdir, "the job's working files") from exc
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         record.update(wall_time_s=time.perf_counter() - started, peak_memory_mb=peak_memory_mb(device),
                       created=datetime.now(timezone.utc).isoformat(timespec="seconds"))

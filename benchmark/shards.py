@@ -146,6 +146,19 @@ def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
         os.fsync(handle.fileno())
 
 
+_VERIFIED: dict[tuple[int, ...], str] = {}  # file identity (see _verified_sha256) -> its sha256
+
+
+def _verified_sha256(path: Path) -> str:
+    """sha256 of a shard, hashed once per process while the file is unchanged: any write or rename changes
+    its inode, size or change time (which no user can set back)."""
+    stat = path.stat()
+    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = sha256_file(path)
+    return _VERIFIED[key]
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -323,7 +336,7 @@ def _verified_shard(root: Path, dataset: str, scene_id: str) -> tuple[Path, dict
     sized = [e for e in candidates if e["bytes"] == size]
     if not sized:
         raise ShardError(f"{shard}: {size} bytes, the manifest says {candidates[0]['bytes']} (truncated or altered)")
-    digest = sha256_file(shard)
+    digest = _verified_sha256(shard)
     for entry in sized:
         if entry["sha256"] == digest:
             return shard, entry
