@@ -44,8 +44,6 @@ class SlowMeanColor:
         self.color = None
 
     def fit(self, train_views, *, points, config, seed, workdir, progress=None):
-        from gfbench.methods import Render  # noqa: F401  (the registry is importable in the child)
-
         if self.fit_log is not None:
             with open(self.fit_log, "a") as log:
                 log.write(f"{Path(workdir).parent.parent.name} {seed} {os.getpid()}\n")

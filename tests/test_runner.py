@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from gfbench import methods, results, runner, specs
+from gfbench import methods, results, specs
 from gfbench.cli import main
 from gfbench.methods import Render
 from gfbench.runner import plan_jobs, run_suite

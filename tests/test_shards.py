@@ -1,12 +1,18 @@
+import errno
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from gfbench import shards
 from gfbench.shards import MANIFEST, ShardError, list_built_scenes, read_scene, write_scene
+from gfbench.storage import DiskFull
 from helpers import tiny_scene
 
 
@@ -150,15 +156,6 @@ def test_source_jpeg_is_stored_as_captured_and_reads_back_exactly(tmp_path):
 
 
 # ---------------------------------------------------------------- crash consistency and a full disk
-
-import errno  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from gfbench import shards  # noqa: E402
-from gfbench.storage import DiskFull  # noqa: E402
 
 
 def leftovers(root, dataset="testset"):
