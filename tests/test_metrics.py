@@ -8,6 +8,7 @@ tested, not the published values.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -555,14 +556,18 @@ def png16_bytes(pixels: np.ndarray) -> bytes:
             + chunk(b"IEND", b""))
 
 
-def exact_quantize(values: np.ndarray, mode: str) -> np.ndarray:
-    """The oracle: floor(255 v / 65535 (+ 1/2)) in exact rational arithmetic."""
+@functools.lru_cache(maxsize=None)
+def exact_table(mode: str) -> np.ndarray:
+    """The oracle: floor(255 v / 65535 (+ 1/2)) for every 16-bit v, in exact rational arithmetic."""
     from fractions import Fraction
     from math import floor
 
     half = Fraction(1, 2) if mode == "round" else 0
-    table = np.array([floor(Fraction(255 * v, 65535) + half) for v in range(65536)], np.uint8)
-    return table[values]
+    return np.array([floor(Fraction(255 * v, 65535) + half) for v in range(65536)], np.uint8)
+
+
+def exact_quantize(values: np.ndarray, mode: str) -> np.ndarray:
+    return exact_table(mode)[values]
 
 
 @pytest.mark.parametrize("mode", ["truncate", "round"])
