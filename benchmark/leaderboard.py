@@ -2,14 +2,20 @@
 (Markdown), a bar chart (PNG), and optionally a comparison with the paper's numbers.
 
 Only records of the suite's current version and protocol hash are used; others are refused and listed,
-never mixed in. A scene's score is the mean over its test frames (computed by the runner); with several
-seeds the Markdown shows the mean over seeds while the CSV keeps each seed; a suite average is the
-unweighted mean over the suite's scenes, shown only for a method that has a result for every scene.
+never mixed in. An entry is a method with one resolved config: labelled by the preset's name when the
+config equals that preset (as defined now), else by a short hash of the config (``cfg-1a2b3c4d``), so runs
+with different settings are different entries. By default only the suite's preset is shown and every other
+record is listed as left out, with the reason; ``all_configs`` shows every config as its own entry. Within
+an entry, a scene and a seed, a successful record always wins over a failed one, and the newest over older
+ones. A scene's score is the mean over its test frames (computed by the runner); with several seeds the
+Markdown shows the mean over seeds while the CSV keeps each seed; a suite average is the unweighted mean
+over the suite's scenes, shown only for an entry that has a result for every scene.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import tempfile
@@ -22,15 +28,18 @@ import pandas as pd
 
 from gfbench import paper, results
 from gfbench.specs import SuiteSpec
+from gfbench.storage import reporting_disk_full
 
-LONG_COLUMNS = ["suite", "scene", "method", "seed", "metric", "value"]
-FAILED_COLUMNS = ["scene", "method", "seed", "error", "path"]
+LONG_COLUMNS = ["suite", "scene", "method", "config", "seed", "metric", "value"]
+FAILED_COLUMNS = ["scene", "method", "config", "seed", "error", "path"]
 COMPARISON_COLUMNS = ["scene", "method", "metric", "ours", "paper", "delta", "paper_consistent"]
 AVERAGE = "average"
 ARROWS = {True: "↑", False: "↓"}
 MISSING = "—"
 DAGGER = "†"
-DEFAULT_OUT = Path("leaderboards")
+PUBLISHED = Path("leaderboards")  # the checkout's published tables; written only on request (--publish)
+LEADERBOARDS_IN_RESULTS = "leaderboards"  # default: <results>/leaderboards/
+CONFIG_HASH_CHARS = 8
 
 
 # ---------------------------------------------------------------- metric directions and formats
@@ -87,42 +96,175 @@ def refusal_reason(record: dict[str, Any], spec: SuiteSpec, protocol_hash: str) 
     return None
 
 
-def method_label(record: dict[str, Any], spec: SuiteSpec) -> str:
-    """The method's name; runs with another preset than the suite's get their own column, ``method@preset``."""
-    preset = record.get("preset")
-    return record["method"] if preset in (None, spec.preset) else f"{record['method']}@{preset}"
+# ---------------------------------------------------------------- entries: method + resolved config
 
 
-def select_records(pairs: Iterable[tuple[Path, dict[str, Any]]], spec: SuiteSpec,
-                   protocol_hash: str | None = None) -> tuple[list[tuple[Path, dict[str, Any]]], list[Refused]]:
-    """Split records into those of the current suite version and protocol (one per scene, method and seed:
-    the newest) and the refused ones with their reason."""
+def _plain(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples become lists), so configs compare as stored."""
+    return json.loads(results.canonical_json(value))
+
+
+def config_digest(config: Any) -> str:
+    """The short hash that labels a config no preset matches."""
+    return "cfg-" + results.config_hash({"config": config})[:CONFIG_HASH_CHARS]
+
+
+def preset_config(method: str, preset: str) -> dict[str, Any] | None:
+    """The resolved config of ``preset`` for ``method`` as the presets define it now; None when it cannot
+    be resolved here (the method is not installed, or has no such preset)."""
+    from gfbench import runner  # imported late: it pulls in torch
+
+    try:
+        return _plain(runner.resolve_config(method, preset, {}))
+    except Exception:  # noqa: BLE001 - any failure to resolve means "not a known preset here"
+        return None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A leaderboard entry: a method and a config label (a preset name, or ``cfg-<hash>``)."""
+
+    method: str
+    config: str
+
+    def label(self, suite_preset: str) -> str:
+        """``method`` for the suite's preset, ``method@<config>`` for any other."""
+        return self.method if self.config == suite_preset else f"{self.method}@{self.config}"
+
+
+class Entries:
+    """Labels records by method and resolved config, resolving each (method, preset) once."""
+
+    def __init__(self, resolve=None):
+        self._resolve, self._presets = resolve or preset_config, {}
+        self.configs: dict[Entry, dict[str, Any]] = {}
+        self.differences: dict[Entry, str] = {}
+
+    def preset(self, method: str, preset: str) -> dict[str, Any] | None:
+        if (method, preset) not in self._presets:
+            self._presets[method, preset] = self._resolve(method, preset)
+        return self._presets[method, preset]
+
+    def of(self, record: dict[str, Any]) -> Entry:
+        method, preset, config = record["method"], record.get("preset"), _plain(record.get("config"))
+        reference = self.preset(method, preset) if isinstance(preset, str) else None
+        entry = Entry(method, preset if reference is not None and reference == config else config_digest(config))
+        if entry not in self.configs:
+            self.configs[entry] = config
+            self.differences[entry] = describe_difference(config, reference, preset)
+        return entry
+
+
+def describe_difference(config: Any, reference: dict[str, Any] | None, preset: Any) -> str:
+    """How ``config`` differs from its preset, e.g. ``quick with steps=30 (preset: 300)``."""
+    if reference is None:
+        return f"preset {preset!r} cannot be resolved here; config {results.canonical_json(config)[:120]}"
+    if not isinstance(config, dict):
+        return f"config {config!r}"
+    if config == reference:
+        return f"preset {preset}"
+    keys = sorted(set(config) | set(reference), key=str)
+    changed = [k for k in keys if config.get(k, MISSING) != reference.get(k, MISSING)]
+    parts = [f"{k}={results.canonical_json(config.get(k, MISSING))} (preset: "
+             f"{results.canonical_json(reference.get(k, MISSING))})" for k in changed[:5]]
+    more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+    return f"{preset} with {', '.join(parts)}{more}"
+
+
+@dataclass
+class Selection:
+    records: list[tuple[Path, dict[str, Any], Entry]]
+    refused: list[Refused]
+    entries: Entries
+
+
+def _newest(group: list[tuple[Path, dict[str, Any]]]) -> tuple[Path, dict[str, Any]]:
+    return max(group, key=lambda pr: (str(pr[1].get("created", "")), str(pr[0])))
+
+
+def _pick(group: list[tuple[Path, dict[str, Any]]]) -> tuple[tuple[Path, dict[str, Any]], list[Refused]]:
+    """The record that speaks for one (scene, entry, seed): the newest successful one, else the newest
+    failed one; the others with their reason."""
+    ok = [pr for pr in group if pr[1]["status"] == "ok"]
+    chosen = _newest(ok or group)
+    refused = []
+    for path, record in group:
+        if path == chosen[0]:
+            continue
+        if record["status"] == "failed" and ok:
+            reason = (f"failed ({first_line(record.get('error'))}), while {chosen[0].name} of the same method, "
+                      "config and seed succeeded")
+        else:
+            reason = f"superseded by the newer record {chosen[0].name} of the same method, config and seed"
+        refused.append(Refused(path, reason))
+    return chosen, refused
+
+
+def _scene_build(record: dict[str, Any]) -> str | None:
+    identity = record.get("identity")
+    return identity.get("scene_sha256") if isinstance(identity, dict) else None
+
+
+def _one_build_per_scene(chosen: list[tuple[Path, dict[str, Any], Entry]]) -> tuple[list, list[Refused]]:
+    """Records of one scene that ran on different builds of its data are not mixed: the build of the newest
+    record is kept."""
+    kept, refused = [], []
+    for scene in dict.fromkeys(record["scene"] for _, record, _ in chosen):
+        rows = [row for row in chosen if row[1]["scene"] == scene]
+        builds = {_scene_build(record) for _, record, _ in rows} - {None}
+        if len(builds) <= 1:
+            kept += rows
+            continue
+        current = _scene_build(_newest([(p, r) for p, r, _ in rows if _scene_build(r)])[1])
+        for row in rows:
+            build = _scene_build(row[1])
+            if build in (None, current):
+                kept.append(row)
+            else:
+                refused.append(Refused(row[0], f"ran on another build of scene {scene!r} (shard sha256 "
+                                               f"{build[:12]}; the newest records used {current[:12]})"))
+    return kept, refused
+
+
+def select_records(pairs: Iterable[tuple[Path, dict[str, Any]]], spec: SuiteSpec, protocol_hash: str | None = None,
+                   all_configs: bool = False, entries: Entries | None = None) -> Selection:
+    """The records that make the leaderboard (one per scene, entry and seed) and the refused ones with their
+    reason: another suite version or protocol, another config than the suite's preset (unless
+    ``all_configs``), superseded, failed beside a success, or run on another build of the scene."""
     protocol_hash = protocol_hash or current_protocol_hash(spec)
-    refused, newest = [], {}
+    entries = entries or Entries()
+    refused, groups = [], {}
     for path, record in pairs:
+        path = Path(path)
         reason = refusal_reason(record, spec, protocol_hash)
         if reason:
-            refused.append(Refused(Path(path), reason))
+            refused.append(Refused(path, reason))
             continue
-        key = (record["scene"], method_label(record, spec), record["seed"])
-        if key in newest:
-            older, newer = sorted([newest[key], (Path(path), record)], key=lambda pr: str(pr[1].get("created", "")))
-            refused.append(Refused(older[0], f"superseded by the newer record {newer[0].name}"))
-            newest[key] = newer
-        else:
-            newest[key] = (Path(path), record)
-    return list(newest.values()), refused
+        entry = entries.of(record)
+        if not all_configs and entry.config != spec.preset:
+            refused.append(Refused(path, f"{entry.method} config {entry.config} is not the suite's preset "
+                                         f"{spec.preset!r} ({entries.differences[entry]})"))
+            continue
+        groups.setdefault((record["scene"], entry, record["seed"]), []).append((path, record))
+    chosen = []
+    for (_, entry, _), group in groups.items():
+        (path, record), superseded = _pick(group)
+        chosen.append((path, record, entry))
+        refused += superseded
+    kept, other_builds = _one_build_per_scene(chosen)
+    return Selection(kept, refused + other_builds, entries)
 
 
 # ---------------------------------------------------------------- tables
 
 
-def long_table(selected: list[tuple[Path, dict[str, Any]]], spec: SuiteSpec) -> pd.DataFrame:
-    """One row per (scene, method, seed, metric) of the successful records: the CSV."""
+def long_table(selected: list[tuple[Path, dict[str, Any], Entry]], spec: SuiteSpec) -> pd.DataFrame:
+    """One row per (scene, entry, seed, metric) of the successful records: the CSV. ``method`` is the entry's
+    label (``3dgs``, ``3dgs@paper``, ``3dgs@cfg-1a2b3c4d``), ``config`` its preset name or config hash."""
     rows = [
-        {"suite": spec.id, "scene": record["scene"], "method": method_label(record, spec), "seed": record["seed"],
-         "metric": metric, "value": float(value)}
-        for _, record in selected if record["status"] == "ok"
+        {"suite": spec.id, "scene": record["scene"], "method": entry.label(spec.preset), "config": entry.config,
+         "seed": record["seed"], "metric": metric, "value": float(value)}
+        for _, record, entry in selected if record["status"] == "ok"
         for metric, value in record.get("metrics", {}).items()
     ]
     table = pd.DataFrame(rows, columns=LONG_COLUMNS).astype({"value": float})
@@ -132,12 +274,12 @@ def long_table(selected: list[tuple[Path, dict[str, Any]]], spec: SuiteSpec) -> 
     return table.reset_index(drop=True)
 
 
-def failed_table(selected: list[tuple[Path, dict[str, Any]]], spec: SuiteSpec) -> pd.DataFrame:
-    """The failed jobs: scene, method, seed, the first line of the error, record path."""
+def failed_table(selected: list[tuple[Path, dict[str, Any], Entry]], spec: SuiteSpec) -> pd.DataFrame:
+    """The failed jobs (those without a successful record): scene, entry, seed, the error's first line, path."""
     rows = [
-        {"scene": record["scene"], "method": method_label(record, spec), "seed": record["seed"],
-         "error": first_line(record.get("error")), "path": str(path)}
-        for path, record in selected if record["status"] == "failed"
+        {"scene": record["scene"], "method": entry.label(spec.preset), "config": entry.config,
+         "seed": record["seed"], "error": first_line(record.get("error")), "path": str(path)}
+        for path, record, entry in selected if record["status"] == "failed"
     ]
     return pd.DataFrame(rows, columns=FAILED_COLUMNS)
 
@@ -153,6 +295,9 @@ class Leaderboard:
     long: pd.DataFrame
     failed: pd.DataFrame
     refused: list[Refused] = field(default_factory=list)
+    problems: list[Refused] = field(default_factory=list)  # files that are not readable records
+    configs: dict[str, str] = field(default_factory=dict)  # entry label -> how its config relates to its preset
+    all_configs: bool = False
 
     @property
     def metrics(self) -> list[str]:
@@ -162,10 +307,16 @@ class Leaderboard:
 
 
 def build_leaderboard(pairs: Iterable[tuple[Path, dict[str, Any]]], spec: SuiteSpec,
-                      protocol_hash: str | None = None) -> Leaderboard:
-    """A leaderboard from ``(path, record)`` pairs such as ``results.iter_records(results_dir, spec.id)``."""
-    selected, refused = select_records(pairs, spec, protocol_hash)
-    return Leaderboard(spec, long_table(selected, spec), failed_table(selected, spec), refused)
+                      protocol_hash: str | None = None, all_configs: bool = False,
+                      problems: Iterable[tuple[Path, str]] = (), entries: Entries | None = None) -> Leaderboard:
+    """A leaderboard from ``(path, record)`` pairs such as ``results.scan_records(results_dir, spec.id).records``
+    (``problems``: the unreadable files, listed as such)."""
+    selection = select_records(pairs, spec, protocol_hash, all_configs, entries)
+    shown = {entry for _, _, entry in selection.records}
+    configs = {entry.label(spec.preset): selection.entries.differences[entry]
+               for entry in sorted(shown, key=lambda e: e.label(spec.preset))}
+    return Leaderboard(spec, long_table(selection.records, spec), failed_table(selection.records, spec),
+                       selection.refused, [Refused(Path(p), reason) for p, reason in problems], configs, all_configs)
 
 
 def seed_means(long: pd.DataFrame) -> pd.DataFrame:
@@ -260,18 +411,39 @@ def notes_markdown(board: Leaderboard) -> list[str]:
 def failed_markdown(board: Leaderboard) -> list[str]:
     if board.failed.empty:
         return []
-    lines = ["## Failed jobs", "", "Not counted in the table above.", ""]
+    lines = ["## Failed jobs", "", "Jobs with no successful record; not counted in the table above.", ""]
     lines += [f"- {r.scene} / {r.method} / seed {r.seed}: {r.error}" for r in board.failed.itertuples()]
+    return lines + [""]
+
+
+def configs_markdown(board: Leaderboard) -> list[str]:
+    """Which config each entry ran: the suite's preset, another preset, or a config no preset matches."""
+    if not board.configs:
+        return []
+    if set(board.long["config"]) | set(board.failed["config"]) <= {board.spec.preset}:
+        return [f"Every entry ran the suite's preset `{board.spec.preset}` as defined now "
+                "(`methods/presets/<method>.yaml`).", ""]
+    lines = ["## Configurations", "",
+             "An entry is a method with one resolved config: `method` ran the suite's preset "
+             f"`{board.spec.preset}`, `method@preset` another preset, `method@cfg-<hash>` a config that no "
+             "preset matches (the hash is of the config).", ""]
+    lines += [f"- `{label}`: {text}" for label, text in board.configs.items()]
     return lines + [""]
 
 
 def refused_markdown(board: Leaderboard) -> list[str]:
     if not board.refused:
         return []
-    lines = ["## Records left out", "",
-             f"{len(board.refused)} record(s) of another suite version or protocol, or superseded by a newer "
-             "record of the same job, were not mixed in:", ""]
+    lines = ["## Records left out", "", f"{len(board.refused)} record(s) not in the tables above, and why:", ""]
     lines += [f"- `{r.path}`: {r.reason}" for r in board.refused]
+    return lines + [""]
+
+
+def problems_markdown(board: Leaderboard) -> list[str]:
+    if not board.problems:
+        return []
+    lines = ["## Problems", "", f"{len(board.problems)} file(s) where a record should be could not be read:", ""]
+    lines += [f"- `{r.path}`: {r.reason}" for r in board.problems]
     return lines + [""]
 
 
@@ -300,9 +472,10 @@ def render_markdown(board: Leaderboard, comparison: pd.DataFrame | None = None) 
             lines += ["## Other scores", "", "Region scores: over the pixels some train view observed (`covered`) "
                       "and the rest (`uncovered`).", ""]
             lines += pivot_markdown(board, extra_metrics) + [""]
+    lines += configs_markdown(board)
     if comparison is not None:
         lines += comparison_markdown(comparison, spec)
-    lines += failed_markdown(board) + refused_markdown(board)
+    lines += failed_markdown(board) + refused_markdown(board) + problems_markdown(board)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -421,20 +594,21 @@ def _group_value(means: pd.DataFrame, averages: pd.DataFrame, group: str, method
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write to a temporary file beside ``path``, then rename it over ``path``; a full disk is ``DiskFull``."""
+    with reporting_disk_full(path, "a leaderboard file", "the previous file, if any, is unchanged"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
-def write_leaderboard(board: Leaderboard, out_dir: Path = DEFAULT_OUT, compare_paper: bool = False) -> list[Path]:
+def write_leaderboard(board: Leaderboard, out_dir: Path, compare_paper: bool = False) -> list[Path]:
     """``<suite>.csv`` (long table, every seed), ``<suite>.md``, ``<suite>.png`` (when there are results), and
     with ``compare_paper`` ``<suite>-vs-paper.csv``; returns the paths written."""
     out_dir, suite = Path(out_dir), board.spec.id

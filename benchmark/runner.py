@@ -3,13 +3,18 @@ render the test views, score them, and write one result record per job.
 
 The runner knows scenes, views and metrics, never what a method does inside. A job whose identity hash
 already has a successful record is skipped (unless ``overwrite``); a job that raises is recorded as failed
-and the next job still runs.
+and the next job still runs. Each job runs under a lock in the results folder: a job another run is doing is
+put off to the end and then taken from that run's record instead of being done twice. A file where a job's
+record should be that is not a record of that job is reported by name and left alone; the other jobs run.
+A full disk stops the run with ``DiskFull`` naming the path (finished records are kept; the job's partial
+files are removed).
 """
 
 from __future__ import annotations
 
 import platform
 import resource
+import shutil
 import subprocess
 import time
 import traceback
@@ -31,6 +36,7 @@ from gfbench.protocols import Split
 from gfbench.scene import Scene
 from gfbench.specs import SuiteSpec
 from gfbench.splits import check_scene_inputs, split_for_run
+from gfbench.storage import DiskFull, is_disk_full, reporting_disk_full
 
 ERROR_GAIN = 4.0  # the error panel shows |prediction - ground truth| x this, so small errors are visible
 
@@ -59,6 +65,15 @@ class RunSummary:
     done: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[Path] = field(default_factory=list)
+    shared: list[Path] = field(default_factory=list)  # done by another run on the same results folder meanwhile
+    problems: list[tuple[Path, str]] = field(default_factory=list)  # record files that are not this job's record
+
+
+@dataclass
+class JobOutcome:
+    status: str  # ok | failed | skipped | shared | busy | problem
+    path: Path
+    problem: str = ""
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -133,14 +148,18 @@ def peak_memory_mb(device: str) -> float:
 
 def save_render_images(directory: Path, split: Split, renders: list[np.ndarray]) -> None:
     """``renders/<frame>.png`` and ``compare/<frame>.png`` (ground truth | prediction | error x ERROR_GAIN)."""
-    (directory / "renders").mkdir(parents=True, exist_ok=True)
-    (directory / "compare").mkdir(parents=True, exist_ok=True)
+    with reporting_disk_full(directory, "the renders folder"):
+        (directory / "renders").mkdir(parents=True, exist_ok=True)
+        (directory / "compare").mkdir(parents=True, exist_ok=True)
     for view, render in zip(split.test, renders):
         prediction = metrics.quantize(render, "truncate")
         error = np.clip(np.abs(prediction.astype(np.int16) - view.image) * ERROR_GAIN, 0, 255).astype(np.uint8)
         stem = Path(view.name).stem
-        Image.fromarray(prediction).save(directory / "renders" / f"{stem}.png")
-        Image.fromarray(np.concatenate([view.image, prediction, error], axis=1)).save(directory / "compare" / f"{stem}.png")
+        with reporting_disk_full(directory / "renders" / f"{stem}.png", "a test render"):
+            Image.fromarray(prediction).save(directory / "renders" / f"{stem}.png")
+        with reporting_disk_full(directory / "compare" / f"{stem}.png", "a compare image"):
+            Image.fromarray(np.concatenate([view.image, prediction, error], axis=1)).save(
+                directory / "compare" / f"{stem}.png")
 
 
 def score_views(split: Split, renders: list[np.ndarray], suite: SuiteSpec, device: str) -> list[dict[str, Any]]:
@@ -203,15 +222,23 @@ def preflight(jobs: list[Job], root: Path) -> dict[str, str]:
     return metrics.lpips_hashes_for(sorted({m for job in jobs for m in job.suite.metrics}))
 
 
-def run_job(job: Job, results_dir: Path, root: Path, device: str, overwrite: bool, lpips_hashes: dict[str, str],
-            on_step: Callable | None = None, scene_cache: dict | None = None) -> tuple[str, Path]:
-    """Run one job unless it already has a successful record; return (status, record path)."""
-    identity = job.identity(shards.read_manifest(root, job.suite.dataset)["scenes"][job.scene]["sha256"])
-    digest = results.config_hash(identity)
-    path = results.record_path(results_dir, job.suite.id, job.scene, job.method, job.seed, digest)
-    if path.exists() and not overwrite and results.read_record(path).get("status") == "ok":
-        return "skipped", path
-    record = {
+def existing_record(path: Path, digest: str) -> tuple[dict | None, str]:
+    """(the record at ``path`` when it is this job's, or None; why the file there is not usable, or "")."""
+    if not path.exists():
+        return None, ""
+    try:
+        record = results.read_record(path)
+    except (results.RecordError, OSError) as exc:
+        return None, f"{exc}; left as is and the job not run (move or delete the file to run it)"
+    if record["config_hash"] != digest:
+        return None, (f"{path}: holds the record of another job (config hash {record['config_hash'][:12]}, this "
+                      f"job's is {digest[:12]}); left as is and the job not run (move or delete the file to run it)")
+    return record, ""
+
+
+def new_record(job: Job, identity: dict[str, Any], digest: str, device: str,
+               lpips_hashes: dict[str, str]) -> dict[str, Any]:
+    return {
         "suite": job.suite.id, "suite_version": job.suite.version,
         "protocol_hash": results.protocol_hash(job.suite),
         "dataset": job.suite.dataset, "scene": job.scene, "method": job.method, "seed": job.seed,
@@ -219,43 +246,132 @@ def run_job(job: Job, results_dir: Path, root: Path, device: str, overwrite: boo
         "versions": package_versions(), "git_commit": git_commit(), "device": device,
         "weights": lpips_hashes,
     }
+
+
+def run_job(job: Job, results_dir: Path, root: Path, device: str, overwrite: bool, lpips_hashes: dict[str, str],
+            on_step: Callable | None = None, scene_cache: dict | None = None, wait: bool = True,
+            since: float | None = None) -> JobOutcome:
+    """Run one job unless it already has a successful record. Without ``wait``, a job that another process
+    is running (its lock is held) comes back ``busy``; with it, the call waits for that run and returns
+    ``shared`` when it recorded a success. A record written since ``since`` (a time.time(), e.g. when this
+    run started) is another run's work of this run's time: taken as is, even with ``overwrite``."""
+    identity = job.identity(shards.scene_sha256(root, job.suite.dataset, job.scene))
+    digest = results.config_hash(identity)
+    path = results.record_path(results_dir, job.suite.id, job.scene, job.method, job.seed, digest)
+    record, problem = existing_record(path, digest)
+    if problem:
+        return JobOutcome("problem", path, problem)
+    if record is not None and _written_since(path, since):
+        return JobOutcome("shared" if record["status"] == "ok" else "failed", path)
+    if record is not None and record["status"] == "ok" and not overwrite:
+        return JobOutcome("skipped", path)
+    before = _stamp(path)
+    with results.JobLock(path) as lock:
+        if not lock.acquire(wait=False):
+            if not wait:
+                return JobOutcome("busy", path)
+            lock.acquire(wait=True)
+        if _stamp(path) != before:  # another run recorded this job while we looked or waited
+            record, problem = existing_record(path, digest)
+            if problem:
+                return JobOutcome("problem", path, problem)
+            if record is not None:
+                return JobOutcome("shared" if record["status"] == "ok" else "failed", path)
+        results.remove_leftovers(path)
+        return JobOutcome(_run_locked(job, path, identity, digest, root, device, lpips_hashes, on_step,
+                                      scene_cache), path)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """What changes when a record is written at ``path`` (records are renamed into place: a new inode)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _written_since(path: Path, since: float | None) -> bool:
+    return since is not None and path.stat().st_mtime >= since
+
+
+def _run_locked(job: Job, path: Path, identity: dict[str, Any], digest: str, root: Path, device: str,
+                lpips_hashes: dict[str, str], on_step: Callable | None, scene_cache: dict | None) -> str:
+    """Fit, render and score in a temporary folder, then write the record with its renders; the status."""
+    record = new_record(job, identity, digest, device, lpips_hashes)
+    workdir = results.temporary_renders_dir(path)
     started = time.perf_counter()
     try:
-        cache = scene_cache if scene_cache is not None else {}
-        if job.scene not in cache:
-            cache.clear()  # keep one scene in memory at a time
-            cache[job.scene] = load_scene(job.suite.dataset, job.scene, root)
-        record.update(status="ok", **fit_and_score(job, cache[job.scene], path.with_suffix(""), device, on_step))
-    except Exception as exc:  # one failing job must not stop the others
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-    record.update(wall_time_s=time.perf_counter() - started, peak_memory_mb=peak_memory_mb(device),
-                  created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    results.write_record(path, record)
-    return record["status"], path
+        try:
+            cache = scene_cache if scene_cache is not None else {}
+            if job.scene not in cache:
+                cache.clear()  # keep one scene in memory at a time
+                cache[job.scene] = load_scene(job.suite.dataset, job.scene, root)
+            record.update(status="ok", **fit_and_score(job, cache[job.scene], workdir, device, on_step))
+        except DiskFull:
+            raise  # a full disk stops every job, not just this one
+        except Exception as exc:  # one failing job must not stop the others
+            if is_disk_full(exc):
+                raise DiskFull(workdir, "the job's working files") from exc
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        record.update(wall_time_s=time.perf_counter() - started, peak_memory_mb=peak_memory_mb(device),
+                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        results.write_record(path, record, renders=workdir)
+    finally:
+        if workdir.exists():  # not moved into place: the job did not finish
+            shutil.rmtree(workdir, ignore_errors=True)
+    return record["status"]
 
 
 def run_suite(jobs: list[Job], results_dir: Path, root: Path | None = None, device: str = "cpu",
               overwrite: bool = False, show_progress: bool = True) -> RunSummary:
+    """Run every job; those another run is doing are put off to the end, then waited for."""
     from tqdm import tqdm
 
     root = data_root(root)
     lpips_hashes = preflight(jobs, root)
-    summary, scene_cache = RunSummary(), {}
-    bar = tqdm(jobs, desc="jobs", unit="job", disable=not show_progress, position=0)
-    for job in bar:
-        bar.set_postfix_str(f"{job.scene} {job.method} seed{job.seed}")
-        steps = tqdm(total=job.config.get("steps"), desc=f"  {job.method}", unit="step", leave=False,
-                     disable=not show_progress, position=1)
+    summary, scene_cache, started = RunSummary(), {}, time.time()
+    bar = tqdm(total=len(jobs), desc="jobs", unit="job", disable=not show_progress, position=0)
 
-        def on_step(step: int, logs: dict[str, float], steps=steps) -> None:
-            steps.update(step - steps.n)
-            steps.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "psnr")}, refresh=False)
+    def attempt(job: Job, wait: bool) -> JobOutcome:
+        bar.set_postfix_str(f"{job.scene} {job.method} seed{job.seed}" + (" (after another run)" if wait else ""))
+        steps = job.config.get("steps")
+        progress = tqdm(total=steps if isinstance(steps, int) and not isinstance(steps, bool) else None,
+                        desc=f"  {job.method}", unit="step", leave=False, disable=not show_progress, position=1)
+
+        def on_step(step: int, logs: dict[str, float]) -> None:
+            progress.update(step - progress.n)
+            progress.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "psnr")}, refresh=False)
 
         try:
-            status, path = run_job(job, results_dir, root, device, overwrite, lpips_hashes, on_step, scene_cache)
+            return run_job(job, results_dir, root, device, overwrite, lpips_hashes, on_step, scene_cache,
+                           wait=wait, since=started)
         finally:
-            steps.close()
-        {"ok": summary.done, "skipped": summary.skipped, "failed": summary.failed}[status].append(path)
-        if status == "failed":
-            bar.write(f"FAILED {job.scene} {job.method} seed{job.seed}: {results.read_record(path)['error']}")
+            progress.close()
+
+    try:
+        busy = []
+        for job in jobs:
+            outcome = attempt(job, wait=False)
+            if outcome.status == "busy":
+                busy.append(job)
+            else:
+                _tally(summary, outcome, job, bar)
+        for job in busy:
+            _tally(summary, attempt(job, wait=True), job, bar)
+    finally:
+        bar.close()
     return summary
+
+
+def _tally(summary: RunSummary, outcome: JobOutcome, job: Job, bar) -> None:
+    bar.update(1)
+    if outcome.status == "problem":
+        summary.problems.append((outcome.path, outcome.problem))
+        bar.write(f"PROBLEM {outcome.problem}")
+        return
+    {"ok": summary.done, "skipped": summary.skipped, "failed": summary.failed,
+     "shared": summary.shared}[outcome.status].append(outcome.path)
+    if outcome.status == "failed":
+        error = results.read_record(outcome.path).get("error", "")
+        bar.write(f"FAILED {job.scene} {job.method} seed{job.seed}: {error}")

@@ -1,13 +1,32 @@
-"""The in-memory scene model: frames sorted by image name, OpenCV cameras, optional depth and masks,
-and 3D points with per-frame observations."""
+"""The in-memory scene model: frames in natural order of their image names, OpenCV cameras, optional depth
+and masks, and 3D points with per-frame observations."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from gfbench.camera import Camera
+
+
+_DIGITS = re.compile(r"([0-9]+)")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key under which numbers inside a name compare as numbers (``2.jpg`` before ``10.jpg``).
+
+    Text and digit runs alternate (the split always starts with text), so keys compare element by element
+    without mixing types; ties such as ``1.png`` / ``01.png`` fall back to the plain name. Names whose numbers
+    are zero-padded to one width sort exactly as plain string order."""
+    parts = _DIGITS.split(name)
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts)), name
+
+
+def natural_sorted(names):
+    """``names`` in natural order (see :func:`natural_key`)."""
+    return sorted(names, key=natural_key)
 
 
 @dataclass
@@ -83,7 +102,7 @@ class PointCloud:
 
 @dataclass
 class Scene:
-    """A scene: frames sorted by image name (frame index k is the position in that order)."""
+    """A scene: frames in natural order of their image names (frame index k is the position in that order)."""
 
     dataset: str
     scene_id: str
@@ -96,7 +115,7 @@ class Scene:
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
             raise ValueError(f"scene {self.key}: duplicate frame names {dup[:5]}")
-        self.frames = sorted(self.frames, key=lambda f: f.name)
+        self.frames = sorted(self.frames, key=lambda f: natural_key(f.name))
 
     @property
     def key(self) -> str:

@@ -2,18 +2,26 @@
 
 Layout under a data root::
 
-    <root>/<dataset>/<scene>.tar       # the scene's samples, frames sorted by name, scene sample last
+    <root>/<dataset>/<scene>.tar       # the scene's samples, frames in name order, scene sample last
     <root>/<dataset>/manifest.json     # per scene: shard file, sha256, bytes, frame and point counts
 
+Frames are stored in natural order of their names (numbers inside names compare as numbers).
 Frame sample ``<dataset>/<scene>/<frame stem>``: ``image.png`` (or ``image.jpg``, the captured file itself,
 when the frame's pixels are exactly its decode), ``camera.json`` (name, index, K, c2w, width,
 height) and, when the frame has them, ``depth.npy`` (float32) and ``mask.png``. Scene sample
 ``<dataset>/<scene>/__scene__``: ``scene.json`` (ids, counts, meta) and ``points.npz``. The scene sample
 comes last so that loaders inferring fields from the first samples (Hugging Face ``datasets``) see frames.
+
+Crash consistency: a scene is either fully in (its shard and its manifest entry agree) or not at all, after a
+crash or a full disk at any point of a build. The new shard is written and synced under a temporary name;
+the manifest then records it as ``pending``; the shard is renamed into place; the manifest moves the entry
+from ``pending`` to ``scenes``. A reader accepts the shard that matches either entry, so a crash between
+two steps leaves the old scene (or none) or the new one, never a scene that reads as altered.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import io
@@ -31,11 +39,13 @@ import numpy as np
 from PIL import Image
 
 from gfbench.camera import Camera
-from gfbench.scene import Frame, PointCloud, Scene
+from gfbench.scene import Frame, PointCloud, Scene, natural_sorted
+from gfbench.storage import reporting_disk_full
 
 FORMAT = "gfbench-shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+PENDING = "pending"  # manifest key: entries of shards being put in place (see the module docstring)
 SCENE_SAMPLE = "__scene__"
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")  # dataset and scene ids name files and keys
 
@@ -123,14 +133,30 @@ def _check_ids(scene: Scene) -> None:
 
 
 def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    """A reproducible tar: fixed mtime, owner and mode, members in the given order."""
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
+    """A reproducible tar: fixed mtime, owner and mode, members in the given order; synced to disk."""
+    with open(path, "wb") as handle:
+        with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+_VERIFIED: dict[tuple[int, ...], str] = {}  # file identity (see _verified_sha256) -> its sha256
+
+
+def _verified_sha256(path: Path) -> str:
+    """sha256 of a shard, hashed once per process while the file is unchanged: any write or rename changes
+    its inode, size or change time (which no user can set back)."""
+    stat = path.stat()
+    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = sha256_file(path)
+    return _VERIFIED[key]
 
 
 def sha256_file(path: Path) -> str:
@@ -170,6 +196,16 @@ def _atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make renames inside ``directory`` durable (a power cut cannot undo them after this)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_manifest(root: Path, dataset: str) -> dict:
@@ -185,22 +221,54 @@ def read_manifest(root: Path, dataset: str) -> dict:
     return manifest
 
 
+def _pending_in_place(directory: Path, entry: dict) -> bool:
+    """A pending entry whose shard was renamed into place before a crash (same size; the sha256 is checked
+    when the scene is read)."""
+    shard = directory / entry["shard"]
+    return shard.is_file() and shard.stat().st_size == entry["bytes"]
+
+
 def list_built_scenes(root: Path, dataset: str) -> list[str]:
     """Scenes with a shard in the manifest (empty when the dataset has not been built)."""
     try:
-        return sorted(read_manifest(root, dataset)["scenes"])
+        manifest = read_manifest(root, dataset)
     except ShardError:
         return []
+    directory = dataset_dir(root, dataset)
+    pending = [scene for scene, entry in manifest.get(PENDING, {}).items() if _pending_in_place(directory, entry)]
+    return sorted(set(manifest["scenes"]) | set(pending))
 
 
-def _update_manifest(directory: Path, dataset: str, scene_id: str, entry: dict) -> None:
+def _settle_crashed(directory: Path, manifest: dict, scene_id: str) -> dict:
+    """Pop the pending entries; those of other scenes were left by a crashed build (a live build holds the
+    manifest lock from its pending entry to its commit): keep the ones whose shard made it into place, drop
+    the rest. Returns the pending entries still open (at most this scene's)."""
+    waiting = manifest.pop(PENDING, {})
+    for other in [s for s in waiting if s != scene_id]:
+        entry = waiting.pop(other)
+        if _pending_in_place(directory, entry) and sha256_file(directory / entry["shard"]) == entry["sha256"]:
+            manifest["scenes"][other] = entry
+    return waiting
+
+
+def _update_manifest(directory: Path, dataset: str, scene_id: str, entry: dict, pending: bool) -> None:
+    """Record ``entry`` for ``scene_id``: as pending (before its shard is renamed into place) or as the
+    scene's entry (after, dropping the pending one)."""
     path = directory / MANIFEST
     manifest = json.loads(path.read_text()) if path.exists() else {}
     manifest.setdefault("format", FORMAT)
     manifest.setdefault("format_version", FORMAT_VERSION)
     manifest.setdefault("dataset", dataset)
-    manifest.setdefault("scenes", {})[scene_id] = entry
+    manifest.setdefault("scenes", {})
+    waiting = _settle_crashed(directory, manifest, scene_id)
+    if pending:
+        waiting[scene_id] = entry
+    else:
+        waiting.pop(scene_id, None)
+        manifest["scenes"][scene_id] = entry
     manifest["scenes"] = dict(sorted(manifest["scenes"].items()))
+    if waiting:
+        manifest[PENDING] = dict(sorted(waiting.items()))
     _atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
@@ -210,21 +278,26 @@ def _update_manifest(directory: Path, dataset: str, scene_id: str, entry: dict) 
 def write_scene(scene: Scene, root: Path) -> Path:
     """Write ``scene`` as one shard under ``root/<dataset>/`` and record it in the manifest.
 
-    The shard is written to a temporary file and renamed into place, so a crash never leaves a
-    half-written shard under the final name; the manifest is updated the same way, under a lock."""
+    Crash-safe and disk-full-safe (see the module docstring): the previous shard of the scene stays
+    readable until the new one is complete. A full disk is a ``DiskFull`` naming the file."""
     _check_ids(scene)
+    scene = dataclasses.replace(scene)  # a Scene sorts its frames: the shard is in natural name order
     directory = dataset_dir(root, scene.dataset)
-    directory.mkdir(parents=True, exist_ok=True)
+    shard = directory / f"{scene.scene_id}.tar"
+    with reporting_disk_full(directory, "the dataset folder"):
+        directory.mkdir(parents=True, exist_ok=True)
     # PNG encoding dominates; zlib releases the GIL, so threads encode frames in parallel (order is kept).
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         encoded = pool.map(lambda item: _frame_members(scene, *item), enumerate(scene.frames))
         members = [m for frame_members in encoded for m in frame_members]
     members += _scene_members(scene)
-    shard = directory / f"{scene.scene_id}.tar"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{shard.name}.", suffix=".tmp")
-    os.close(fd)
+    unchanged = "nothing was changed (an earlier shard of the scene is intact)"
+    tmp = None
     try:
-        _write_tar(Path(tmp), members)
+        with reporting_disk_full(shard, "the shard", unchanged):
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{shard.name}.", suffix=".tmp")
+            os.close(fd)
+            _write_tar(Path(tmp), members)
         entry = {
             "shard": shard.name,
             "sha256": sha256_file(Path(tmp)),
@@ -235,30 +308,44 @@ def write_scene(scene: Scene, root: Path) -> Path:
         }
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; shards are meant to be shared
         with _manifest_lock(directory):
+            with reporting_disk_full(directory / MANIFEST, "the manifest", unchanged):
+                _update_manifest(directory, scene.dataset, scene.scene_id, entry, pending=True)
             os.replace(tmp, shard)
-            _update_manifest(directory, scene.dataset, scene.scene_id, entry)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            tmp = None
+            _sync_directory(directory)
+            with reporting_disk_full(directory / MANIFEST, "the manifest",
+                                     f"the new shard {shard.name} is in place and reads back (its entry is pending)"):
+                _update_manifest(directory, scene.dataset, scene.scene_id, entry, pending=False)
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return shard
 
 
 def _verified_shard(root: Path, dataset: str, scene_id: str) -> tuple[Path, dict]:
     manifest = read_manifest(root, dataset)
-    entry = manifest["scenes"].get(scene_id)
     directory = dataset_dir(root, dataset)
-    if entry is None:
-        known = ", ".join(manifest["scenes"]) or "none"
+    candidates = [e for e in (manifest["scenes"].get(scene_id), manifest.get(PENDING, {}).get(scene_id)) if e]
+    if not candidates:
+        known = ", ".join(list_built_scenes(root, dataset)) or "none"
         raise ShardError(f"{directory / MANIFEST}: no scene {scene_id!r} (built scenes: {known})")
-    shard = directory / entry["shard"]
+    shard = directory / candidates[0]["shard"]
     if not shard.exists():
         raise ShardError(f"{shard}: listed in the manifest but missing")
     size = shard.stat().st_size
-    if size != entry["bytes"]:
-        raise ShardError(f"{shard}: {size} bytes, the manifest says {entry['bytes']} (truncated or altered)")
-    if sha256_file(shard) != entry["sha256"]:
-        raise ShardError(f"{shard}: sha256 differs from the manifest (altered or corrupted)")
-    return shard, entry
+    sized = [e for e in candidates if e["bytes"] == size]
+    if not sized:
+        raise ShardError(f"{shard}: {size} bytes, the manifest says {candidates[0]['bytes']} (truncated or altered)")
+    digest = _verified_sha256(shard)
+    for entry in sized:
+        if entry["sha256"] == digest:
+            return shard, entry
+    raise ShardError(f"{shard}: sha256 differs from the manifest (altered or corrupted)")
+
+
+def scene_sha256(root: Path, dataset: str, scene_id: str) -> str:
+    """The sha256 of a built scene's shard, checked against the manifest (it keys every result record)."""
+    return _verified_shard(Path(root), dataset, scene_id)[1]["sha256"]
 
 
 def _read_members(shard: Path) -> dict[str, dict[str, bytes]]:
@@ -303,6 +390,11 @@ def read_scene(root: Path, dataset: str, scene_id: str) -> Scene:
         raise ShardError(f"{shard}: malformed sample: {exc}") from exc
     if len(frames) != entry["frames"] or len(frames) != info["frames"]:
         raise ShardError(f"{shard}: {len(frames)} frames, the manifest says {entry['frames']}")
+    stored = [frame.name for frame in frames]
+    if stored != natural_sorted(stored):
+        raise ShardError(f"{shard}: frames are not stored in natural name order (built by an older gfbench, which "
+                         "sorted names as plain strings); rebuild the scene so that frame indices follow the names' "
+                         "numbers")
     return Scene(
         dataset=dataset,
         scene_id=scene_id,

@@ -25,11 +25,22 @@ def spec() -> specs.SuiteSpec:
                                metrics=("psnr", "ssim", "lpips_vgg_3dgs"))
 
 
+REAL_PRESET_CONFIG = lb.preset_config
+# What the presets resolve to in these tests (the real preset files move with the methods).
+PRESETS = {"quick": {"steps": 300, "lr": 0.01}, "paper": {"steps": 7000, "lr": 0.01}}
+
+
+@pytest.fixture(autouse=True)
+def presets(monkeypatch):
+    monkeypatch.setattr(lb, "preset_config", lambda method, preset: dict(PRESETS[preset]) if preset in PRESETS else None)
+
+
 def make_record(spec, scene, method, seed=0, psnr=20.0, ssim=0.7, lpips=0.3, **overrides) -> dict:
+    preset = overrides.pop("preset", spec.preset)
     record = {
         "suite": spec.id, "suite_version": spec.version, "protocol_hash": lb.current_protocol_hash(spec),
-        "dataset": spec.dataset, "scene": scene, "method": method, "seed": seed, "preset": spec.preset,
-        "config_hash": f"{scene}-{method}-{seed}", "status": "ok",
+        "dataset": spec.dataset, "scene": scene, "method": method, "seed": seed, "preset": preset,
+        "config": dict(PRESETS[preset]), "config_hash": f"{scene}-{method}-{seed}", "status": "ok",
         "metrics": {"psnr": psnr, "ssim": ssim, "lpips_vgg_3dgs": lpips},
         "per_image": [{"name": "f0.png", "psnr": psnr, "ssim": ssim, "lpips_vgg_3dgs": lpips}],
         "created": "2025-01-01T00:00:00+00:00",
@@ -224,11 +235,95 @@ def test_newest_record_of_a_job_supersedes_older_ones(tmp_path, spec):
     assert [r.path for r in board.refused] == [old] and "superseded" in board.refused[0].reason
 
 
-def test_other_presets_get_their_own_column(tmp_path, spec):
+def test_other_presets_are_left_out_by_default_and_get_their_own_column_with_all_configs(tmp_path, spec):
     save(tmp_path, make_record(spec, "room", "3dgs", psnr=20.0))
-    save(tmp_path, make_record(spec, "room", "3dgs", psnr=21.0, preset="paper", config_hash="paper-preset"))
+    paper_run = save(tmp_path, make_record(spec, "room", "3dgs", psnr=21.0, preset="paper",
+                                           config_hash="paper-preset"))
     board = build(tmp_path, spec)
-    assert sorted(board.long["method"].unique()) == ["3dgs", "3dgs@paper"]
+    assert board.long.query("metric == 'psnr'")[["method", "config", "value"]].values.tolist() == [
+        ["3dgs", spec.preset, 20.0]]
+    assert [(r.path, r.reason) for r in board.refused] == [
+        (paper_run, f"3dgs config paper is not the suite's preset '{spec.preset}' (preset paper)")]
+    every = lb.build_leaderboard(results.iter_records(tmp_path, spec.id), spec, all_configs=True)
+    assert sorted(every.long["method"].unique()) == ["3dgs", "3dgs@paper"] and every.refused == []
+
+
+def test_a_debug_config_is_its_own_entry_and_never_replaces_the_preset_result(tmp_path, spec):
+    """The issue's case: a newer `--set steps=-5` record used to replace the real result under the plain name."""
+    for scene in spec.scenes:
+        save(tmp_path, make_record(spec, scene, "3dgs", psnr=20.0, created="2025-01-01T00:00:00+00:00"))
+    debug = make_record(spec, "room", "3dgs", psnr=5.0, created="2025-03-01T00:00:00+00:00", config_hash="debug")
+    debug["config"]["steps"] = -5
+    debug_path = save(tmp_path, debug)
+    label = lb.config_digest(debug["config"])
+    assert label.startswith("cfg-") and len(label) == 4 + lb.CONFIG_HASH_CHARS
+
+    board = build(tmp_path, spec)
+    assert board.long.query("metric == 'psnr'")["value"].tolist() == [20.0] * 3
+    assert set(board.long["method"]) == {"3dgs"}
+    (refused,) = board.refused
+    assert refused.path == debug_path
+    assert refused.reason == (f"3dgs config {label} is not the suite's preset '{spec.preset}' "
+                              f"({spec.preset} with steps=-5 (preset: 300))")
+    assert "superseded" not in lb.render_markdown(board)
+
+    every = lb.build_leaderboard(results.iter_records(tmp_path, spec.id), spec, all_configs=True)
+    psnr = every.long.query("metric == 'psnr'")
+    assert psnr[["scene", "method", "config", "value"]].values.tolist() == [
+        ["tabletop", "3dgs", spec.preset, 20.0], ["room", "3dgs", spec.preset, 20.0],
+        ["room", f"3dgs@{label}", label, 5.0], ["courtyard", "3dgs", spec.preset, 20.0]]
+    text = lb.render_markdown(every)
+    header, rows = markdown_table(text)
+    assert f"3dgs@{label} psnr ↑" in header and "3dgs psnr ↑" in header
+    assert f"- `3dgs@{label}`: {spec.preset} with steps=-5 (preset: 300)" in text
+    assert dict(zip(header, rows[-1]))["3dgs psnr ↑"] == "20.00"  # the preset entry keeps its average
+
+
+def test_a_failed_record_never_hides_or_replaces_an_ok_one(tmp_path, spec):
+    good = save(tmp_path, make_record(spec, "room", "3dgs", psnr=20.0, created="2025-01-01T00:00:00+00:00"), "a")
+    failed = save(tmp_path, make_record(spec, "room", "3dgs", status="failed", error="RuntimeError: boom",
+                                        created="2025-02-01T00:00:00+00:00"), "b")
+    board = build(tmp_path, spec)
+    assert board.long.query("metric == 'psnr'")["value"].tolist() == [20.0]
+    assert board.failed.empty
+    assert [(r.path, r.reason) for r in board.refused] == [
+        (failed, f"failed (RuntimeError: boom), while {good.name} of the same method, config and seed succeeded")]
+    header, rows = markdown_table(lb.render_markdown(board))
+    assert rows[0][:2] == ["room", "20.00"]
+
+
+def test_records_on_another_build_of_a_scene_are_not_mixed(tmp_path, spec):
+    new_build = {"scene_sha256": "b" * 64}
+    save(tmp_path, make_record(spec, "room", "3dgs", psnr=20.0, identity=new_build,
+                               created="2025-02-01T00:00:00+00:00"))
+    old = save(tmp_path, make_record(spec, "room", "2dgs", psnr=30.0, identity={"scene_sha256": "a" * 64},
+                                     created="2025-01-01T00:00:00+00:00"))
+    board = build(tmp_path, spec)
+    assert set(board.long["method"]) == {"3dgs"}
+    assert [(r.path, r.reason) for r in board.refused] == [
+        (old, f"ran on another build of scene 'room' (shard sha256 {'a' * 12}; the newest records used {'b' * 12})")]
+
+
+def test_a_config_whose_preset_cannot_be_resolved_is_labelled_by_its_hash(tmp_path, spec):
+    record = make_record(spec, "room", "plugin-method")
+    record["preset"] = "gone"
+    save(tmp_path, record)
+    board = lb.build_leaderboard(results.iter_records(tmp_path, spec.id), spec, all_configs=True)
+    label = lb.config_digest(record["config"])
+    assert board.long["method"].unique().tolist() == [f"plugin-method@{label}"]
+    assert "preset 'gone' cannot be resolved here" in lb.render_markdown(board)
+
+
+def test_labels_follow_the_real_presets(tmp_path):
+    """Against the real preset files: a record of the quick preset is `3dgs`, one with steps=30 is not."""
+    from gfbench import runner
+
+    spec = specs.load_suite(SUITE)
+    quick = runner.resolve_config("3dgs", "quick", {})
+    entries = lb.Entries(REAL_PRESET_CONFIG)
+    assert entries.of({"method": "3dgs", "preset": "quick", "config": quick}) == lb.Entry("3dgs", "quick")
+    other = entries.of({"method": "3dgs", "preset": "quick", "config": {**quick, "steps": 30}})
+    assert other.config.startswith("cfg-") and other.label(spec.preset) == f"3dgs@{other.config}"
 
 
 def test_region_scores_get_a_table_of_their_own(tmp_path, spec):
@@ -265,6 +360,61 @@ def test_writes_replace_files_and_leave_no_temporaries(tmp_path, spec):
 
 
 # ---------------------------------------------------------------- CLI
+
+
+def test_unreadable_record_files_are_listed_as_problems_and_the_board_still_made(tmp_path):
+    spec = specs.load_suite(SUITE)
+    results_dir = tmp_path / "results"
+    for scene in spec.scenes:
+        save(results_dir, make_record(spec, scene, "3dgs"))
+    folder = results_dir / spec.id / "room" / "3dgs"
+    (folder / "seed0-garbage.json").write_text("{not json")
+    (folder / "seed0-list.json").write_text("[1, 2]")
+    (folder / "seed0-foreign.json").write_text('{"schema": "someone-else/2", "score": 1}')
+    (folder / "seed0-no-seed.json").write_text('{"schema": "%s", "suite": "%s", "scene": "room", "method": "3dgs", '
+                                               '"status": "ok", "config_hash": "x"}' % (results.SCHEMA, spec.id))
+    result = CliRunner().invoke(leaderboard_command, ["--suite", SUITE, "--results", str(results_dir),
+                                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "out" / f"{SUITE}.md").read_text()
+    problems = text[text.index("## Problems"):]
+    for name, reason in (("seed0-garbage.json", "not a valid result record"),
+                         ("seed0-list.json", "not a result record: a JSON list, not an object"),
+                         ("seed0-foreign.json", "schema 'someone-else/2'"),
+                         ("seed0-no-seed.json", "field 'seed' is None, expected int")):
+        assert f"- `{folder / name}`: {reason}" in problems
+        assert f"warning: skipped {folder / name}" in result.output
+    assert len(pd.read_csv(tmp_path / "out" / f"{SUITE}.csv").query("metric == 'psnr'")) == 3
+
+
+def test_cli_writes_into_the_results_folder_and_publishes_only_with_publish(tmp_path, monkeypatch):
+    spec = specs.load_suite(SUITE)
+    monkeypatch.chdir(tmp_path)
+    published = tmp_path / "leaderboards"
+    published.mkdir()
+    (published / f"{SUITE}.md").write_text("the published table\n")
+    for scene in spec.scenes:
+        save(tmp_path / "results", make_record(spec, scene, "3dgs"))
+    cli = CliRunner()
+    result = cli.invoke(leaderboard_command, ["--suite", SUITE])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "results" / "leaderboards" / f"{SUITE}.md").read_text().startswith("# Leaderboard")
+    assert sorted(p.name for p in published.iterdir()) == [f"{SUITE}.md"]
+    assert (published / f"{SUITE}.md").read_text() == "the published table\n"
+    assert cli.invoke(leaderboard_command, ["--suite", SUITE, "--all-configs"]).exit_code == 0
+    assert (published / f"{SUITE}.md").read_text() == "the published table\n"
+
+    bad = cli.invoke(leaderboard_command, ["--suite", SUITE, "--publish", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "do not combine it with --out" in bad.output
+    bad = cli.invoke(leaderboard_command, ["--suite", SUITE, "--publish", "--all-configs"])
+    assert bad.exit_code == 2 and "suite's preset only" in bad.output
+    assert (published / f"{SUITE}.md").read_text() == "the published table\n"
+
+    result = cli.invoke(leaderboard_command, ["--suite", SUITE, "--publish"])
+    assert result.exit_code == 0, result.output
+    assert (published / f"{SUITE}.md").read_text() == \
+        (tmp_path / "results" / "leaderboards" / f"{SUITE}.md").read_text()
+    assert (published / f"{SUITE}.csv").exists()
 
 
 def test_cli_without_records_says_how_to_make_them(tmp_path):
@@ -409,14 +559,13 @@ def test_records_written_by_the_runner_are_accepted(tmp_path, spec, monkeypatch)
     """The runner's protocol hash and the leaderboard's must agree, or every record would be refused."""
     from gfbench import runner
 
-    manifest = {"scenes": {"room": {"sha256": "0" * 64}}}
-    monkeypatch.setattr(runner.shards, "read_manifest", lambda root, dataset: manifest)
+    monkeypatch.setattr(runner.shards, "scene_sha256", lambda root, dataset, scene: "0" * 64)
     monkeypatch.setattr(runner, "load_scene", lambda dataset, scene, root: object())
     monkeypatch.setattr(runner, "fit_and_score", lambda job, scene, workdir, device, on_step: {
         "metrics": {"psnr": 21.0, "ssim": 0.8, "lpips_vgg_3dgs": 0.2}, "per_image": []})
-    job = runner.Job(spec, "room", "3dgs", 0, {"steps": 1}, spec.preset)
-    status, _ = runner.run_job(job, tmp_path, tmp_path / "data", "cpu", overwrite=False, lpips_hashes={})
-    assert status == "ok"
+    job = runner.Job(spec, "room", "3dgs", 0, dict(PRESETS[spec.preset]), spec.preset)
+    outcome = runner.run_job(job, tmp_path, tmp_path / "data", "cpu", overwrite=False, lpips_hashes={})
+    assert outcome.status == "ok"
     board = build(tmp_path, spec)
     assert board.refused == []
     assert board.long.query("metric == 'psnr'")[["scene", "method", "seed", "value"]].values.tolist() == [

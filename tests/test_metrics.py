@@ -8,6 +8,7 @@ tested, not the published values.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -698,3 +699,109 @@ def test_evaluate_lpips_with_a_weights_folder(folders, lpips_weights_dir, tmp_pa
     stem = sorted(gt)[0]
     expected = M.score_image(renders[stem], gt[stem], ["lpips_vgg_3dgs"], lpips_weights=lpips_weights_dir)
     assert saved["per_image"][stem]["lpips_vgg_3dgs"] == pytest.approx(expected["lpips_vgg_3dgs"])
+
+
+# ---------------------------------------------------------------- gfbench evaluate: bad files, --out, 16-bit PNGs
+
+
+def png16_bytes(pixels: np.ndarray) -> bytes:
+    """A 16-bit PNG (grayscale HxW or RGB HxWx3), written here by hand with zlib: an encoder independent of
+    the decoder under test."""
+    import struct
+    import zlib
+
+    height, width = pixels.shape[:2]
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    rows = pixels.reshape(height, width * channels).astype(">u2")
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, {1: 0, 3: 2}[channels], 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+@functools.lru_cache(maxsize=None)
+def exact_table(mode: str) -> np.ndarray:
+    """The oracle: floor(255 v / 65535 (+ 1/2)) for every 16-bit v, in exact rational arithmetic."""
+    from fractions import Fraction
+    from math import floor
+
+    half = Fraction(1, 2) if mode == "round" else 0
+    return np.array([floor(Fraction(255 * v, 65535) + half) for v in range(65536)], np.uint8)
+
+
+def exact_quantize(values: np.ndarray, mode: str) -> np.ndarray:
+    return exact_table(mode)[values]
+
+
+@pytest.mark.parametrize("mode", ["truncate", "round"])
+def test_16bit_values_are_quantized_exactly(mode):
+    from gfbench.cli.evaluate import quantize_16bit
+
+    every = np.arange(65536, dtype=np.uint16)
+    np.testing.assert_array_equal(quantize_16bit(every, mode), exact_quantize(every, mode))
+    assert quantize_16bit(np.array([65280], np.uint16), "truncate")[0] == 254  # Pillow's v // 256 gives 255
+
+
+def test_evaluate_scores_16bit_pngs_after_exact_quantization(tmp_path):
+    rng = np.random.default_rng(3)
+    gt16 = rng.integers(0, 65536, (12, 16, 3), dtype=np.uint16)
+    render16 = np.clip(gt16.astype(np.int64) + rng.integers(-3000, 3000, gt16.shape), 0, 65535).astype(np.uint16)
+    gray16 = rng.integers(0, 65536, (12, 16), dtype=np.uint16)
+    (tmp_path / "renders").mkdir()
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "renders" / "a.png").write_bytes(png16_bytes(render16))
+    (tmp_path / "gt" / "a.png").write_bytes(png16_bytes(gt16))
+    (tmp_path / "renders" / "b.png").write_bytes(png16_bytes(gray16))
+    gray_gt = exact_quantize(np.repeat(gray16[..., None], 3, 2), "round")  # an 8-bit ground truth
+    Image.fromarray(gray_gt).save(tmp_path / "gt" / "b.png")
+    for mode in ("truncate", "round"):
+        out = tmp_path / f"{mode}.json"
+        result = CliRunner().invoke(evaluate, ["--renders", str(tmp_path / "renders"), "--gt", str(tmp_path / "gt"),
+                                               "--metrics", "psnr,ssim", "--quantize", mode, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        saved = json.loads(out.read_text())["per_image"]
+        expected = M.score_image(exact_quantize(render16, mode), exact_quantize(gt16, mode), ["psnr", "ssim"])
+        assert saved["a"] == pytest.approx(expected)
+        gray = M.score_image(exact_quantize(np.repeat(gray16[..., None], 3, 2), mode), gray_gt, ["psnr", "ssim"])
+        assert saved["b"]["ssim"] == pytest.approx(gray["ssim"])
+        if mode == "round":  # the 8-bit ground truth was made with the same rounding: a perfect match
+            assert saved["b"]["psnr"] is None and gray["psnr"] == math.inf
+        else:
+            assert saved["b"]["psnr"] == pytest.approx(gray["psnr"])
+
+
+def test_evaluate_names_unreadable_and_truncated_images(folders, tmp_path):
+    renders_dir, gt_dir, _, _ = folders
+    args = ["--renders", str(renders_dir), "--gt", str(gt_dir), "--metrics", "psnr"]
+    (renders_dir / "frame_000.png").write_text("not an image")
+    result = CliRunner().invoke(evaluate, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"Error: {renders_dir / 'frame_000.png'}: not a readable image" in result.output
+    whole = (gt_dir / "frame_001.png").read_bytes()
+    (renders_dir / "frame_000.png").write_bytes(whole)
+    (gt_dir / "frame_001.png").write_bytes(whole[: len(whole) // 2])
+    result = CliRunner().invoke(evaluate, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"Error: {gt_dir / 'frame_001.png'}: not a readable image (missing, truncated" in result.output
+    (gt_dir / "frame_001.png").write_bytes(png16_bytes(np.zeros((48, 64, 3), np.uint16))[:60])
+    result = CliRunner().invoke(evaluate, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"{gt_dir / 'frame_001.png'}: not a readable image" in result.output
+
+
+def test_evaluate_creates_the_out_folder_and_refuses_one_it_cannot_make(folders, tmp_path):
+    renders_dir, gt_dir, _, _ = folders
+    args = ["--renders", str(renders_dir), "--gt", str(gt_dir), "--metrics", "psnr"]
+    out = tmp_path / "new" / "deeper" / "scores.csv"
+    result = CliRunner().invoke(evaluate, args + ["--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_text().startswith("image,psnr")
+    (tmp_path / "a-file").write_text("")
+    result = CliRunner().invoke(evaluate, args + ["--out", str(tmp_path / "a-file" / "scores.csv")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"Error: {tmp_path / 'a-file'}: cannot create the folder for --out" in result.output
+    assert "frame_000" not in result.output  # refused before any scoring was printed

@@ -1,6 +1,11 @@
 """The runner with stand-in methods: resume, overwrite, changed configs, crashes, records and renders."""
 
+import errno
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +16,10 @@ from gfbench.cli import main
 from gfbench.methods import Render
 from gfbench.runner import plan_jobs, run_suite
 from gfbench.shards import write_scene
+from gfbench.storage import DiskFull
 from helpers import tiny_scene
+
+WORKER = Path(__file__).with_name("run_worker.py")
 
 CALLS = []
 
@@ -62,7 +70,8 @@ def world(tmp_path, monkeypatch):
     monkeypatch.setattr(methods, "_entry_points", lambda: table)
     monkeypatch.setattr(methods, "load_preset", lambda name, preset: {"steps": 7})
     CALLS.clear()
-    return {"data": data, "results": tmp_path / "results", "suite": specs.load_suite("test-masked")}
+    return {"data": data, "results": tmp_path / "results", "suite": specs.load_suite("test-masked"),
+            "specs": spec_dir}
 
 
 def run(world, method_names, **kwargs):
@@ -146,3 +155,186 @@ def test_missing_lpips_weights_stop_the_run_before_training(world, tmp_path, mon
         run_suite(plan_jobs(suite, ["mean-color"], None, None, None, {}), world["results"], world["data"],
                   show_progress=False)
     assert CALLS == []
+
+
+# ---------------------------------------------------------------- records, renders and leftovers
+
+
+def visible_entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def hidden_entries(folder: Path) -> list[str]:
+    """Hidden files and folders other than the job locks (which stay, empty, by design)."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock"))
+
+
+def test_renders_arrive_with_their_record_and_nothing_else_stays(world):
+    summary = run(world, ["mean-color"])
+    folder = summary.done[0].parent
+    record = summary.done[0]
+    assert visible_entries(folder) == [record.stem, record.name]
+    assert hidden_entries(folder) == []
+    assert sorted(p.name for p in (folder / record.stem).iterdir()) == ["compare", "renders"]
+
+
+def test_corrupt_and_foreign_records_are_reported_by_name_and_the_run_goes_on(world):
+    first = run(world, ["mean-color"])
+    garbage, foreign = sorted(first.done)
+    garbage.write_text("{truncated")
+    other = results.read_record(foreign)
+    foreign.write_text(json.dumps({**other, "config_hash": "f" * 64}))
+    summary = run(world, ["mean-color"], overwrite=True)
+    assert summary.done == [] and summary.failed == []
+    problems = dict(summary.problems)
+    assert set(problems) == {garbage, foreign}
+    assert problems[garbage].startswith(f"{garbage}: not a valid result record") and "left as is" in problems[garbage]
+    assert "holds the record of another job" in problems[foreign]
+    assert garbage.read_text() == "{truncated"  # never overwritten
+    # a non-object record stops nothing either, and the CLI names it and exits 1
+    garbage.write_text("[1, 2, 3]")
+    result = CliRunner().invoke(main, ["run", "--suite", "test-masked", "--method", "mean-color", "--data",
+                                       str(world["data"]), "--results", str(world["results"])])
+    assert result.exit_code == 1, result.output
+    assert f"not run: {garbage}: not a result record: a JSON list" in result.output
+    assert "2 not run (a file in the way)" in result.output
+
+
+def test_leftovers_of_an_interrupted_job_are_removed_when_it_runs_again(world):
+    summary = run(world, ["mean-color"])
+    record = summary.done[0]
+    folder = record.parent
+    record.unlink()  # as if the run had died after moving the renders in, before the record
+    (folder / f".{record.stem}.partial-x1").mkdir()
+    (folder / f".{record.name}.abc.tmp").write_text("{")
+    again = run(world, ["mean-color"])
+    assert again.done == [record]
+    assert visible_entries(folder) == [record.stem, record.name] and hidden_entries(folder) == []
+
+
+# ---------------------------------------------------------------- disk full (writes failing at chosen points)
+
+
+def fail_with_enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_while_writing_renders_stops_the_run_naming_the_file(world, monkeypatch):
+    from PIL import Image
+
+    first = run(world, ["mean-color"])  # scene a and b recorded
+    monkeypatch.setattr(Image.Image, "save", fail_with_enospc)
+    with pytest.raises(DiskFull) as caught:
+        run(world, ["mean-color"], overwrite=True)
+    assert "disk full (no space left on device) while writing a test render" in str(caught.value)
+    assert caught.value.path.name.endswith(".png") and caught.value.path.parent.name == "renders"
+    folder = first.done[0].parent
+    assert hidden_entries(folder) == []  # the partial renders are gone
+    assert visible_entries(folder) == [first.done[0].stem, first.done[0].name]  # the old result is kept
+
+
+def test_disk_full_while_writing_the_record_leaves_no_trace(world, monkeypatch):
+    monkeypatch.setattr(results.os, "fsync", fail_with_enospc)
+    with pytest.raises(DiskFull) as caught:
+        run(world, ["mean-color"])
+    path = caught.value.path
+    assert path.suffix == ".json" and "while writing a result record" in str(caught.value)
+    assert visible_entries(path.parent) == [] and hidden_entries(path.parent) == []
+
+
+def test_cli_reports_a_full_disk_on_one_line(world, monkeypatch):
+    monkeypatch.setattr(results.os, "fsync", fail_with_enospc)
+    result = CliRunner().invoke(main, ["run", "--suite", "test-masked", "--method", "mean-color", "--data",
+                                       str(world["data"]), "--results", str(world["results"])])
+    assert result.exit_code == 1
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and error[0].endswith("disk full (no space left on device) while writing a result record")
+    assert str(world["results"]) in error[0] and "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------- SIGKILL and concurrent runs (child processes)
+
+
+def worker(world, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, str(WORKER), str(world["specs"]), str(world["data"]),
+                             str(world["results"]), *extra], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=300)
+    return process.returncode, out, err
+
+
+@pytest.mark.parametrize("point", ["render", "commit"])
+def test_sigkill_mid_job_leaves_no_record_and_no_visible_renders_and_the_next_run_recovers(world, point):
+    code, out, err = finish(worker(world, "--kill-at", point))
+    assert code == -9, (out, err)
+    job_folders = [p for p in (world["results"] / "test-masked").glob("*/*") if p.is_dir()]
+    assert len(job_folders) == 1  # the first job's folder; nothing was recorded
+    folder = job_folders[0]
+    assert not list(folder.glob("seed*.json"))
+    if point == "render":  # the renders were being written: nothing visible at all
+        assert visible_entries(folder) == []
+    else:  # killed between the two renames: the renders folder has no record, so it is no result
+        assert len(visible_entries(folder)) == 1 and not visible_entries(folder)[0].endswith(".json")
+    assert results.scan_records(world["results"]).records == []
+
+    again = run(world, ["mean-color"])  # the kernel dropped the dead run's lock; its leftovers are removed
+    assert len(again.done) == 2 and again.problems == []
+    (record,) = [p for p in again.done if p.parent == folder]
+    assert visible_entries(folder) == [record.stem, record.name] and hidden_entries(folder) == []
+
+
+def test_two_concurrent_runs_share_the_jobs_instead_of_doing_each_twice(world, tmp_path):
+    log = tmp_path / "fits.log"
+    common = ["--fit-log", str(log), "--fit-seconds", "0.5", "--barrier", str(tmp_path / "barrier"), "--peers", "2"]
+    first, second = worker(world, *common), worker(world, *common)
+    outcomes = [finish(first), finish(second)]
+    for code, out, err in outcomes:
+        assert code == 0, err
+    summaries = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in outcomes]
+    fits = log.read_text().splitlines()
+    jobs = {(line.split()[0], line.split()[1]) for line in fits}
+    assert len(fits) == 4 and len(jobs) == 4  # 2 scenes x 2 seeds, each fitted exactly once
+    assert len({line.split()[2] for line in fits}) == 2  # both runs did some of the work
+    done = [p for s in summaries for p in s["done"]]
+    assert len(done) == len(set(done)) == 4
+    assert sorted(p for s in summaries for p in s["shared"] + s["skipped"]) == sorted(done)
+    assert all(s["failed"] == [] for s in summaries)
+    records = results.scan_records(world["results"])
+    assert len(records.records) == 4 and records.problems == []
+
+
+# ---------------------------------------------------------------- runs to leaderboard
+
+
+def test_a_preset_run_and_a_set_run_are_two_entries_and_published_tables_stay(world, tmp_path, monkeypatch):
+    """The issue's check, with the stand-in method: the preset run and a `--set steps=30` run of one scene
+    make two entries labelled apart; nothing but `--publish` touches leaderboards/."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "leaderboards").mkdir()
+    published = tmp_path / "leaderboards" / "test-masked.md"
+    published.write_text("published\n")
+    cli = CliRunner()
+    base = ["run", "--suite", "test-masked", "--method", "mean-color", "--scenes", "a", "--data", str(world["data"])]
+    assert cli.invoke(main, base).exit_code == 0
+    assert cli.invoke(main, base + ["--set", "steps=30"]).exit_code == 0
+    assert CALLS == [("fit", 7, 0), ("fit", 30, 0)]
+
+    result = cli.invoke(main, ["leaderboard", "--suite", "test-masked"])
+    assert result.exit_code == 0, result.output
+    board = (tmp_path / "results" / "leaderboards" / "test-masked.csv").read_text()
+    assert {line.split(",")[2] for line in board.splitlines()[1:]} == {"mean-color"}
+    assert "config cfg-" in result.output and "is not the suite's preset 'quick' (quick with steps=30" \
+        in result.output
+
+    result = cli.invoke(main, ["leaderboard", "--suite", "test-masked", "--all-configs"])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "results" / "leaderboards" / "test-masked.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| scene |"))
+    (label,) = {cell.split()[0] for cell in header.split("|")[2:-1]} - {"mean-color"}
+    assert label.startswith("mean-color@cfg-") and f"- `{label}`: quick with steps=30 (preset: 7)" in text
+    assert published.read_text() == "published\n" and sorted(p.name for p in published.parent.iterdir()) == [
+        "test-masked.md"]

@@ -1,12 +1,18 @@
+import errno
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from gfbench import shards
 from gfbench.shards import MANIFEST, ShardError, list_built_scenes, read_scene, write_scene
+from gfbench.storage import DiskFull
 from helpers import tiny_scene
 
 
@@ -147,3 +153,112 @@ def test_source_jpeg_is_stored_as_captured_and_reads_back_exactly(tmp_path):
     back = read_scene(tmp_path, "testset", "tiny")
     np.testing.assert_array_equal(back.frames[0].image, decoded)
     np.testing.assert_array_equal(back.frames[1].image, scene.frames[1].image)
+
+
+# ---------------------------------------------------------------- crash consistency and a full disk
+
+
+def leftovers(root, dataset="testset"):
+    return sorted(p.name for p in (root / dataset).iterdir() if p.name.startswith(".") and p.suffix == ".tmp")
+
+
+def first_pixels(root, scene_id="tiny"):
+    return read_scene(root, "testset", scene_id).frames[0].image.tobytes()
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_while_writing_the_shard_keeps_the_old_one(tmp_path, monkeypatch):
+    write_scene(tiny_scene(seed=0), tmp_path)
+    old = first_pixels(tmp_path)
+    original = shards._write_tar
+
+    def half_then_full(path, members):
+        original(path, members[: len(members) // 2])  # half a shard reached the disk
+        no_space()
+
+    monkeypatch.setattr(shards, "_write_tar", half_then_full)
+    with pytest.raises(DiskFull) as caught:
+        write_scene(tiny_scene(seed=1), tmp_path)
+    assert str(caught.value) == (f"{tmp_path / 'testset' / 'tiny.tar'}: disk full (no space left on device) while "
+                                 "writing the shard; nothing was changed (an earlier shard of the scene is intact)")
+    assert first_pixels(tmp_path) == old and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("failing_call", [1, 2])
+def test_disk_full_while_writing_the_manifest_leaves_a_whole_scene(tmp_path, monkeypatch, failing_call):
+    """Call 1 records the new shard as pending (before it is renamed into place), call 2 commits it."""
+    write_scene(tiny_scene(seed=0), tmp_path)
+    old, calls, original = first_pixels(tmp_path), [], shards._update_manifest
+
+    def update(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == failing_call:
+            no_space()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(shards, "_update_manifest", update)
+    with pytest.raises(DiskFull, match=r"manifest\.json: disk full .* while writing the manifest"):
+        write_scene(tiny_scene(seed=1), tmp_path)
+    monkeypatch.setattr(shards, "_update_manifest", original)
+    new = tiny_scene(seed=1).frames[0].image.tobytes()
+    assert first_pixels(tmp_path) == (old if failing_call == 1 else new)
+    assert list_built_scenes(tmp_path, "testset") == ["tiny"] and leftovers(tmp_path) == []
+    write_scene(tiny_scene(scene_id="other"), tmp_path)  # the next build settles what the crash left
+    manifest = json.loads((tmp_path / "testset" / MANIFEST).read_text())
+    assert shards.PENDING not in manifest and sorted(manifest["scenes"]) == ["other", "tiny"]
+    assert first_pixels(tmp_path) == (old if failing_call == 1 else new)
+
+
+def test_a_new_scene_is_not_listed_until_its_shard_is_in_place(tmp_path, monkeypatch):
+    write_scene(tiny_scene(scene_id="a"), tmp_path)
+    monkeypatch.setattr(shards.os, "replace", no_space)  # the rename never happens
+    with pytest.raises(OSError):
+        write_scene(tiny_scene(scene_id="b"), tmp_path)
+    monkeypatch.undo()
+    assert list_built_scenes(tmp_path, "testset") == ["a"]
+    with pytest.raises(ShardError, match="no scene 'b'"):
+        read_scene(tmp_path, "testset", "b")
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[3])
+from gfbench import shards
+from helpers import tiny_scene
+point = sys.argv[2]
+original_replace, original_sync = shards.os.replace, shards._sync_directory
+renamed = []
+def replace(src, dst):
+    if str(dst).endswith(".tar"):
+        if point == "before-rename":  # the manifest already lists the new shard as pending
+            os.kill(os.getpid(), signal.SIGKILL)
+        renamed.append(dst)
+    original_replace(src, dst)
+def sync(directory):
+    original_sync(directory)
+    if point == "after-rename" and renamed:  # the new shard is in place, its entry still pending
+        os.kill(os.getpid(), signal.SIGKILL)
+shards.os.replace, shards._sync_directory = replace, sync
+shards.write_scene(tiny_scene(seed=1, scene_id=sys.argv[4]), sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("scene_id", ["tiny", "fresh"])
+@pytest.mark.parametrize("point", ["before-rename", "after-rename"])
+def test_sigkill_at_any_point_of_a_build_leaves_the_old_scene_or_the_new_one(tmp_path, point, scene_id):
+    write_scene(tiny_scene(seed=0), tmp_path)
+    old = first_pixels(tmp_path)
+    child = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), point, str(Path(__file__).parent),
+                            scene_id], capture_output=True, text=True, timeout=300)
+    assert child.returncode == -9, child.stderr
+    new = tiny_scene(seed=1).frames[0].image.tobytes()
+    if point == "before-rename":
+        assert first_pixels(tmp_path) == old and list_built_scenes(tmp_path, "testset") == ["tiny"]
+    else:
+        assert first_pixels(tmp_path, scene_id) == new
+        assert list_built_scenes(tmp_path, "testset") == sorted({"tiny", scene_id})
+        if scene_id != "tiny":
+            assert first_pixels(tmp_path) == old

@@ -17,7 +17,24 @@ from gfbench.cli.suite import suite_group
 from gfbench.cli.weights import weights_group
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; a full disk anywhere is one line naming the path, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from gfbench.storage import DiskFull, is_disk_full
+
+        try:
+            return super().invoke(ctx)
+        except DiskFull as exc:
+            raise click.ClickException(str(exc)) from exc
+        except Exception as exc:  # a library may wrap the OSError it got
+            if is_disk_full(exc):
+                name = getattr(exc, "filename", None) or "a file"
+                raise click.ClickException(f"{name}: disk full (no space left on device)") from exc
+            raise
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gfbench")
 @click.option("--specs", "spec_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="A folder of your own specs (<dir>/<id>.yaml datasets, <dir>/suites/<id>.yaml suites, "

@@ -2,6 +2,10 @@
 
 Images (PNG or JPEG) are matched by file stem, so any method's renders can be scored without porting it. Every
 render needs a ground truth of the same size and vice versa; anything else is an error naming the files.
+8-bit images are scored as they are; a 16-bit PNG (RGB or grayscale) holds ``v / 65535`` and is quantized to
+uint8 exactly as a float render would be (``--quantize``), in integer arithmetic so that no rounding error
+of ``v / 65535`` can move a value across a step. Pillow would keep only the high byte (``v // 256``), so 16-bit
+PNGs are decoded with OpenCV.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from gfbench import metrics as M
+from gfbench.storage import DiskFull, reporting_disk_full
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_METRICS = "psnr,ssim,lpips_vgg_3dgs"
@@ -91,20 +96,68 @@ def match_images(renders_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Path]
     return [(stem, renders[stem], gts[stem]) for stem in sorted(renders)]
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    """HxWx3 uint8 pixels of an 8-bit RGB or grayscale image; alpha or other modes are refused."""
-    with Image.open(path) as image:
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            raise EvaluationError(f"{path}: has an alpha channel; composite it onto its background first")
-        if image.mode not in ("RGB", "L", "P"):
-            raise EvaluationError(f"{path}: unsupported image mode {image.mode!r} (8-bit RGB or grayscale only)")
-        return np.asarray(image.convert("RGB"))
+def _unreadable(path: Path, exc: BaseException) -> EvaluationError:
+    return EvaluationError(f"{path}: not a readable image (missing, truncated or not an image file): {exc}")
+
+
+def png_bit_depth(path: Path) -> int | None:
+    """The bit depth in a PNG's header; None for any other file."""
+    with open(path, "rb") as handle:
+        head = handle.read(26)
+    if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR" or len(head) < 26:
+        return None
+    return head[24]
+
+
+def quantize_16bit(values: np.ndarray, mode: str) -> np.ndarray:
+    """uint8 of ``v / 65535`` for 16-bit ``values``, truncated or rounded half up as ``metrics.quantize`` does
+    with floats, computed exactly: ``floor(255 v / 65535)`` or ``floor(255 v / 65535 + 1/2)``."""
+    scaled = values.astype(np.int64) * 255
+    if mode == "round":
+        return ((2 * scaled + 65535) // (2 * 65535)).astype(np.uint8)
+    if mode == "truncate":
+        return (scaled // 65535).astype(np.uint8)
+    raise ValueError(f"unknown quantize mode {mode!r}; known: {', '.join(M.QUANTIZE_MODES)}")
+
+
+def _load_16bit_png(path: Path, quantize: str) -> np.ndarray:
+    import cv2
+
+    pixels = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.dtype != np.uint16:
+        raise EvaluationError(f"{path}: not a readable image (a 16-bit PNG that does not decode: truncated?)")
+    if pixels.ndim == 3 and pixels.shape[2] in (2, 4):
+        raise EvaluationError(f"{path}: has an alpha channel; composite it onto its background first")
+    rgb = np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels[..., ::-1]  # OpenCV is BGR
+    return quantize_16bit(np.ascontiguousarray(rgb), quantize)
+
+
+def load_rgb(path: Path, quantize: str = "truncate") -> np.ndarray:
+    """HxWx3 uint8 pixels of an 8-bit RGB or grayscale image, or of a 16-bit PNG quantized with ``quantize``
+    (see the module docstring); alpha, other modes and unreadable files are refused naming the file."""
+    try:
+        if png_bit_depth(path) == 16:
+            return _load_16bit_png(path, quantize)
+        with Image.open(path) as image:
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                raise EvaluationError(f"{path}: has an alpha channel; composite it onto its background first")
+            if image.mode not in ("RGB", "L", "P"):
+                raise EvaluationError(f"{path}: unsupported image mode {image.mode!r} (8-bit RGB or grayscale, "
+                                      "or a 16-bit PNG)")
+            return np.asarray(image.convert("RGB"))
+    except EvaluationError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise _unreadable(path, exc) from exc
 
 
 def load_mask(path: Path) -> np.ndarray:
     """HxW bool coverage mask: nonzero pixels are covered."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L")) > 0
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L") if image.mode not in ("I;16", "I;16B", "I") else image) > 0
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise _unreadable(path, exc) from exc
 
 
 def _check_size(stem: str, pairs: dict[str, tuple[Path, tuple[int, ...]]]) -> None:
@@ -130,7 +183,7 @@ def evaluate_folders(renders_dir: Path, gt_dir: Path, metrics: list[str], covera
     masks = _match_masks(coverage_dir, [stem for stem, _, _ in pairs]) if coverage_dir else {}
     result = Evaluation(metrics=metrics, quantize=quantize, weights=weights)
     for stem, render_path, gt_path in pairs:
-        render, gt = load_rgb(render_path), load_rgb(gt_path)
+        render, gt = load_rgb(render_path, quantize), load_rgb(gt_path, quantize)
         coverage = load_mask(masks[stem]) if stem in masks else None
         shapes = {"render": (render_path, render.shape[:2]), "ground truth": (gt_path, gt.shape[:2])}
         if coverage is not None:
@@ -220,18 +273,36 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
               help=f"Folder holding {', '.join(M.LPIPS_BACKBONE_FILES.values())} (else ${M.LPIPS_WEIGHTS_ENV}, "
                    "else torch's hub cache).")
 @click.option("--quantize", type=click.Choice(M.QUANTIZE_MODES), default="truncate", show_default=True,
-              help="How float images become uint8 (8-bit files are unchanged either way).")
+              help="How float and 16-bit images become uint8 (8-bit files are unchanged either way).")
 @click.option("--device", default="cpu", show_default=True, help="torch device for the metrics.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=_check_out,
               help="Write the scores to FILE.json or FILE.csv.")
 def evaluate(renders_dir: Path, gt_dir: Path, metrics: list[str], coverage_dir: Path | None,
              lpips_weights: Path | None, quantize: str, device: str, out: Path | None) -> None:
     """Score a folder of renders against ground truth, matched by file stem."""
+    if out is not None:
+        _make_out_folder(out)
     try:
         result = evaluate_folders(renders_dir, gt_dir, metrics, coverage_dir, quantize, device, lpips_weights)
     except (EvaluationError, M.LpipsWeightsMissing) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_table(result))
     if out is not None:
-        write_results(out, result)
+        try:
+            with reporting_disk_full(out, "the scores"):
+                write_results(out, result)
+        except OSError as exc:
+            if isinstance(exc, DiskFull):
+                raise click.ClickException(str(exc)) from None
+            raise click.ClickException(f"{out}: cannot write the scores: {exc.strerror or exc}") from None
         click.echo(f"wrote {out}")
+
+
+def _make_out_folder(out: Path) -> None:
+    """Create the folder of ``--out`` before scoring, so that a bad path fails before any work."""
+    if out.is_dir():
+        raise click.BadParameter(f"{out}: is a folder; name a .json or .csv file", param_hint="--out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"{out.parent}: cannot create the folder for --out: {exc.strerror or exc}") from None

@@ -29,7 +29,9 @@ def run(suite_id, method_names, scenes, seeds, preset, settings, results_dir, ro
     """Run methods on a suite: one job per scene x method x seed, one result record per job.
 
     Finished jobs (same suite, protocol, data, config and seed) are skipped, so an interrupted run resumes
-    where it stopped; a job that crashes is recorded as failed and the next one still runs.
+    where it stopped; a job that crashes is recorded as failed and the next one still runs. Several runs may
+    share one results folder: each job is locked while it runs, and a job another run is doing is taken
+    from its record instead of being done twice.
     """
     from gfbench import methods, runner, shards, specs
     from gfbench.metrics import LpipsWeightsMissing
@@ -55,9 +57,13 @@ def run(suite_id, method_names, scenes, seeds, preset, settings, results_dir, ro
         summary = runner.run_suite(jobs, results_dir, root, device=device, overwrite=overwrite)
     except (shards.ShardError, LpipsWeightsMissing) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"done: {len(summary.done)} ran, {len(summary.skipped)} skipped (already recorded), "
-               f"{len(summary.failed)} failed")
-    if summary.failed:
-        for path in summary.failed:
-            click.echo(f"  failed: {path}", err=True)
+    shared = f", {len(summary.shared)} done by another run meanwhile" if summary.shared else ""
+    problems = f", {len(summary.problems)} not run (a file in the way)" if summary.problems else ""
+    click.echo(f"done: {len(summary.done)} ran, {len(summary.skipped)} skipped (already recorded){shared}, "
+               f"{len(summary.failed)} failed{problems}")
+    for path in summary.failed:
+        click.echo(f"  failed: {path}", err=True)
+    for _, problem in summary.problems:
+        click.echo(f"  not run: {problem}", err=True)
+    if summary.failed or summary.problems:
         raise SystemExit(1)
