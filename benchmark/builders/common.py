@@ -354,7 +354,16 @@ def check_capture_frames(expect: SpecExpectations, dataset: str, scene_id: str, 
 
 
 def build_and_write(dataset: str, scene_id: str, capture: Capture, out: Path, progress: bool = False,
-                   expect_size: tuple[int, int] | None = None, undistort: str = "keep-size",
-                   extra_meta: dict | None = None) -> Scene:
-    """Check, undistort and load a capture into a ``Scene`` (frames in natural name order).
+                    expect_size: tuple[int, int] | None = None, undistort: str = "keep-size",
+                    extra_meta: dict | None = None) -> Path:
+    """Check the capture against its dataset's spec (when the dataset id has one), assemble it completely,
+    then write its shard (crash-safely) under ``out``."""
+    check_id("dataset", dataset)
+    check_id("scene", scene_id)
+    expect = spec_expectations(dataset, scene_id)
+    if expect is not None:
+        check_capture_frames(expect, dataset, scene_id, capture)
+        expect_size = expect_size or expect.size
+    scene = assemble_scene(dataset, scene_id, capture, progress=progress, expect_size=expect_size,
+                           undistort=undistort, extra_meta=extra_meta)
     return write_scene(scene, out)
