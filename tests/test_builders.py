@@ -793,7 +793,8 @@ def test_a_capture_must_have_the_frames_its_frozen_splits_were_made_from(tmp_pat
     monkeypatch.setenv("GFBENCH_SPECS", str(spec_dir))
     colmap_capture(tmp_path / "six", frames=6)
     build_colmap(tmp_path / "six", out=tmp_path / "out", dataset="mini", scene_id="s1")  # no split yet: taken
-    write_frozen_split(freeze_split(specs.load_suite("mini-masked"), read_scene(tmp_path / "out", "mini", "s1")))
+    suite = specs.load_suite("mini-masked")
+    write_frozen_split(freeze_split(suite, read_scene(tmp_path / "out", "mini", "s1")), suite.splits_dir)
     split_file = spec_dir / "splits" / "mini-masked" / "s1.json"
 
     build_colmap(tmp_path / "six", out=tmp_path / "out", dataset="mini", scene_id="s1")  # the same capture again
