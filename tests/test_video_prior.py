@@ -14,7 +14,7 @@ from gfbench.priors.video import (
     ENV_VAR, ClipBatch, RGBDVideo, build_video_prior, depth_from_model, depth_to_model, guide, load_video_prior,
     video_prior_spec,
 )
-from gfbench.priors.video_models import SpatioTemporalUNet, resolve_video_unet
+from gfbench.priors.video_models import SpatioTemporalUNet, VideoUNet, resolve_video_unet
 
 FRAMES, HEIGHT, WIDTH = 16, 40, 64
 
@@ -61,7 +61,9 @@ def test_tiny_prior_round_trip_repairs_identically(saved_prior, monkeypatch):
     assert {"prior.json", "scheduler/scheduler_config.json", "image_encoder/model.safetensors",
             "vae/diffusion_pytorch_model.safetensors", "image_proj/diffusion_pytorch_model.safetensors"} <= set(
         record["files_sha256"])
+    assert type(loaded.unet) is VideoUNet
     assert {type(p).__name__ for p in loaded.unet.attn_processors.values()} == {"AttnProcessor2_0"}  # SDPA
+    assert loaded.image_encoder.config._attn_implementation == "sdpa"
 
 
 def test_depth_from_frames_uses_short_windows_and_is_deterministic(saved_prior):
@@ -183,6 +185,22 @@ def test_bad_settings_are_named(saved_prior, tmp_path, edit, message):
     (folder / "prior.json").write_text(json.dumps(data))
     with pytest.raises(PriorError, match=message):
         load_video_prior(folder)
+
+
+def test_another_unet_class_plugs_in_through_the_folder(tmp_path):
+    spec = tiny_spec(steps=2, unet_class="SpatioTemporalUNet")
+    spec["unet"] = {"in_channels": 8, "out_channels": 4, "block_out_channels": [32, 64], "layers_per_block": 1,
+                    "down_block_types": ["CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"],
+                    "up_block_types": ["UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"],
+                    "num_attention_heads": [2, 4], "cross_attention_dim": 32, "addition_time_embed_dim": 32,
+                    "projection_class_embeddings_input_dim": 32, "num_frames": 16}
+    folder = build_video_prior(spec).save_pretrained(tmp_path / "svd-layout")
+    prior = load_video_prior(folder)
+    assert type(prior.unet) is SpatioTemporalUNet and json.loads(
+        (folder / "unet" / "config.json").read_text())["_class_name"] == "SpatioTemporalUNet"
+    video = random_video(5, frames=3)
+    repaired = prior.repair(video, video.rgb[0], seed=0)
+    assert repaired.rgb.shape == video.rgb.shape and torch.isfinite(repaired.depth).all()
 
 
 def test_inconsistent_components_and_unet_import_paths():

@@ -296,7 +296,9 @@ class DiffusionVideoPrior:
         if dtype is None:
             dtype = torch.float32 if device.type == "cpu" else getattr(torch, self.settings.gpu_dtype)
         for module in self.modules().values():
-            module.to(device=device, dtype=dtype)
+            module.to(device=device)
+            if module.dtype != dtype:  # diffusers warns on every dtype cast, even a no-op one
+                module.to(dtype=dtype)
         return self
 
     def modules(self) -> dict[str, torch.nn.Module]:
