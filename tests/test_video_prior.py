@@ -172,11 +172,20 @@ def test_missing_file_is_named(saved_prior, tmp_path, missing):
     assert str(info.value).startswith("video prior:") and missing.split("/")[0] in str(info.value)
 
 
+def test_truncated_weights_are_a_prior_error(saved_prior, tmp_path):
+    folder = saved_prior[0].save_pretrained(tmp_path / "truncated")
+    weights = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(PriorError, match="cannot load .*vae"):
+        load_video_prior(folder)
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda data: data.pop("latent_scale"), "missing setting 'latent_scale'"),
     (lambda data: data.update(guidance=3.0), "unknown setting 'guidance'"),
     (lambda data: data["sampling"].update(steps="25"), "sampling.steps: expected int"),
     (lambda data: data.update(unet_class="NoSuchUNet"), "unknown unet_class 'NoSuchUNet'"),
+    (lambda data: data.update(unet_class="SpatioTemporalUNet"), "saved from 'VideoUNet'"),
 ])
 def test_bad_settings_are_named(saved_prior, tmp_path, edit, message):
     folder = saved_prior[0].save_pretrained(tmp_path / "edited")

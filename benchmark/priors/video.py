@@ -265,18 +265,18 @@ class DiffusionVideoPrior:
         check_video_prior_folder(folder)
         settings = read_settings(folder)
         unet_class = resolve_video_unet(settings.unet_class)
+        config_class = json.loads((folder / "unet" / "config.json").read_text()).get("_class_name")
+        if config_class not in (None, unet_class.__name__):
+            raise PriorError(f"{WHAT}: {folder / 'unet' / 'config.json'} was saved from {config_class!r} but "
+                             f"{PRIOR_JSON} names unet_class {settings.unet_class!r}")
         components = {
-            "unet": lambda path: unet_class.from_pretrained(path),
+            "unet": unet_class.from_pretrained,
             "vae": AutoencoderKL.from_pretrained,
             "image_encoder": CLIPVisionModel.from_pretrained,
             "image_proj": ImageResampler.from_pretrained,
             "scheduler": DDIMScheduler.from_pretrained,
         }
         loaded = {name: _load_component(folder, name, load) for name, load in components.items()}
-        config_class = json.loads((folder / "unet" / "config.json").read_text()).get("_class_name")
-        if config_class not in (None, unet_class.__name__):
-            raise PriorError(f"{WHAT}: {folder / 'unet' / 'config.json'} was saved from {config_class!r} but "
-                             f"{PRIOR_JSON} names unet_class {settings.unet_class!r}")
         source = PriorSource(kind="video", name=folder.name, path=str(folder.resolve()),
                              files_sha256=folder_fingerprint(folder))
         prior = cls(settings=settings, source=source, **loaded)
