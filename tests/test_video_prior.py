@@ -19,7 +19,7 @@ from gfbench.priors.video_models import SpatioTemporalUNet, VideoUNet, resolve_v
 FRAMES, HEIGHT, WIDTH = 16, 40, 64
 
 
-def tiny_spec(steps=4, **prior_settings):
+def tiny_spec(steps=2, **prior_settings):
     spec = copy.deepcopy(video_prior_spec("tiny"))
     spec["prior"]["sampling"]["steps"] = steps
     spec["prior"].update(prior_settings)
