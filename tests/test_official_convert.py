@@ -206,3 +206,30 @@ def test_existing_output_is_not_overwritten(tmp_path, architecture, sources):
     with pytest.raises(ConversionError, match="exists and is not empty"):
         convert_checkpoint(checkpoint, vae_dir, out, architecture=architecture)
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_cli_convert(tmp_path, sources):
+    from click.testing import CliRunner
+
+    from gfbench.cli.prior import prior_group
+
+    checkpoint, vae_dir = sources
+    runner = CliRunner()
+    args = ["convert", "--checkpoint", str(checkpoint), "--vae", str(vae_dir), "--out", str(tmp_path / "out"),
+            "--architecture", str(FIXTURES / "tiny_architecture.json"), "--dtype", "float32"]
+    result = runner.invoke(prior_group, args)
+    assert result.exit_code == 0, result.output
+    assert f"wrote {tmp_path / 'out'}" in result.output
+    assert (tmp_path / "out" / "source.json").is_file()
+
+    again = runner.invoke(prior_group, args)
+    assert again.exit_code == 1 and "exists and is not empty" in again.output
+    assert runner.invoke(prior_group, args + ["--overwrite"]).exit_code == 0
+
+    default = runner.invoke(prior_group, args[:6] + ["--overwrite"])  # released architecture: shapes differ
+    assert default.exit_code == 1
+    assert "architecture expects" in default.output and len(default.output.strip().splitlines()) <= 2
+
+    help_text = runner.invoke(prior_group, ["convert", "--help"]).output
+    for option in ("--checkpoint", "--vae", "--out", "--dtype", "--architecture", "--allow-pickle", "--overwrite"):
+        assert option in help_text
