@@ -82,6 +82,21 @@ class OfficialArchitecture:
         missing = [key for key in DIFFUSION_KEYS if key not in self.diffusion]
         if missing:
             raise ArchitectureError(f"{origin}: diffusion.{missing[0]} is missing")
+        self._check_interfaces(origin)
+
+    def _check_interfaces(self, origin: str) -> None:
+        """The models must fit together: encoder tokens feed the projector, projector tokens the UNet's
+        cross-attention, VAE latents (noise + artifact video) its input."""
+        latent = self.vae.get("latent_channels", 4)
+        pairs = [("image_projector.embedding_dim", self.image_projector.get("embedding_dim", 1280),
+                  "image_encoder.width", self.image_encoder.get("width", 1280)),
+                 ("unet.context_dim", self.unet.get("context_dim", 1024),
+                  "image_projector.output_dim", self.image_projector.get("output_dim", 1024)),
+                 ("unet.in_channels", self.unet.get("in_channels", 8), "2 x vae.latent_channels", 2 * latent),
+                 ("unet.out_channels", self.unet.get("out_channels", 4), "vae.latent_channels", latent)]
+        for name, value, other, wanted in pairs:
+            if value != wanted:
+                raise ArchitectureError(f"{origin}: {name} is {value} but {other} is {wanted}; they must match")
 
     def as_dict(self) -> dict:
         return asdict(self)
