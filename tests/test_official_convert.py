@@ -10,8 +10,9 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler
 from safetensors.torch import load_file
 
+from gfbench.priors import PriorError
 from gfbench.priors.official import (ConversionError, GenFusionUNet3D, ImageProjector, KeyMap,
-                                     OfficialArchitecture, OpenCLIPImageEncoder, convert_checkpoint)
+                                     OfficialArchitecture, OpenCLIPImageEncoder, convert_checkpoint, load_converted)
 from gfbench.priors.official.synthetic import hashed_uniform, synthetic_weight, write_official_layout_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
@@ -81,9 +82,11 @@ def test_converted_models_reproduce_the_official_outputs(converted):
     meta = json.loads((FIXTURES / "parity_tiny.json").read_text())
     reference = load_file(FIXTURES / "parity_tiny.safetensors")
     inputs = {name: hashed_uniform(f"input.{name}", tuple(spec["shape"])) for name, spec in meta["inputs"].items()}
-    unet = GenFusionUNet3D.from_pretrained(converted / "unet").eval()
-    projector = ImageProjector.from_pretrained(converted / "image_projector").eval()
-    encoder = OpenCLIPImageEncoder.from_pretrained(converted / "image_encoder").eval()
+    models = load_converted(converted)
+    unet, projector, encoder = models.unet, models.image_projector, models.image_encoder
+    assert isinstance(unet, GenFusionUNet3D) and isinstance(projector, ImageProjector)
+    assert isinstance(encoder, OpenCLIPImageEncoder) and isinstance(models.vae, AutoencoderKL)
+    assert models.architecture.name == "genfusion-tiny-test" and models.source["dtype"] == "float32"
     with torch.no_grad():
         out = unet(inputs["sample"], torch.tensor(meta["timesteps"]), inputs["context_per_frame"],
                    fps=torch.tensor(meta["fps"]))
@@ -92,9 +95,19 @@ def test_converted_models_reproduce_the_official_outputs(converted):
     torch.testing.assert_close(out, reference["unet_per_frame"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(tokens, reference["encoder_large"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(projected, reference["projector"], rtol=1e-4, atol=1e-4)
-    assert AutoencoderKL.from_pretrained(converted / "vae").config.in_channels == 4
-    scheduler = DDIMScheduler.from_pretrained(converted / "scheduler")
-    assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
+    assert models.vae.config.in_channels == 4
+    assert isinstance(models.scheduler, DDIMScheduler)
+    assert models.scheduler.config.prediction_type == "v_prediction" and models.scheduler.config.rescale_betas_zero_snr
+
+
+def test_load_converted_names_what_is_missing(tmp_path, converted):
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(converted, partial)
+    shutil.rmtree(partial / "image_projector")
+    with pytest.raises(PriorError, match="no image_projector/config.json; expected a folder written by"):
+        load_converted(partial)
 
 
 def test_default_dtype_is_float16(tmp_path, architecture, sources):

@@ -22,6 +22,7 @@ import os
 import pickle
 import shutil
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +33,7 @@ from safetensors.torch import save_file
 from gfbench import __version__
 from gfbench.metrics import sha256_file
 from gfbench.priors import PriorError, folder_fingerprint
-from gfbench.priors.official.architecture import OfficialArchitecture
+from gfbench.priors.official.architecture import MODEL_CLASSES, OfficialArchitecture
 from gfbench.priors.official.key_map import KeyMap
 
 PROJECT_COMPONENTS = ("unet", "image_projector", "image_encoder")
@@ -243,3 +244,33 @@ def convert_checkpoint(ckpt_path: str | os.PathLike, vae_dir: str | os.PathLike,
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
     return out_dir
+
+
+@dataclass
+class ConvertedModels:
+    """The models of a converted folder, loaded; ``architecture`` holds the numbers the repair loop needs
+    (latent scale, schedule, default frame rate), ``source`` the provenance written by the converter."""
+
+    unet: torch.nn.Module
+    image_projector: torch.nn.Module
+    image_encoder: torch.nn.Module
+    vae: torch.nn.Module
+    scheduler: DDIMScheduler
+    architecture: OfficialArchitecture
+    source: dict
+
+
+def load_converted(folder: str | os.PathLike, *, torch_dtype: torch.dtype | None = None,
+                   device: str | torch.device = "cpu") -> ConvertedModels:
+    """Load a folder written by :func:`convert_checkpoint`; :class:`PriorError` naming what is missing."""
+    folder = Path(folder)
+    required = [f"{component}/config.json" for component in (*PROJECT_COMPONENTS, "vae")]
+    required += ["scheduler/scheduler_config.json", "architecture.json", "source.json"]
+    missing = [name for name in required if not (folder / name).is_file()]
+    if missing:
+        raise PriorError(f"{folder}: no {missing[0]}; expected a folder written by 'gfbench prior convert'")
+    architecture = OfficialArchitecture.from_json(folder / "architecture.json")
+    models = {component: MODEL_CLASSES[component].from_pretrained(folder / component, torch_dtype=torch_dtype)
+              .to(device).eval() for component in (*PROJECT_COMPONENTS, "vae")}
+    return ConvertedModels(**models, scheduler=DDIMScheduler.from_pretrained(folder / "scheduler"),
+                           architecture=architecture, source=json.loads((folder / "source.json").read_text()))
