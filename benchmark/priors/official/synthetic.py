@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from gfbench.priors.official.architecture import OfficialArchitecture
-from gfbench.priors.official.key_map import COMPONENT_PREFIXES, SCHEDULE_BUFFERS, KeyMap
+from gfbench.priors.official.key_map import KeyMap
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -81,5 +81,5 @@ def write_official_layout_checkpoint(path: str | os.PathLike, architecture: Offi
     return path
 
 
-__all__ = ["COMPONENT_PREFIXES", "SCHEDULE_BUFFERS", "hashed_uniform", "official_shapes", "synthetic_state_dict",
-           "synthetic_weight", "write_official_layout_checkpoint"]
+__all__ = ["hashed_uniform", "official_shapes", "synthetic_state_dict", "synthetic_weight",
+           "write_official_layout_checkpoint"]
