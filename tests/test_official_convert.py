@@ -96,8 +96,25 @@ def test_converted_models_reproduce_the_official_outputs(converted):
     torch.testing.assert_close(tokens, reference["encoder_large"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(projected, reference["projector"], rtol=1e-4, atol=1e-4)
     assert models.vae.config.in_channels == 4
+    for model in (unet, projector, encoder, models.vae):
+        assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    with torch.no_grad():
+        assert torch.isfinite(models.vae.decode(torch.zeros(1, 4, 4, 4)).sample).all()
     assert isinstance(models.scheduler, DDIMScheduler)
     assert models.scheduler.config.prediction_type == "v_prediction" and models.scheduler.config.rescale_betas_zero_snr
+
+
+def test_load_converted_casts_and_checks_weights(tmp_path, converted):
+    import shutil
+
+    half = load_converted(converted, torch_dtype=torch.float16)
+    assert {p.dtype for p in half.unet.parameters()} == {torch.float16}
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(converted, mismatched)
+    shutil.copy(converted / "image_projector" / "diffusion_pytorch_model.safetensors",
+                mismatched / "unet" / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(PriorError, match="unet/diffusion_pytorch_model.safetensors: does not fit"):
+        load_converted(mismatched)
 
 
 def test_load_converted_names_what_is_missing(tmp_path, converted):

@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from gfbench import __version__
 from gfbench.metrics import sha256_file
@@ -260,6 +260,22 @@ class ConvertedModels:
     source: dict
 
 
+def _load_component(folder: Path, model_class, torch_dtype: torch.dtype | None, device) -> torch.nn.Module:
+    """Build on the meta device and take the saved tensors as parameters: no random initialisation of billions of
+    weights first (what ``from_pretrained`` does without ``accelerate``)."""
+    with torch.device("meta"):
+        model = model_class.from_config(model_class.load_config(folder))
+    state = load_file(folder / WEIGHTS_NAME, device=str(device))
+    if torch_dtype is not None:
+        state = {key: t.to(torch_dtype) if t.is_floating_point() else t for key, t in state.items()}
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as error:
+        raise PriorError(f"{folder / WEIGHTS_NAME}: does not fit {folder / 'config.json'} "
+                         f"({_first_line(error)})") from None
+    return model.eval()
+
+
 def load_converted(folder: str | os.PathLike, *, torch_dtype: torch.dtype | None = None,
                    device: str | torch.device = "cpu") -> ConvertedModels:
     """Load a folder written by :func:`convert_checkpoint`; :class:`PriorError` naming what is missing."""
@@ -270,7 +286,7 @@ def load_converted(folder: str | os.PathLike, *, torch_dtype: torch.dtype | None
     if missing:
         raise PriorError(f"{folder}: no {missing[0]}; expected a folder written by 'gfbench prior convert'")
     architecture = OfficialArchitecture.from_json(folder / "architecture.json")
-    models = {component: MODEL_CLASSES[component].from_pretrained(folder / component, torch_dtype=torch_dtype)
-              .to(device).eval() for component in (*PROJECT_COMPONENTS, "vae")}
+    models = {component: _load_component(folder / component, MODEL_CLASSES[component], torch_dtype, device)
+              for component in (*PROJECT_COMPONENTS, "vae")}
     return ConvertedModels(**models, scheduler=DDIMScheduler.from_pretrained(folder / "scheduler"),
                            architecture=architecture, source=json.loads((folder / "source.json").read_text()))

@@ -141,13 +141,13 @@ class OpenCLIPImageEncoder(ModelMixin, ConfigMixin):
                  image_std: tuple[float, ...] = CLIP_STD):
         super().__init__()
         self.model = _ClipHolder(VisionTower(image_size, patch_size, width, layers, heads, mlp_ratio))
-        self.register_buffer("mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         size = self.config.image_size
         pixels = antialiased_resize(images, (size, size))
-        return ((pixels + 1.0) / 2.0 - self.mean.to(pixels.dtype)) / self.std.to(pixels.dtype)
+        mean, std = (torch.tensor(values, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+                     for values in (self.config.image_mean, self.config.image_std))
+        return ((pixels + 1.0) / 2.0 - mean) / std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         dtype = self.model.visual.conv1.weight.dtype
