@@ -25,7 +25,8 @@ def test_released_model_numbers():
     assert architecture.image_encoder["width"] == 1280 and architecture.image_encoder["layers"] == 32
     assert architecture.scheduler_config() == {
         "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-        "rescale_betas_zero_snr": True, "prediction_type": "v_prediction"}
+        "rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "leading",
+        "steps_offset": 1, "set_alpha_to_one": False}
     assert architecture.diffusion["latent_scale_factor"] == 0.18215
 
 

@@ -114,3 +114,16 @@ def test_schedule_matches_official(reference, architecture):
     ours = architecture.alphas_cumprod()
     torch.testing.assert_close(ours, official, rtol=1e-5, atol=1e-6)
     assert official[-1] == 0 and ours[-1] == 0
+
+
+@pytest.mark.parametrize("steps", [25, 50])
+def test_scheduler_steps_are_the_official_ddim_uniform_steps(architecture, steps):
+    """The official sampler's "uniform" discretisation: ``range(0, 1000, 1000 // steps) + 1``, run backwards,
+    and ``alphas_cumprod[0]`` as the alpha before the first timestep."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(**architecture.scheduler_config())
+    scheduler.set_timesteps(steps)
+    official = [t + 1 for t in range(0, 1000, 1000 // steps)][::-1]
+    assert scheduler.timesteps.tolist() == official
+    assert scheduler.final_alpha_cumprod == scheduler.alphas_cumprod[0]

@@ -22,9 +22,9 @@ from gfbench.priors.official.image_projector import ImageProjector
 from gfbench.priors.official.unet import GenFusionUNet3D
 
 SECTIONS = ("unet", "image_projector", "image_encoder", "vae", "diffusion")
-DIFFUSION_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "rescale_betas_zero_snr",
-                  "prediction_type", "latent_scale_factor", "dynamic_rescale_base_scale",
-                  "dynamic_rescale_turning_step")
+SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "rescale_betas_zero_snr",
+                  "prediction_type", "timestep_spacing", "steps_offset", "set_alpha_to_one")
+DIFFUSION_KEYS = SCHEDULER_KEYS + ("latent_scale_factor", "dynamic_rescale_base_scale", "dynamic_rescale_turning_step")
 
 
 MODEL_CLASSES = {"unet": GenFusionUNet3D, "image_projector": ImageProjector, "image_encoder": OpenCLIPImageEncoder,
@@ -109,10 +109,10 @@ class OfficialArchitecture:
             return MODEL_CLASSES[component](**getattr(self, component))
 
     def scheduler_config(self) -> dict:
-        """Arguments of a diffusers ``DDIMScheduler`` with the training schedule of this model."""
-        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "rescale_betas_zero_snr",
-                "prediction_type")
-        return {key: self.diffusion[key] for key in keys}
+        """Arguments of a diffusers ``DDIMScheduler``: the training schedule, and the official DDIM "uniform"
+        discretisation (``leading`` spacing with ``steps_offset`` 1: timesteps 961, 921, ..., 1 for 25 steps; the
+        last step's previous alpha is ``alphas_cumprod[0]``, hence ``set_alpha_to_one`` false)."""
+        return {key: self.diffusion[key] for key in SCHEDULER_KEYS}
 
     def alphas_cumprod(self) -> torch.Tensor:
         """The training schedule's cumulative alphas (1000 values, the last 0 with zero terminal SNR)."""
