@@ -48,6 +48,7 @@ class SuiteSpec:
     preset: str = "paper"
     seeds: tuple[int, ...] = (0,)
     quantize: str = "truncate"
+    allow_oracle_depth: bool = False  # methods may use the dataset's own depth as the `oracle` depth prior
 
     @property
     def protocol_type(self) -> str:
@@ -177,7 +178,7 @@ def parse_suite(path: Path) -> SuiteSpec:
     fields = _Fields(
         _read_with_includes(path), path,
         {"id", "kind", "version", "dataset", "scenes", "protocol", "metrics", "description", "preset", "seeds",
-         "quantize"},
+         "quantize", "allow_oracle_depth"},
     )
     if fields.get("kind", str) != "suite":
         fields.fail("kind", "expected 'suite'")
@@ -217,6 +218,7 @@ def parse_suite(path: Path) -> SuiteSpec:
         preset=fields.get("preset", str, "paper"),
         seeds=tuple(seeds),
         quantize=quantize,
+        allow_oracle_depth=fields.get("allow_oracle_depth", bool, False),
     )
 
 
