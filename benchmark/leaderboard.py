@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from gfbench import paper, results
+from gfbench.priors import priors_label
 from gfbench.specs import SuiteSpec
 
 LONG_COLUMNS = ["suite", "scene", "method", "seed", "metric", "value"]
@@ -88,9 +89,11 @@ def refusal_reason(record: dict[str, Any], spec: SuiteSpec, protocol_hash: str) 
 
 
 def method_label(record: dict[str, Any], spec: SuiteSpec) -> str:
-    """The method's name; runs with another preset than the suite's get their own column, ``method@preset``."""
+    """The method's name; runs with another preset than the suite's get their own column, ``method@preset``,
+    and runs on the dataset's own depth are labelled ``+oracle-depth``."""
     preset = record.get("preset")
-    return record["method"] if preset in (None, spec.preset) else f"{record['method']}@{preset}"
+    label = record["method"] if preset in (None, spec.preset) else f"{record['method']}@{preset}"
+    return label + priors_label(record.get("priors"))
 
 
 def select_records(pairs: Iterable[tuple[Path, dict[str, Any]]], spec: SuiteSpec,

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from gfbench.metrics import sha256_file
 
 
 class PriorError(RuntimeError):
@@ -126,6 +125,8 @@ def priors_label(priors_record: dict | None) -> str:
 
 def folder_fingerprint(folder: str | os.PathLike) -> dict[str, str]:
     """sha256 of every regular file under ``folder`` (relative POSIX paths, sorted); hidden files skipped."""
+    from gfbench.metrics import sha256_file  # imported here: gfbench.metrics loads torch
+
     root = Path(folder)
     return {
         path.relative_to(root).as_posix(): sha256_file(path)
