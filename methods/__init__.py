@@ -34,7 +34,11 @@ Methods on the shared Gaussian core subclass :class:`gfbench.methods.core.traini
 ``rasterize``; the open training loop (:class:`gfbench.methods.core.training.Trainer`) gives them public seams:
 
 - ``regularization(rendered, view, step)``: extra loss terms computed on a rendered view, seeing the view.
-- ``setup(trainer)``: called once before step 0; add view sources and step callbacks there.
+- ``setup(trainer)``: called once before step 0, after the Gaussians and the strategy exist; add view sources
+  and step callbacks there. The trainer exposes ``priors``, ``views`` (as given) and ``train_views`` (as
+  :class:`~gfbench.methods.core.training.TrainView` s, whose ``data`` holds per-view tensors such as a depth
+  estimate), ``workdir``, ``params`` / ``optimizers`` / ``strategy``, ``rng_for(name)``, and
+  ``render(view)`` / ``render_camera(camera)`` (e.g. ``view.full_camera``, the whole frame of a crop).
 - :class:`~gfbench.methods.core.training.ViewSource`: views that join training (``trainer.add_source``) and
   leave it (``trainer.remove_source``) at any step, each with its own loss (``ViewSource.loss``), a weight per
   step (a number or a function of the step; 0 skips the source), and whether its renders feed the

@@ -177,3 +177,16 @@ def test_setting_describes_itself():
     setting = Setting("steps", "int", min=1, help="training steps")
     assert setting.allowed() == "an integer >= 1"
     assert method_presets("2dgs").describe("depth_mode").startswith("depth_mode: one of expected, median")
+
+
+@pytest.mark.parametrize("name, preset, digest", [
+    ("3dgs", "paper", "27c6974e7c82546e"), ("3dgs", "quick", "a30ef29e212d7653"),
+    ("2dgs", "paper", "13662783e88f06f2"), ("2dgs", "quick", "518a02735169297e"), ("2dgs", "code", "c68dea19c404bda4"),
+])
+def test_builtin_configs_keep_the_identity_of_the_published_runs(name, preset, digest):
+    """The hashes of the configs as they were when the synthetic leaderboards were published (one YAML file
+    per method, before the shared base and typed settings): a record's identity includes its config, so a
+    changed config would orphan every published record."""
+    from gfbench.results import config_hash
+
+    assert config_hash(load_preset(name, preset))[:16] == digest

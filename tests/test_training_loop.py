@@ -219,3 +219,51 @@ def test_cropped_train_views_keep_the_full_frame_camera_and_no_depth():
         full = TrainView.from_view(view, "cpu").full_camera
         assert (full.width, full.height) == (25, 17) and np.array_equal(full.K, frame.camera.K)
     assert all(v.depth is not None and v.full_frame_camera is v.camera for v in split.test)
+
+
+class ConstantDepth:
+    """A depth prior stand-in: each image's mean brightness as a constant map."""
+
+    def __init__(self):
+        from gfbench.priors import PriorSource
+
+        self.source, self.seen = PriorSource(kind="depth", name="constant"), []
+
+    def predict(self, images):
+        self.seen.extend(np.asarray(image).dtype for image in images)
+        return [np.full(np.asarray(image).shape[:2], np.asarray(image).mean(), np.float32) for image in images]
+
+
+class DepthRegularized(GaussianSplatting3D):
+    """Depth estimates of the train views attached in ``setup``, read back by a regularizer (FSGS's pattern)."""
+
+    name = "depth-regularized"
+
+    def setup(self, trainer):
+        self.workdir = trainer.workdir
+        maps = trainer.priors["depth"].predict([view.image for view in trainer.views])
+        for view, depth in zip(trainer.train_views, maps):
+            view.data["depth_prior"] = torch.as_tensor(depth, device=trainer.device)
+        self.terms = []
+
+    def regularization(self, rendered, view, step):
+        prior = view.data["depth_prior"]
+        assert prior.shape == rendered.depth.shape
+        term = 0.01 * ((rendered.depth - rendered.depth.mean()) * (prior - prior.mean())).mean().abs()
+        self.terms.append((view.name, float(prior[0, 0])))
+        return {"depth_corr": term}
+
+
+def test_priors_reach_the_train_views_and_regularizers_through_setup(views, points, tmp_path):
+    from gfbench.priors import Priors
+
+    prior = ConstantDepth()
+    method = DepthRegularized()
+    method.fit(views, points=points, config=config(steps=4), seed=0, workdir=tmp_path, priors=Priors({"depth": prior}))
+    assert prior.seen == [np.dtype(np.uint8)] * len(views)  # the views as given, uint8 images
+    assert method.workdir == tmp_path
+    means = {view.name: view.image.mean() for view in views}
+    assert len(method.terms) == 4 and all(value == pytest.approx(means[name]) for name, value in method.terms)
+    assert all("depth_corr" in entry for entry in method.history)
+    with pytest.raises(Exception, match="this job was given no depth prior"):
+        DepthRegularized().fit(views, points=points, config=config(steps=1), seed=0, workdir=tmp_path)

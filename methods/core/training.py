@@ -203,19 +203,23 @@ class Trainer:
 
     Public state: ``method``, ``config``, ``priors``, ``seed``, ``rng`` (the run's generator, which draws the
     train views: a method that draws from it changes the train order; ``rng_for(name)`` gives it its own),
-    ``device``, ``train_views`` (:class:`TrainView` s, ``full_camera`` included), ``extent``, ``params``,
-    ``optimizers``, ``strategy``, ``strategy_state``, ``sources`` (name -> :class:`ViewSource`, in order),
-    ``step`` (the current step) and ``steps``.
+    ``device``, ``views`` (the train :class:`~gfbench.views.View` s as given: uint8 images, for priors and
+    reference frames), ``train_views`` (the same as :class:`TrainView` s, in the same order, ``full_camera``
+    included), ``points``, ``workdir`` (the job's folder, for a method's own pictures; may be None),
+    ``extent``, ``params``, ``optimizers``, ``strategy``, ``strategy_state``, ``sources`` (name ->
+    :class:`ViewSource`, in order), ``step`` (the current step) and ``steps``.
     """
 
     def __init__(self, method: "GaussianMethod", views: list[View], points: PointCloud | None,
-                 config: dict[str, Any], *, seed: int, rng: np.random.Generator, priors: Priors | None = None):
+                 config: dict[str, Any], *, seed: int, rng: np.random.Generator, priors: Priors | None = None,
+                 workdir: Path | None = None):
         if not views:
             raise ValueError("training needs at least one train view")
         self.method, self.config, self.seed, self.rng = method, config, seed, rng
         self.priors = priors if priors is not None else Priors()
         self.device = method.device
-        self.points = points
+        self.points, self.workdir = points, None if workdir is None else Path(workdir)
+        self.views = list(views)
         self.train_views = [TrainView.from_view(v, self.device) for v in views]
         self.steps = int(config["steps"])
         self.step = 0
@@ -464,7 +468,7 @@ class GaussianMethod:
         with torch.random.fork_rng(devices=self._rng_devices()):
             torch.manual_seed(seed)
             trainer = Trainer(self, train_views, points, self.config, seed=seed, rng=np.random.default_rng(seed),
-                              priors=priors)
+                              priors=priors, workdir=workdir)
             trainer.initialize()
             self.setup(trainer)
             trainer.run(progress)
