@@ -76,10 +76,22 @@ class SparseOnly(MeanColor):
     capabilities = Capabilities(protocols=("sparse",))
 
 
+class BrokenPresets(MeanColor):
+    name = "broken-presets"
+
+
+class OtherPresets(MeanColor):
+    name = "other-presets"
+
+
 @pytest.fixture
 def registry(tmp_path, monkeypatch):
     world = make_world(tmp_path, monkeypatch)
     monkeypatch.delenv("GFBENCH_DEPTH_PRIOR", raising=False)
+    monkeypatch.setattr(BrokenPresets, "presets_file", str(tmp_path / "broken.yaml"), raising=False)
+    (tmp_path / "broken.yaml").write_text("presets: [not, a, mapping]\n")
+    monkeypatch.setattr(OtherPresets, "presets_file", str(tmp_path / "other.yaml"), raising=False)
+    (tmp_path / "other.yaml").write_text("settings: {}\npresets:\n  paper: {}\n")
     table = {
         "mean-color": f"{__name__}:MeanColor",
         "needs-depth": f"{__name__}:NeedsDepth",
@@ -88,6 +100,8 @@ def registry(tmp_path, monkeypatch):
         "broken-import": "gfbench_no_such_module:Method",
         "broken-attr": f"{__name__}:NoSuchClass",
         "not-a-method": f"{__name__}:run_cli",
+        "broken-presets": f"{__name__}:BrokenPresets",
+        "other-presets": f"{__name__}:OtherPresets",
     }
     monkeypatch.setattr(methods, "_entry_points", lambda: table)
     return world
@@ -105,6 +119,8 @@ def test_run_without_method_runs_what_can_run_and_says_what_it_skipped(registry)
         "broken-import": "entry point 'gfbench_no_such_module:Method' cannot be loaded: ModuleNotFoundError",
         "broken-attr": "cannot be loaded: AttributeError",
         "not-a-method": "is not a class with fit() and render()",
+        "broken-presets": "broken.yaml: field 'presets': expected a mapping",
+        "other-presets": "has no preset 'quick' (presets: paper)",
     }
     for name, reason in expected.items():
         assert f"skipped {name}: " in output and reason in output, (name, output)

@@ -11,20 +11,24 @@ from gfbench.results import DEFAULT_RESULTS
 PRIOR_CACHE = "prior-cache"  # beside the shards: <data root>/prior-cache/<kind>/<prior hash>/<dataset>/<scene>
 
 
-def runnable_methods(names: list[str], *, device: str, protocol: str,
-                     configured: set[str]) -> tuple[list[str], list[tuple[str, str]]]:
+def runnable_methods(names: list[str], *, device: str, protocol: str, configured: set[str],
+                     preset: str | None = None) -> tuple[list[str], list[tuple[str, str]]]:
     """Of the registered ``names``, those that can run here (device, the suite's protocol, the priors the
-    run names), and ``(name, why)`` for each of the others, a broken entry point included."""
+    run names, a presets file that loads and has ``preset``), and ``(name, why)`` for each of the others, a
+    broken entry point included."""
     from gfbench import methods
 
     runnable, skipped = [], []
     for name in names:
         try:
             cls = methods.load_method_class(name)
-        except methods.MethodLoadError as exc:
+            presets = methods.method_presets(name, cls)
+        except (methods.MethodLoadError, methods.ConfigError) as exc:
             skipped.append((name, str(exc)))
             continue
         problems = methods.capabilities_of(cls).problems(device=device, protocol=protocol, priors=configured)
+        if preset is not None and presets.path is not None and preset not in presets.presets:
+            problems.append(f"has no preset {preset!r} (presets: {', '.join(presets.presets)})")
         if problems:
             skipped.append((name, "; ".join(problems)))
         else:
@@ -89,7 +93,7 @@ def run(suite_id, method_names, scenes, seeds, preset, settings, depth_prior, re
         suite = specs.load_suite(suite_id)
         configured = {kind for kind, handler in KINDS.items() if handler.named(named_priors.get(kind))}
         chosen, skipped = choose_methods(list(method_names), device=device, protocol=suite.protocol_type,
-                                         configured=configured)
+                                         configured=configured, preset=preset or suite.preset)
         for name, reason in skipped:
             click.echo(f"skipped {name}: {explain(reason)}", err=True)
         if not chosen:
@@ -118,14 +122,16 @@ def run(suite_id, method_names, scenes, seeds, preset, settings, depth_prior, re
         raise SystemExit(1)
 
 
-def choose_methods(requested: list[str], *, device: str, protocol: str,
-                   configured: set[str]) -> tuple[list[str], list[tuple[str, str]]]:
+def choose_methods(requested: list[str], *, device: str, protocol: str, configured: set[str],
+                   preset: str | None = None) -> tuple[list[str], list[tuple[str, str]]]:
     """The methods to run and the skipped ones with their reason. Methods named on the command line must be
-    able to run (else an error saying why); without names, every registered method that can."""
+    able to run (else an error saying why, at planning for presets and settings); without names, every
+    registered method that can."""
     from gfbench import methods
 
     if not requested:
-        return runnable_methods(methods.available_methods(), device=device, protocol=protocol, configured=configured)
+        return runnable_methods(methods.available_methods(), device=device, protocol=protocol, configured=configured,
+                                preset=preset)
     for name in requested:
         cls = methods.load_method_class(name)
         problems = methods.capabilities_of(cls).problems(device=device, protocol=protocol, priors=configured)
