@@ -164,7 +164,7 @@ def load_method_class(name: str) -> type:
     except Exception as exc:  # a third-party module may fail in any way while importing
         raise MethodLoadError(f"method {name!r}: entry point {table[name]!r} cannot be loaded: "
                               f"{type(exc).__name__}: {exc}") from exc
-    if not inspect.isclass(cls) or not callable(getattr(cls, "fit", None)) or not callable(getattr(cls, "render", None)):
+    if not inspect.isclass(cls) or not all(callable(getattr(cls, hook, None)) for hook in ("fit", "render")):
         raise MethodLoadError(f"method {name!r}: entry point {table[name]!r} is not a class with fit() and render()")
     return cls
 

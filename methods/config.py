@@ -146,7 +146,8 @@ def parse_setting(name: str, spec: Any, where: str) -> Setting:
         raise ConfigError(f"{where}: setting {name!r}: unknown field {unknown[0]!r} "
                           f"(allowed: {', '.join(sorted(_SETTING_FIELDS))})")
     if spec.get("type") not in TYPES:
-        raise ConfigError(f"{where}: setting {name!r}: type must be one of {', '.join(TYPES)}, got {spec.get('type')!r}")
+        raise ConfigError(f"{where}: setting {name!r}: type must be one of {', '.join(TYPES)}, "
+                          f"got {spec.get('type')!r}")
     for bound in ("min", "max", "gt", "lt"):
         if bound in spec and (not isinstance(spec[bound], (int, float)) or isinstance(spec[bound], bool)):
             raise ConfigError(f"{where}: setting {name!r}: {bound} must be a number, got {spec[bound]!r}")

@@ -210,7 +210,8 @@ def test_oracle_end_to_end_and_labelled(world):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--suite", "test-masked", "--depth-prior", "oracle"], "suite 'test-masked' does not allow the 'oracle' depth prior"),
+    (["--suite", "test-masked", "--depth-prior", "oracle"],
+     "suite 'test-masked' does not allow the 'oracle' depth prior"),
     (["--suite", "test-masked"], "method 'depthprobe' cannot run here: needs a depth prior (none configured"),
     (["--suite", "test-masked", "--depth-prior", "/no/such/folder"], "depth prior: /no/such/folder is not a folder"),
 ])

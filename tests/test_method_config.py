@@ -57,16 +57,16 @@ def write(path, text):
 def test_include_merges_settings_and_presets_and_extends_starts_from_another(tmp_path):
     write(tmp_path / "base.yaml", "settings:\n  a: {type: int, min: 0}\n  b: {type: float, gt: 0}\n"
                                   "presets:\n  paper: {a: 1, b: 2.0}\n  quick: {extends: paper, a: 5}\n")
-    path = write(tmp_path / "m.yaml", "include: base\nsettings:\n  c: {type: bool}\n"
-                                      "presets:\n  paper: {c: true}\n  quick: {b: 0.5}\n  mine: {extends: quick, c: false}\n")
+    path = write(tmp_path / "m.yaml", "include: base\nsettings:\n  c: {type: bool}\npresets:\n  paper: {c: true}\n"
+                                      "  quick: {b: 0.5}\n  mine: {extends: quick, c: false}\n")
     presets = read_presets(path, "m").presets
     assert presets == {"paper": {"a": 1, "b": 2.0, "c": True}, "quick": {"a": 5, "b": 0.5, "c": True},
                        "mine": {"a": 5, "b": 0.5, "c": False}}
 
 
 def test_a_presets_file_outside_gfbench_includes_the_gaussian_base(tmp_path):
-    path = write(tmp_path / "outside.yaml", "include: gaussian-base\nsettings:\n  w: {type: float, gt: 0}\n"
-                                            "presets:\n  paper: {init_random_rotation: false, prune_opa: 0.005, w: 1.0}\n")
+    path = write(tmp_path / "outside.yaml", "include: gaussian-base\nsettings:\n  w: {type: float, gt: 0}\npresets:\n"
+                                            "  paper: {init_random_rotation: false, prune_opa: 0.005, w: 1.0}\n")
     presets = read_presets(path, "outside").presets
     assert presets["quick"]["steps"] == 300 and presets["quick"]["w"] == 1.0
     assert presets["paper"] == {**load_preset("3dgs", "paper"), "w": 1.0}
@@ -74,7 +74,8 @@ def test_a_presets_file_outside_gfbench_includes_the_gaussian_base(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("settings:\n  a: {type: int}\npresets:\n  p: {a: 1, b: 2}\n", "preset 'p': 'b' is not a declared setting"),
-    ("settings:\n  a: {type: int}\n  b: {type: int}\npresets:\n  p: {a: 1}\n", "preset 'p' gives no value for setting 'b'"),
+    ("settings:\n  a: {type: int}\n  b: {type: int}\npresets:\n  p: {a: 1}\n",
+     "preset 'p' gives no value for setting 'b'"),
     ("settings:\n  a: {type: int, min: 2}\npresets:\n  p: {a: 1}\n", "preset 'p': setting 'a' = 1 is not allowed"),
     ("settings:\n  a: {type: integer}\npresets: {}\n", "type must be one of int, float, bool, str"),
     ("settings:\n  a: {type: int, minimum: 1}\npresets: {}\n", "unknown field 'minimum'"),

@@ -173,7 +173,8 @@ def test_mcmc_is_built_from_the_config_and_refused_on_the_cpu():
     mcmc = {**load_preset("3dgs", "paper"), "strategy": "mcmc", "mcmc_cap_max": 5000, "mcmc_noise_lr": 5e5,
             "mcmc_min_opacity": 0.005, "mcmc_opacity_reg": 0.01, "mcmc_scale_reg": 0.02}
     strategy = make_strategy(mcmc, gradient_key="means2d")
-    assert isinstance(strategy, MCMC) and (strategy.cap_max, strategy.scale_reg, strategy.refine_every) == (5000, 0.02, 100)
+    assert isinstance(strategy, MCMC)
+    assert (strategy.cap_max, strategy.scale_reg, strategy.refine_every) == (5000, 0.02, 100)
     params = {"opacities": torch.zeros(4), "scales": torch.log(torch.full((4, 3), 2.0))}
     terms = strategy.loss_terms(params, 0)
     assert float(terms["opacity_reg"]) == pytest.approx(0.01 * 0.5) and float(terms["scale_reg"]) == pytest.approx(0.04)

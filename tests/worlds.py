@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 from pathlib import Path
 
 from gfbench import specs
@@ -64,8 +63,8 @@ def tiny_depth_anything(folder: Path, seed: int = 0) -> Path:
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
 
     backbone = Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                            patch_size=14, image_size=56, out_features=["stage1", "stage2"], reshape_hidden_states=False,
-                            initializer_range=0.2)
+                            patch_size=14, image_size=56, out_features=["stage1", "stage2"],
+                            reshape_hidden_states=False, initializer_range=0.2)
     config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 16],
                                  fusion_hidden_size=8, head_hidden_size=8, reassemble_factors=[2, 1], patch_size=14,
                                  initializer_range=0.2)

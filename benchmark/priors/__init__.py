@@ -153,7 +153,7 @@ def resolve_prior_folder(value: str | os.PathLike | None, *, env_var: str, what:
     return folder
 
 
-from gfbench.priors import depth as _depth  # noqa: E402  registers the depth kind
+from gfbench.priors import depth as _depth  # noqa: E402,F401  registers the depth kind
 
-__all__ = ["KINDS", "ORACLE", "PriorKind", "prior_kind", "register_kind", "PriorError", "PriorSource", "Priors", "folder_fingerprint", "priors_label",
-           "resolve_prior_folder"]
+__all__ = ["KINDS", "ORACLE", "PriorError", "PriorKind", "PriorSource", "Priors", "folder_fingerprint", "prior_kind",
+           "priors_label", "register_kind", "resolve_prior_folder"]

@@ -35,7 +35,9 @@ FLAG = "--depth-prior"
 WHAT = "depth prior"
 KIND = "depth"
 REQUIRED_FILES = ("config.json", "preprocessor_config.json")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+)
 MODEL_TYPES = ("depth_anything", "dpt")
 
 Image = Any  # HxWx3: numpy uint8, or numpy / torch float in [0, 1]

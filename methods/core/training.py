@@ -195,7 +195,8 @@ class StepCallback:
     until: int | None = None
 
     def due(self, step: int) -> bool:
-        return step >= self.start and (step - self.start) % self.every == 0 and (self.until is None or step <= self.until)
+        on_schedule = step >= self.start and (step - self.start) % self.every == 0
+        return on_schedule and (self.until is None or step <= self.until)
 
 
 class Trainer:
