@@ -28,6 +28,16 @@ Class attributes the registry reads (all optional):
 - ``check_config(config, *, device)`` (classmethod): cross-setting checks at planning time, raising
   :class:`ConfigError` (e.g. a densification strategy that needs CUDA).
 
+Priors
+======
+``priors["depth"]`` (:mod:`gfbench.priors.depth`): ``predict(images, cache=True)`` returns one HxW float32
+relative inverse depth map per HxWx3 image (uint8, or float in [0, 1], numpy or torch); predictions of the
+scene's images are cached on disk, pass ``cache=False`` for renders that will not recur. ``source`` names the
+prior (``oracle`` or the folder, with sha256s); ``novel_images`` is False for the oracle, which knows only the
+stored depth of the train images (a pseudo view's render has none). A new kind of prior (a video diffusion
+model) is a module under ``gfbench/priors`` that calls ``register_kind(PriorKind(...))`` (resolve at planning,
+load before the first job, build per scene) plus its flag in ``gfbench run`` (``benchmark/cli/run.py``).
+
 Gaussian methods
 ================
 Methods on the shared Gaussian core subclass :class:`gfbench.methods.core.training.GaussianMethod` and supply
