@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from gfbench import paper, results
+from gfbench.priors import priors_label
 from gfbench.specs import SuiteSpec
 from gfbench.storage import reporting_disk_full
 
@@ -126,10 +127,17 @@ class Entry:
 
     method: str
     config: str
+    priors: str = ""  # gfbench.priors.priors_label of the record's priors
 
     def label(self, suite_preset: str) -> str:
-        """``method`` for the suite's preset, ``method@<config>`` for any other."""
-        return self.method if self.config == suite_preset else f"{self.method}@{self.config}"
+        """``method`` for the suite's preset, ``method@<config>`` for any other, followed by the priors."""
+        base = self.method if self.config == suite_preset else f"{self.method}@{self.config}"
+        return base + self.priors
+
+
+def method_label(record: dict[str, Any], spec: SuiteSpec, entries: "Entries | None" = None) -> str:
+    """The label of the entry a record belongs to (method, config, priors)."""
+    return (entries or Entries()).of(record).label(spec.preset)
 
 
 class Entries:
@@ -148,7 +156,8 @@ class Entries:
     def of(self, record: dict[str, Any]) -> Entry:
         method, preset, config = record["method"], record.get("preset"), _plain(record.get("config"))
         reference = self.preset(method, preset) if isinstance(preset, str) else None
-        entry = Entry(method, preset if reference is not None and reference == config else config_digest(config))
+        entry = Entry(method, preset if reference is not None and reference == config else config_digest(config),
+                      priors_label(record.get("priors")))
         if entry not in self.configs:
             self.configs[entry] = config
             self.differences[entry] = describe_difference(config, reference, preset)

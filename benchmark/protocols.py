@@ -23,7 +23,7 @@ visible region away from the published protocol (with the paper's trajectory it 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -379,6 +379,7 @@ def crop_frame(frame: Frame, index: int, box: Box) -> View:
         depth=None if frame.depth is None else frame.depth[rows, cols].copy(),
         mask=None if frame.mask is None else frame.mask[rows, cols].copy(),
         box=(x, y, w, h),
+        frame_camera=frame.camera,
     )
 
 
@@ -434,6 +435,7 @@ def make_split(scene: Scene, block: dict, *, seed: int = 0) -> Split:
         for view, mask in zip(test, coverage_masks(test, train, protocol.depth_rtol)):
             view.coverage = mask
     points, point_notes = select_points(scene, train, protocol)
+    train = [replace(view, depth=None) for view in train]  # coverage and points used it; a method never sees it
     info = {
         "type": protocol.type,
         "frame_names": scene.frame_names,

@@ -32,6 +32,7 @@ from gfbench import methods as method_registry
 from gfbench import metrics, results, shards
 from gfbench.data import load_scene
 from gfbench.paths import data_root
+from gfbench.priors import PriorSource, Priors, prior_kind
 from gfbench.protocols import Split
 from gfbench.scene import Scene
 from gfbench.specs import SuiteSpec
@@ -49,15 +50,20 @@ class Job:
     seed: int
     config: dict[str, Any]
     preset: str
+    priors: dict[str, PriorSource] = field(default_factory=dict)  # kind -> the prior this job's method gets
+    prior_cache: Path | None = None  # where priors cache their per-scene predictions
 
     def identity(self, scene_sha256: str) -> dict[str, Any]:
         """Everything that determines this job's numbers; its hash keys the record."""
-        return {
+        identity = {
             "suite": self.suite.id, "suite_version": self.suite.version, "protocol": self.suite.protocol,
             "metrics": list(self.suite.metrics), "quantize": self.suite.quantize, "dataset": self.suite.dataset,
             "scene": self.scene, "scene_sha256": scene_sha256, "method": self.method, "config": self.config,
             "seed": self.seed,
         }
+        if self.priors:  # only then, so that jobs without priors keep the identity they always had
+            identity["priors"] = {kind: source.identity() for kind, source in sorted(self.priors.items())}
+        return identity
 
 
 @dataclass
@@ -87,24 +93,53 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def resolve_config(method: str, preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    config = method_registry.load_preset(method, preset)
-    unknown = [key for key in overrides if config and key not in config]
-    if unknown:
-        raise KeyError(f"method {method!r} preset {preset!r} has no setting {unknown[0]!r}; "
-                       f"settings: {', '.join(sorted(config))}")
-    return {**config, **overrides}
+def resolve_config(method: str, preset: str, overrides: dict[str, Any], *, explicit_preset: bool = True,
+                   device: str = "cpu", method_class: type | None = None) -> dict[str, Any]:
+    """The checked config of ``method``: its ``preset`` with ``overrides`` (typed against the method's
+    settings), refused with a :class:`ConfigError` naming the setting, the value and what is allowed.
+
+    A method without a presets file takes no settings; it ignores the suite's default preset but refuses an
+    ``explicit_preset``. The method class's ``check_config(config, device=...)`` runs last, if it has one.
+    """
+    cls = method_class or method_registry.load_method_class(method)
+    presets = method_registry.method_presets(method, cls)
+    if presets.path is None and not explicit_preset:
+        config = {}
+    else:
+        config = presets.config(preset)
+    config.update(presets.check_overrides(overrides))
+    check = getattr(cls, "check_config", None)
+    if callable(check):
+        check(config, device=device)
+    return config
+
+
+def resolve_priors(suite: SuiteSpec, kinds: tuple[str, ...], named: dict[str, str | None]) -> dict[str, PriorSource]:
+    """The prior of each kind in ``kinds`` for a run on ``suite`` (``named``: kind -> flag value, the
+    environment variable being the fallback); PriorError when one is missing, broken or not allowed."""
+    return {kind: prior_kind(kind).resolve(named.get(kind), suite) for kind in kinds}
 
 
 def plan_jobs(suite: SuiteSpec, method_names: list[str], scenes: list[str] | None, seeds: list[int] | None,
-              preset: str | None, overrides: dict[str, Any]) -> list[Job]:
+              preset: str | None, overrides: dict[str, Any], *, device: str = "cpu",
+              priors: dict[str, str | None] | None = None, prior_cache: Path | None = None) -> list[Job]:
+    """One job per scene x method x seed, every config and prior checked before anything runs.
+
+    ``preset``: None takes the suite's. ``priors``: kind -> what the run names (a folder, ``oracle``; None
+    falls back to the kind's environment variable); each method gets exactly the kinds its capabilities list.
+    """
     unknown = [s for s in scenes or [] if s not in suite.scenes]
     if unknown:
         raise ValueError(f"suite {suite.id!r} has no scene {unknown[0]!r}; scenes: {', '.join(suite.scenes)}")
-    preset = preset or suite.preset
-    configs = {m: resolve_config(m, preset, overrides) for m in method_names}
+    chosen_preset = preset or suite.preset
+    configs, sources = {}, {}
+    for method in method_names:
+        cls = method_registry.load_method_class(method)
+        configs[method] = resolve_config(method, chosen_preset, overrides, explicit_preset=preset is not None,
+                                         device=device, method_class=cls)
+        sources[method] = resolve_priors(suite, method_registry.capabilities_of(cls).priors, priors or {})
     return [
-        Job(suite, scene, method, seed, configs[method], preset)
+        Job(suite, scene, method, seed, configs[method], chosen_preset, sources[method], prior_cache)
         for scene in (scenes or suite.scenes)
         for method in method_names
         for seed in (seeds or suite.seeds)
@@ -183,11 +218,23 @@ def scene_means(per_image: list[dict[str, Any]]) -> dict[str, float]:
     return means
 
 
+def job_priors(job: Job, scene: Scene, split: Split, device: str) -> Priors:
+    """The priors object the job's method gets, bound to this scene and its train views."""
+    return Priors({kind: prior_kind(kind).for_scene(source, scene, split.train, device=device,
+                                                    cache_root=job.prior_cache)
+                   for kind, source in job.priors.items()})
+
+
 def fit_and_score(job: Job, scene: Scene, workdir: Path, device: str, on_step: Callable | None) -> dict[str, Any]:
     split = split_for_run(job.suite, scene, seed=job.seed)
+    if any(view.depth is not None for view in split.train):
+        raise RuntimeError("a train view carries stored depth; depth reaches a method only as a prior")
     method = method_registry.load_method_class(job.method)(device=device)
+    priors = job_priors(job, scene, split, device)
+    extra = {"priors": priors} if method_registry.accepts_priors(method.fit) else {}
     started = time.perf_counter()
-    method.fit(split.train, points=split.points, config=job.config, seed=job.seed, workdir=workdir, progress=on_step)
+    method.fit(split.train, points=split.points, config=job.config, seed=job.seed, workdir=workdir, progress=on_step,
+               **extra)
     fit_seconds = time.perf_counter() - started
     renders = [r.rgb for r in method.render([v.camera for v in split.test])]
     save_render_images(workdir, split, renders)
@@ -197,14 +244,14 @@ def fit_and_score(job: Job, scene: Scene, workdir: Path, device: str, on_step: C
         "per_image": per_image,
         "split": {k: v for k, v in split.info.items() if k != "frame_names"},
         "fit_seconds": fit_seconds,
-        "priors": getattr(method, "priors_used", {}),
+        "priors": priors.records(),
     }
 
 
 def preflight(jobs: list[Job], root: Path) -> dict[str, str]:
-    """Fail before any training when data or metric weights are missing: build missing synthetic scenes,
-    refuse missing real ones with the command that builds them, and resolve the LPIPS weights (their
-    sha256 go into every record)."""
+    """Fail before any training when data, prior or metric weights are missing: build missing synthetic
+    scenes, refuse missing real ones with the command that builds them, load every prior model once (a broken
+    folder stops here), and resolve the LPIPS weights (their sha256 go into every record)."""
     missing = []
     for dataset, scene in sorted({(job.suite.dataset, job.scene) for job in jobs}):
         if scene in shards.list_built_scenes(root, dataset):
@@ -219,6 +266,12 @@ def preflight(jobs: list[Job], root: Path) -> dict[str, str]:
             f"{root}: {len(missing)} scene(s) not built: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
             f"build them with 'gfbench build-data {dataset} --source PATH --out {root}'")
     check_scene_inputs([(job.suite, job.scene) for job in jobs], root)
+    loaded = set()
+    for job in jobs:
+        for kind, source in job.priors.items():
+            if (kind, source.digest) not in loaded:
+                prior_kind(kind).load(source)
+                loaded.add((kind, source.digest))
     return metrics.lpips_hashes_for(sorted({m for job in jobs for m in job.suite.metrics}))
 
 

@@ -62,6 +62,7 @@ class SuiteSpec:
     quantize: str = "truncate"
     notice: str = ""  # a warning shown wherever the suite's numbers are (ls, leaderboards, --compare-paper)
     undistort: str | None = None  # the undistortion its dataset spec asks of distorted scenes (options.undistort)
+    allow_oracle_depth: bool = False  # methods may use the dataset's own depth as the `oracle` depth prior
 
     @property
     def protocol_type(self) -> str:
@@ -293,7 +294,7 @@ def parse_suite(path: Path) -> SuiteSpec:
     fields = _Fields(
         _read_with_includes(path), path,
         {"id", "kind", "version", "dataset", "scenes", "protocol", "metrics", "description", "preset", "seeds",
-         "quantize", "notice"},
+         "quantize", "notice", "allow_oracle_depth"},
     )
     if fields.get("kind", str) != "suite":
         fields.fail("kind", "expected 'suite'")
@@ -336,6 +337,7 @@ def parse_suite(path: Path) -> SuiteSpec:
         quantize=quantize,
         notice=" ".join(fields.get("notice", str, "").split()),
         undistort=dataset.options.get("undistort"),
+        allow_oracle_depth=fields.get("allow_oracle_depth", bool, False),
     )
 
 

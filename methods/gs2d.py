@@ -13,7 +13,7 @@ from torch import Tensor
 from gfbench.methods.core.gaussians import sh_colors
 from gfbench.methods.core.losses import distortion_loss, normal_consistency_loss
 from gfbench.methods.core.rasterize import rasterize_2dgs
-from gfbench.methods.core.training import GaussianMethod, Rendered, step_weight
+from gfbench.methods.core.training import GaussianMethod, Rendered, TrainView, step_weight
 
 
 class GaussianSurfels2D(GaussianMethod):
@@ -46,8 +46,8 @@ class GaussianSurfels2D(GaussianMethod):
             extras["distort"] = distort[0]
         return Rendered(rgb=colors[0, ..., :3], depth=depth, alpha=alphas[0], info=info, extras=extras)
 
-    def regularization(self, rendered: Rendered, mask: Tensor | None, step: int) -> dict[str, Tensor]:
-        config = self.config
+    def regularization(self, rendered: Rendered, view: TrainView, step: int) -> dict[str, Tensor]:
+        config, mask = self.config, view.mask
         terms = {}
         dist_weight = step_weight(step, config["lambda_dist"], config["dist_start_iter"])
         if dist_weight > 0:

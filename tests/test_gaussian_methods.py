@@ -12,10 +12,9 @@ import math
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from gfbench.camera import Camera, intrinsics, look_at
-from gfbench.methods import load_preset, preset_path
+from gfbench.methods import load_preset, method_presets
 from gfbench.methods.core import losses
 from gfbench.methods.core.gaussians import scene_extent, view_volume
 from gfbench.methods.core.training import OpacityResettingStrategy, TrainTarget, make_strategy
@@ -410,7 +409,7 @@ def test_methods_are_registered_and_every_preset_has_the_keys_the_code_reads(nam
 
     cls = load_method_class(name)
     assert cls is METHODS[name] and isinstance(cls(device="cpu"), Method) and cls.name == name
-    presets = yaml.safe_load(preset_path(name).read_text())
+    presets = method_presets(name).presets
     assert {"paper", "quick"} <= set(presets)
     for preset in presets:
         config = load_preset(name, preset)

@@ -68,7 +68,9 @@ def world(tmp_path, monkeypatch):
     monkeypatch.setenv("GFBENCH_SPECS", str(spec_dir))
     table = {"mean-color": f"{__name__}:MeanColor", "crashes": f"{__name__}:Crashes"}
     monkeypatch.setattr(methods, "_entry_points", lambda: table)
-    monkeypatch.setattr(methods, "load_preset", lambda name, preset: {"steps": 7})
+    presets = tmp_path / "mean-color.yaml"
+    presets.write_text("settings:\n  steps: {type: int, min: 1}\npresets:\n  quick: {steps: 7}\n")
+    monkeypatch.setattr(MeanColor, "presets_file", str(presets), raising=False)
     CALLS.clear()
     return {"data": data, "results": tmp_path / "results", "suite": specs.load_suite("test-masked"),
             "specs": spec_dir}

@@ -15,7 +15,8 @@ from gfbench.paths import specs_root
 @click.option("--suite", help="With 'scenes': the suite whose scenes to list.")
 @click.option("--dataset", help="With 'scenes': the dataset whose scenes to list.")
 def ls(what: str, suite: str | None, dataset: str | None) -> None:
-    """List suites, datasets, methods, or the scenes of a suite or dataset."""
+    """List suites, datasets, methods (with the devices, protocols and priors each needs, and its presets),
+    or the scenes of a suite or dataset."""
     try:
         if what == "suites":
             builtin = specs_root().resolve()
@@ -31,10 +32,7 @@ def ls(what: str, suite: str | None, dataset: str | None) -> None:
                 spec = specs.load_dataset(dataset_id)
                 click.echo(f"{spec.id:12s} v{spec.version}  {spec.layout:11s} {len(spec.scenes):3d} scenes")
         elif what == "methods":
-            from gfbench.methods import available_methods
-
-            for name in available_methods():
-                click.echo(name)
+            list_methods()
         else:
             if bool(suite) == bool(dataset):
                 raise click.UsageError("'gfbench ls scenes' needs exactly one of --suite or --dataset")
@@ -43,6 +41,22 @@ def ls(what: str, suite: str | None, dataset: str | None) -> None:
                 click.echo(scene)
     except specs.SpecError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def list_methods() -> None:
+    """One line per registered method: devices, protocols, priors needed, presets; a broken one says why."""
+    from gfbench import methods
+
+    for name in methods.available_methods():
+        try:
+            cls = methods.load_method_class(name)
+            caps = methods.capabilities_of(cls)
+            presets = methods.method_presets(name, cls)
+        except (methods.MethodLoadError, methods.ConfigError) as exc:
+            click.echo(f"{name:12s} BROKEN: {exc}")
+            continue
+        click.echo(f"{name:12s} devices: {', '.join(caps.devices):10s} protocols: {', '.join(caps.protocols):22s} "
+                   f"priors: {', '.join(caps.priors) or 'none':8s} presets: {', '.join(presets.presets) or 'none'}")
 
 
 @click.command()

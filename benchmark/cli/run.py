@@ -8,54 +8,114 @@ import click
 
 from gfbench.results import DEFAULT_RESULTS
 
+PRIOR_CACHE = "prior-cache"  # beside the shards: <data root>/prior-cache/<kind>/<prior hash>/<dataset>/<scene>
+
+
+def runnable_methods(names: list[str], *, device: str, protocol: str, configured: set[str],
+                     preset: str | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+    """Of the registered ``names``, those that can run here (device, the suite's protocol, the priors the
+    run names, a presets file that loads and has ``preset``), and ``(name, why)`` for each of the others, a
+    broken entry point included."""
+    from gfbench import methods
+
+    runnable, skipped = [], []
+    for name in names:
+        try:
+            cls = methods.load_method_class(name)
+            presets = methods.method_presets(name, cls)
+        except (methods.MethodLoadError, methods.ConfigError) as exc:
+            skipped.append((name, str(exc)))
+            continue
+        problems = methods.capabilities_of(cls).problems(device=device, protocol=protocol, priors=configured)
+        if preset is not None and presets.path is not None and preset not in presets.presets:
+            problems.append(f"has no preset {preset!r} (presets: {', '.join(presets.presets)})")
+        if problems:
+            skipped.append((name, "; ".join(problems)))
+        else:
+            runnable.append(name)
+    return runnable, skipped
+
+
+def explain(reason: str) -> str:
+    """A skip reason with how to provide a missing prior."""
+    from gfbench.priors import KINDS
+
+    for kind, handler in KINDS.items():
+        reason = reason.replace(f"needs a {kind} prior (none configured)",
+                                f"needs a {kind} prior (none configured: {handler.how_to_name})")
+    return reason
+
 
 @click.command()
 @click.option("--suite", "suite_id", required=True,
               help="Suite id (see 'gfbench ls suites') or the path of a suite file of your own.")
 @click.option("--method", "method_names", multiple=True,
-              help="Method to run (repeatable). Default: every registered method.")
+              help="Method to run (repeatable). Default: every registered method that can run here with the "
+                   "device and priors given; the others are listed with the reason.")
 @click.option("--scenes", "scenes", multiple=True, help="Only these scenes (repeatable, or comma-separated).")
 @click.option("--seed", "seeds", type=int, multiple=True, help="Seed (repeatable). Default: the suite's seeds.")
 @click.option("--preset", help="Method preset (default: the suite's, e.g. 'paper' or 'quick').")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Override one preset setting, e.g. --set steps=200 (repeatable).")
+              help="Override one preset setting, e.g. --set steps=200 (repeatable); checked against the "
+                   "method's typed settings.")
+@click.option("--depth-prior", "depth_prior", metavar="PATH|oracle",
+              help="Depth prior for methods that need one: a local transformers folder (Depth Anything, DPT), "
+                   "or 'oracle' (the dataset's own depth, only where the suite allows it). "
+                   "Default: $GFBENCH_DEPTH_PRIOR.")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RESULTS,
               show_default=True, help="Where result records and renders go.")
 @click.option("--data", "root", type=click.Path(file_okay=False, path_type=Path),
-              help="Shard root (default: $GFBENCH_DATA, else ~/.cache/gfbench/data).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+              help="Shard root (default: $GFBENCH_DATA, else ~/.cache/gfbench/data); prior predictions are "
+                   "cached beside the shards.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where methods train and render.")
 @click.option("--overwrite", is_flag=True, help="Redo jobs that already have a successful record.")
-def run(suite_id, method_names, scenes, seeds, preset, settings, results_dir, root, device, overwrite) -> None:
+def run(suite_id, method_names, scenes, seeds, preset, settings, depth_prior, results_dir, root, device,
+        overwrite) -> None:
     """Run methods on a suite: one job per scene x method x seed, one result record per job.
 
-    Finished jobs (same suite, protocol, data, config and seed) are skipped, so an interrupted run resumes
-    where it stopped; a job that crashes is recorded as failed and the next one still runs. Several runs may
-    share one results folder: each job is locked while it runs, and a job another run is doing is taken
-    from its record instead of being done twice.
+    Finished jobs (same suite, protocol, data, config, priors and seed) are skipped, so an interrupted run
+    resumes where it stopped; a job that crashes is recorded as failed and the next one still runs. Several
+    runs may share one results folder: each job is locked while it runs, and a job another run is doing is
+    taken from its record instead of being done twice.
     """
+    import yaml
+
     from gfbench import methods, runner, shards, specs
     from gfbench.metrics import LpipsWeightsMissing
+    from gfbench.paths import data_root
+    from gfbench.priors import KINDS, PriorError
 
-    try:
-        suite = specs.load_suite(suite_id)
-        chosen = list(method_names) or methods.available_methods()
-        for name in chosen:
-            methods.load_method_class(name)
-        scene_list = [s for item in scenes for s in item.split(",") if s]
-        jobs = runner.plan_jobs(suite, chosen, scene_list or None, list(seeds) or None, preset,
-                                runner.parse_overrides(list(settings)))
-    except (specs.SpecError, KeyError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise click.ClickException("--device cuda: no CUDA device is available here")
+    named_priors = {"depth": depth_prior}
+    try:
+        suite = specs.load_suite(suite_id)
+        configured = {kind for kind, handler in KINDS.items() if handler.named(named_priors.get(kind))}
+        chosen, skipped = choose_methods(list(method_names), device=device, protocol=suite.protocol_type,
+                                         configured=configured, preset=preset or suite.preset)
+        for name, reason in skipped:
+            click.echo(f"skipped {name}: {explain(reason)}", err=True)
+        if not chosen:
+            raise click.ClickException(f"no registered method can run suite {suite.id} here")
+        scene_list = [s for item in scenes for s in item.split(",") if s]
+        jobs = runner.plan_jobs(suite, chosen, scene_list or None, list(seeds) or None, preset,
+                                runner.parse_overrides(list(settings)), device=device, priors=named_priors,
+                                prior_cache=data_root(root) / PRIOR_CACHE)
+    except yaml.YAMLError as exc:
+        raise click.ClickException(f"--set: a value is not valid YAML: {exc}") from exc
+    except (specs.SpecError, KeyError, ValueError, PriorError, methods.MethodLoadError) as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"{len(jobs)} job(s): suite {suite.id} v{suite.version}, methods {', '.join(chosen)}, "
                f"{len({j.scene for j in jobs})} scene(s), results in {results_dir}")
+    for kind, source in sorted({(k, s.name) for job in jobs for k, s in job.priors.items()}):
+        click.echo(f"{kind} prior: {source}")
     try:
         summary = runner.run_suite(jobs, results_dir, root, device=device, overwrite=overwrite)
-    except (shards.ShardError, LpipsWeightsMissing) as exc:
+    except (shards.ShardError, LpipsWeightsMissing, PriorError) as exc:
         raise click.ClickException(str(exc)) from exc
     shared = f", {len(summary.shared)} done by another run meanwhile" if summary.shared else ""
     problems = f", {len(summary.problems)} not run (a file in the way)" if summary.problems else ""
@@ -67,3 +127,21 @@ def run(suite_id, method_names, scenes, seeds, preset, settings, results_dir, ro
         click.echo(f"  not run: {problem}", err=True)
     if summary.failed or summary.problems:
         raise SystemExit(1)
+
+
+def choose_methods(requested: list[str], *, device: str, protocol: str, configured: set[str],
+                   preset: str | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+    """The methods to run and the skipped ones with their reason. Methods named on the command line must be
+    able to run (else an error saying why, at planning for presets and settings); without names, every
+    registered method that can."""
+    from gfbench import methods
+
+    if not requested:
+        return runnable_methods(methods.available_methods(), device=device, protocol=protocol, configured=configured,
+                                preset=preset)
+    for name in requested:
+        cls = methods.load_method_class(name)
+        problems = methods.capabilities_of(cls).problems(device=device, protocol=protocol, priors=configured)
+        if problems:
+            raise ValueError(f"method {name!r} cannot run here: {explain('; '.join(problems))}")
+    return list(requested), []

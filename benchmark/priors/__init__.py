@@ -3,17 +3,20 @@
 A prior is loaded from a local folder (``from_pretrained(path)`` in diffusers / transformers), never downloaded
 inside gfbench: the folder is named by a command-line flag or an environment variable, and a missing or broken
 folder is a :class:`PriorError` raised before any training. The runner resolves priors and hands them to a
-method's ``fit``; every record lists each prior it used with the sha256 of every file in its folder
-(:func:`folder_fingerprint`).
+method's ``fit`` as a :class:`Priors` mapping (kind -> prior); every record lists each prior it used with the
+sha256 of every file in its folder (:func:`folder_fingerprint`). Kinds: ``depth`` (:mod:`gfbench.priors.depth`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
-from gfbench.metrics import sha256_file
 
 
 class PriorError(RuntimeError):
@@ -33,9 +36,107 @@ class PriorSource:
     def as_record(self) -> dict:
         return {"kind": self.kind, "name": self.name, "path": self.path, "files_sha256": dict(self.files_sha256)}
 
+    @property
+    def digest(self) -> str:
+        """sha256 over the name and every file's sha256: what identifies the prior in a job's identity."""
+        payload = json.dumps({"name": self.name, "files": self.files_sha256}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    @property
+    def is_oracle(self) -> bool:
+        return self.name == ORACLE
+
+    def identity(self) -> dict:
+        return {"name": self.name, "sha256": self.digest}
+
+
+ORACLE = "oracle"  # the prior name of a dataset's own measurements (depth), allowed only where a suite says so
+
+
+class Priors(Mapping):
+    """The priors one job's method gets, by kind: ``priors["depth"].predict(images)``.
+
+    Asking for a kind the job was not given is a :class:`PriorError` that says how to provide it (a method
+    lists the kinds it needs in its ``Capabilities.priors``; the run names them, e.g. ``--depth-prior``).
+    """
+
+    def __init__(self, items: dict[str, Any] | None = None):
+        self._items = dict(items or {})
+
+    def __getitem__(self, kind: str) -> Any:
+        if kind not in self._items:
+            raise PriorError(f"this job was given no {kind} prior; a method that uses one lists {kind!r} in its "
+                             f"Capabilities.priors, and the run names it "
+                             f"({KINDS[kind].how_to_name if kind in KINDS else 'see gfbench run --help'})")
+        return self._items[kind]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def records(self) -> dict[str, dict]:
+        """kind -> :meth:`PriorSource.as_record` of every prior given (the record's ``priors`` entry)."""
+        return {kind: prior.source.as_record() for kind, prior in self._items.items()}
+
+
+@dataclass(frozen=True)
+class PriorKind:
+    """How the runner handles one kind of prior: the CLI flag and environment variable that name it,
+    ``resolve(value, suite) -> PriorSource`` (planning time, no weights loaded; PriorError when wrong),
+    ``load(source)`` (before the first job: load weights once, so a broken folder stops the run before any
+    training) and ``for_scene(source, scene, train_views, device, cache_root)`` (the object a method gets)."""
+
+    kind: str
+    flag: str
+    env_var: str
+    resolve: Callable[[str | None, Any], PriorSource]
+    load: Callable[[PriorSource], None]
+    for_scene: Callable[..., Any]
+
+    def named(self, value: str | None) -> str | None:
+        """What a run names for this kind: the flag's value, else the environment variable, else None."""
+        return value or os.environ.get(self.env_var) or None
+
+    @property
+    def how_to_name(self) -> str:
+        return f"{self.flag} or ${self.env_var}"
+
+
+KINDS: dict[str, PriorKind] = {}
+
+
+def register_kind(kind: PriorKind) -> None:
+    KINDS[kind.kind] = kind
+
+
+def prior_kind(kind: str) -> PriorKind:
+    if kind not in KINDS:
+        raise PriorError(f"no backend for {kind} priors in this gfbench (known kinds: {', '.join(KINDS) or 'none'})")
+    return KINDS[kind]
+
+
+def priors_label(priors_record: dict | None) -> str:
+    """A suffix that names a job's priors on a leaderboard: ``+oracle-depth`` for the oracle of a kind, else
+    ``+depth:<name>#<hash>`` (the folder's name and the start of the hash of its files' sha256), so runs with
+    different priors are different entries."""
+    parts = []
+    for kind, entry in sorted((priors_record or {}).items()):
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("name") == ORACLE:
+            parts.append(f"+{ORACLE}-{kind}")
+        else:
+            digest = hashlib.sha256(json.dumps(entry.get("files_sha256") or {}, sort_keys=True).encode()).hexdigest()
+            parts.append(f"+{kind}:{entry.get('name')}#{digest[:6]}")
+    return "".join(parts)
+
 
 def folder_fingerprint(folder: str | os.PathLike) -> dict[str, str]:
     """sha256 of every regular file under ``folder`` (relative POSIX paths, sorted); hidden files skipped."""
+    from gfbench.metrics import sha256_file  # imported here: gfbench.metrics loads torch
+
     root = Path(folder)
     return {
         path.relative_to(root).as_posix(): sha256_file(path)
@@ -62,4 +163,7 @@ def resolve_prior_folder(value: str | os.PathLike | None, *, env_var: str, what:
     return folder
 
 
-__all__ = ["PriorError", "PriorSource", "folder_fingerprint", "resolve_prior_folder"]
+from gfbench.priors import depth as _depth  # noqa: E402,F401  registers the depth kind
+
+__all__ = ["KINDS", "ORACLE", "PriorError", "PriorKind", "PriorSource", "Priors", "folder_fingerprint", "prior_kind",
+           "priors_label", "register_kind", "resolve_prior_folder"]
