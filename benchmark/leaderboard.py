@@ -116,7 +116,7 @@ def preset_config(method: str, preset: str) -> dict[str, Any] | None:
     from gfbench import runner  # imported late: it pulls in torch
 
     try:
-        return _plain(runner.resolve_config(method, preset, {}))
+        return _plain(runner.resolve_config(method, preset, {}, explicit_preset=False))
     except Exception:  # noqa: BLE001 - any failure to resolve means "not a known preset here"
         return None
 
