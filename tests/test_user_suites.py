@@ -13,7 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from gfbench import paths, results, specs
+from gfbench import paths, results, runner, specs
 from gfbench.cli import main
 from gfbench.splits import SceneInputMissing, check_scene_inputs, checksum
 from test_builders import colmap_capture
@@ -177,7 +177,8 @@ def test_tnt_suites_say_they_are_not_the_papers_protocol(tmp_path):
     suite = specs.load_suite("tnt-masked")
     record = {"suite": suite.id, "suite_version": suite.version, "protocol_hash": results.protocol_hash(suite),
               "dataset": "tnt", "scene": "barn", "method": "3dgs", "seed": 0, "preset": "paper", "status": "ok",
-              "metrics": {"psnr": 20.0, "ssim": 0.7, "lpips_vgg_3dgs": 0.3}, "config": {}, "config_hash": "abc"}
+              "metrics": {"psnr": 20.0, "ssim": 0.7, "lpips_vgg_3dgs": 0.3},
+              "config": runner.resolve_config("3dgs", "paper", {}), "config_hash": "abc"}
     results.write_record(results.record_path(tmp_path / "results", suite.id, "barn", "3dgs", 0, "abc"), record)
     result = invoke("leaderboard", "--suite", "tnt-masked", "--results", str(tmp_path / "results"),
                     "--out", str(tmp_path / "boards"), "--compare-paper")
@@ -258,7 +259,7 @@ def test_benchmark_your_own_capture_in_four_commands(tmp_path, monkeypatch):
     assert [c[:2] for c in commands] == [["build-data", "colmap"], ["suite", "new"], ["run", "--suite"],
                                          ["leaderboard", "--suite"]]
     commands[2] += ["--set", "steps=30"]  # a short run: the test is about the plumbing
-    commands[3] += ["--out", "boards"]
+    commands[3] += ["--out", "boards", "--all-configs"]  # steps=30 is not the suite's preset
     for command in commands:
         result = invoke(*command)
         assert result.exit_code == 0, (command, result.output)

@@ -57,7 +57,7 @@ def run(mount: Path, specs_dir: Path, data: Path) -> dict:
     from gfbench.cli import main
 
     methods._entry_points = lambda: {"mean-color": "test_runner:MeanColor"}
-    runner.resolve_config = lambda method, preset, overrides: {"steps": 7, **overrides}
+    runner.resolve_config = lambda method, preset, overrides, **_: {"steps": 7, **overrides}
     results_dir = mount / "results"
     results_dir.mkdir()
     filler = mount / "filler"
