@@ -3,6 +3,7 @@ folder on their PYTHONPATH and register these classes as entry points)."""
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,19 @@ class DiesOnce(MeanColor):
         super().fit(train_views, config=config, **kwargs)
 
 
+class SlowOnce(MeanColor):
+    """On the first attempt: says so with a marker file, then takes far longer than any test waits."""
+
+    name = "slow-once"
+
+    def fit(self, train_views, *, config, **kwargs):
+        marker = Path(config["marker"])
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            time.sleep(120)
+        super().fit(train_views, config=config, **kwargs)
+
+
 class AlwaysDies(MeanColor):
     name = "always-dies"
 
@@ -55,4 +69,5 @@ class AlwaysDies(MeanColor):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-ENTRY_POINTS = {"mean-color": "MeanColor", "crashes": "Crashes", "dies-once": "DiesOnce", "always-dies": "AlwaysDies"}
+ENTRY_POINTS = {"mean-color": "MeanColor", "crashes": "Crashes", "dies-once": "DiesOnce", "always-dies": "AlwaysDies",
+                 "slow-once": "SlowOnce"}
