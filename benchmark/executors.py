@@ -35,6 +35,10 @@ class NotShared(RuntimeError):
     """The results folder (or the data folder) is not visible from every Ray node; the message says which."""
 
 
+class BadResources(ValueError):
+    """A method class's ``resources`` attribute is not what ``job_resources`` reads; the message names it."""
+
+
 class RayMissing(RuntimeError):
     """``--executor ray`` without Ray installed."""
 
@@ -53,13 +57,13 @@ def job_resources(method_class: type, device: str) -> dict[str, Any]:
     declared = getattr(method_class, "resources", None) or {}
     where = f"{method_class.__module__}.{method_class.__qualname__}.resources"
     if not isinstance(declared, dict):
-        raise ValueError(f"{where}: expected a dict with keys {sorted(RESOURCE_KEYS)}, got {declared!r}")
+        raise BadResources(f"{where}: expected a dict with keys {sorted(RESOURCE_KEYS)}, got {declared!r}")
     unknown = sorted(set(declared) - RESOURCE_KEYS)
     if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r}; keys: {', '.join(sorted(RESOURCE_KEYS))}")
+        raise BadResources(f"{where}: unknown key {unknown[0]!r}; keys: {', '.join(sorted(RESOURCE_KEYS))}")
     for key, value in declared.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{where}: {key!r} is {value!r}, expected a number >= 0")
+            raise BadResources(f"{where}: {key!r} is {value!r}, expected a number >= 0")
     options: dict[str, Any] = {"num_cpus": declared.get("cpus", 1),
                                "num_gpus": declared.get("gpus", 1) if device == "cuda" else 0}
     if declared.get("memory_gb"):
@@ -131,7 +135,8 @@ class RayExecutor:
         ray = import_ray()
         started_here = not ray.is_initialized()
         if started_here:
-            options = {"include_dashboard": False, **self.init_options} if self.address is None else self.init_options
+            starts_one = self.address is None and not os.environ.get("RAY_ADDRESS")
+            options = {"include_dashboard": False, **self.init_options} if starts_one else self.init_options
             ray.init(address=self.address, runtime_env={"env_vars": worker_env()}, **options)
         try:
             check_shared_storage(ray, Path(context.results_dir), context.root)

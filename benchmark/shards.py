@@ -378,6 +378,8 @@ def write_scene(scene: Scene, root: Path) -> Path:
 
     Crash-safe and disk-full-safe (see the module docstring): the previous shard of the scene stays
     readable until the new one is complete. A full disk is a ``DiskFull`` naming the file."""
+    if is_remote(root):
+        raise ShardError(f"{root}: a URL data root is only read; build the scenes into a folder and upload it")
     _check_ids(scene)
     scene = dataclasses.replace(scene)  # a Scene sorts its frames: the shard is in natural name order
     directory = dataset_dir(root, scene.dataset)

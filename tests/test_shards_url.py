@@ -80,3 +80,8 @@ def test_a_tampered_shard_over_http_is_refused_with_the_on_disk_message(served):
 def test_a_missing_file_at_the_url_names_it(served):
     with pytest.raises(ShardError, match=r"http://127\.0\.0\.1:\d+/nope/manifest\.json: could not be read"):
         shards.read_manifest(served["url"], "nope")
+
+
+def test_building_into_a_url_is_refused(served):
+    with pytest.raises(ShardError, match="a URL data root is only read"):
+        write_scene(tiny_scene(dataset="testset", scene_id="c"), served["url"])

@@ -72,10 +72,15 @@ def run(suite_id, method_names, scenes, seeds, preset, settings, results_dir, ro
     from gfbench import executors
 
     try:
-        chosen_executor = executors.RayExecutor(address, max_retries) if executor == "ray" else None
+        chosen_executor = None
+        if executor == "ray":
+            for name in chosen:  # a method's declared resources are checked before anything runs
+                executors.job_resources(methods.load_method_class(name), device)
+            chosen_executor = executors.RayExecutor(address, max_retries)
         summary = runner.run_suite(jobs, results_dir, root, device=device, overwrite=overwrite,
                                    executor=chosen_executor)
-    except (shards.ShardError, LpipsWeightsMissing, executors.NotShared, executors.RayMissing) as exc:
+    except (shards.ShardError, LpipsWeightsMissing, executors.NotShared, executors.RayMissing,
+            executors.BadResources) as exc:
         raise click.ClickException(str(exc)) from exc
     shared = f", {len(summary.shared)} done by another run meanwhile" if summary.shared else ""
     problems = f", {len(summary.problems)} not run (a file in the way)" if summary.problems else ""
