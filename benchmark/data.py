@@ -31,9 +31,10 @@ def build_synthetic(out: Path | None = None, scenes: list[str] | None = None,
     return written
 
 
-def load_scene(dataset: str, scene_id: str, root: Path | None = None) -> Scene:
-    """Read a scene from its shard; the synthetic scenes are built first if they are not there yet."""
+def load_scene(dataset: str, scene_id: str, root: Path | str | None = None) -> Scene:
+    """Read a scene from its shard; the synthetic scenes are built first if they are not there yet (not
+    under a remote root, which is only read)."""
     root = data_root(root)
-    if dataset == "synthetic" and scene_id not in shards.list_built_scenes(root, dataset):
+    if dataset == "synthetic" and not shards.is_remote(root) and scene_id not in shards.list_built_scenes(root, dataset):
         build_synthetic(root, [scene_id])
     return shards.read_scene(root, dataset, scene_id)

@@ -25,11 +25,15 @@ _flag_spec_dirs: list[Path] = []  # set by ``gfbench --specs DIR``
 
 
 def data_root(override: str | os.PathLike | None = None) -> Path:
-    """Shard root: an explicit ``override``, else ``$GFBENCH_DATA``, else ``~/.cache/gfbench/data``."""
-    if override:
-        return Path(override).expanduser()
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV]).expanduser()
+    """Shard root: an explicit ``override``, else ``$GFBENCH_DATA``, else ``~/.cache/gfbench/data``. A URL
+    (``http(s)://``, ``pipe:``, ``s3://``...) is returned as the string it is (see ``gfbench.shards``)."""
+    from gfbench.shards import is_remote
+
+    chosen = override or os.environ.get(DATA_ENV)
+    if chosen and is_remote(chosen):
+        return str(chosen)
+    if chosen:
+        return Path(chosen).expanduser()
     return Path.home() / ".cache" / "gfbench" / "data"
 
 

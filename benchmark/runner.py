@@ -3,7 +3,9 @@ render the test views, score them, and write one result record per job.
 
 The runner knows scenes, views and metrics, never what a method does inside. A job whose identity hash
 already has a successful record is skipped (unless ``overwrite``); a job that raises is recorded as failed
-and the next job still runs. Each job runs under a lock in the results folder: a job another run is doing is
+and the next job still runs. Jobs run through an executor (``LocalExecutor``, one after another in this
+process, by default; ``gfbench.executors.RayExecutor`` on a Ray cluster); the process that plans them
+writes every record. Each job runs under a lock in the results folder: a job another run is doing is
 put off to the end and then taken from that run's record instead of being done twice. A file where a job's
 record should be that is not a record of that job is reported by name and left alone; the other jobs run.
 A full disk stops the run with ``DiskFull`` naming the path (finished records are kept; the job's partial
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import yaml
@@ -301,16 +303,32 @@ def new_record(job: Job, identity: dict[str, Any], digest: str, device: str,
     }
 
 
-def run_job(job: Job, results_dir: Path, root: Path, device: str, overwrite: bool, lpips_hashes: dict[str, str],
-            on_step: Callable | None = None, scene_cache: dict | None = None, wait: bool = True,
-            since: float | None = None) -> JobOutcome:
-    """Run one job unless it already has a successful record. Without ``wait``, a job that another process
-    is running (its lock is held) comes back ``busy``; with it, the call waits for that run and returns
-    ``shared`` when it recorded a success. A record written since ``since`` (a time.time(), e.g. when this
-    run started) is another run's work of this run's time: taken as is, even with ``overwrite``."""
+@dataclass
+class Claim:
+    """A job this run is to do: its record is missing (or to be redone) and its lock is held until released."""
+
+    job: Job
+    path: Path
+    identity: dict[str, Any]
+    digest: str
+    lock: results.JobLock
+
+    def release(self) -> None:
+        self.lock.release()
+
+
+def locate_job(job: Job, results_dir: Path, root: Path | str) -> tuple[dict[str, Any], str, Path]:
+    """(identity, config hash, record path) of a job."""
     identity = job.identity(shards.scene_sha256(root, job.suite.dataset, job.scene))
     digest = results.config_hash(identity)
-    path = results.record_path(results_dir, job.suite.id, job.scene, job.method, job.seed, digest)
+    return identity, digest, results.record_path(results_dir, job.suite.id, job.scene, job.method, job.seed, digest)
+
+
+def claim_job(job: Job, results_dir: Path, root: Path | str, overwrite: bool, wait: bool = True,
+              since: float | None = None) -> JobOutcome | Claim:
+    """Take a job to run: a ``Claim`` (its lock held, leftovers of interrupted runs removed), or the
+    ``JobOutcome`` that says why it is not to be run (see ``run_job``)."""
+    identity, digest, path = locate_job(job, results_dir, root)
     record, problem = existing_record(path, digest)
     if problem:
         return JobOutcome("problem", path, problem)
@@ -319,20 +337,46 @@ def run_job(job: Job, results_dir: Path, root: Path, device: str, overwrite: boo
     if record is not None and record["status"] == "ok" and not overwrite:
         return JobOutcome("skipped", path)
     before = _stamp(path)
-    with results.JobLock(path) as lock:
-        if not lock.acquire(wait=False):
-            if not wait:
-                return JobOutcome("busy", path)
-            lock.acquire(wait=True)
+    lock = results.JobLock(path)
+    if not lock.acquire(wait=False):
+        if not wait:
+            return JobOutcome("busy", path)
+        lock.acquire(wait=True)
+    try:
         if _stamp(path) != before:  # another run recorded this job while we looked or waited
             record, problem = existing_record(path, digest)
             if problem:
+                lock.release()
                 return JobOutcome("problem", path, problem)
             if record is not None:
+                lock.release()
                 return JobOutcome("shared" if record["status"] == "ok" else "failed", path)
         results.remove_leftovers(path)
-        return JobOutcome(_run_locked(job, path, identity, digest, root, device, lpips_hashes, on_step,
-                                      scene_cache), path)
+    except BaseException:
+        lock.release()
+        raise
+    return Claim(job, path, identity, digest, lock)
+
+
+def run_job(job: Job, results_dir: Path, root: Path, device: str, overwrite: bool, lpips_hashes: dict[str, str],
+            on_step: Callable | None = None, scene_cache: dict | None = None, wait: bool = True,
+            since: float | None = None) -> JobOutcome:
+    """Run one job unless it already has a successful record. Without ``wait``, a job that another process
+    is running (its lock is held) comes back ``busy``; with it, the call waits for that run and returns
+    ``shared`` when it recorded a success. A record written since ``since`` (a time.time(), e.g. when this
+    run started) is another run's work of this run's time: taken as is, even with ``overwrite``."""
+    claim = claim_job(job, results_dir, root, overwrite, wait, since)
+    if isinstance(claim, JobOutcome):
+        return claim
+    try:
+        workdir = results.temporary_renders_dir(claim.path)
+        try:
+            produced = execute_job(job, root, workdir, device, on_step, scene_cache)
+            return JobOutcome(commit_record(claim, produced, workdir, device, lpips_hashes), claim.path)
+        finally:
+            discard_workdir(workdir)
+    finally:
+        claim.release()
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -348,76 +392,160 @@ def _written_since(path: Path, since: float | None) -> bool:
     return since is not None and path.stat().st_mtime >= since
 
 
-def _run_locked(job: Job, path: Path, identity: dict[str, Any], digest: str, root: Path, device: str,
-                lpips_hashes: dict[str, str], on_step: Callable | None, scene_cache: dict | None) -> str:
-    """Fit, render and score in a temporary folder, then write the record with its renders; the status."""
-    record = new_record(job, identity, digest, device, lpips_hashes)
-    workdir = results.temporary_renders_dir(path)
+def execute_job(job: Job, root: Path | str, workdir: Path, device: str, on_step: Callable | None = None,
+                scene_cache: dict | None = None) -> dict[str, Any]:
+    """Fit, render and score one job into ``workdir``: the part of its record the job itself produces
+    (``status`` ok with metrics, or failed with the error). Runs wherever the job runs (this process or a
+    cluster worker); a full disk raises ``DiskFull``, any other error is the job's failure."""
     started = time.perf_counter()
+    produced: dict[str, Any] = {"host": platform.node()}
     try:
-        try:
-            cache = scene_cache if scene_cache is not None else {}
-            if job.scene not in cache:
-                cache.clear()  # keep one scene in memory at a time
-                cache[job.scene] = load_scene(job.suite.dataset, job.scene, root)
-            record.update(status="ok", **fit_and_score(job, cache[job.scene], workdir, device, on_step))
-        except DiskFull:
-            raise  # a full disk stops every job, not just this one
-        except Exception as exc:  # one failing job must not stop the others
-            if is_disk_full(exc):
-                raise DiskFull(workdir, "the job's working files") from exc
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-        record.update(wall_time_s=time.perf_counter() - started, peak_memory_mb=peak_memory_mb(device),
-                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        results.write_record(path, record, renders=workdir)
-    finally:
-        if workdir.exists():  # not moved into place: the job did not finish
-            shutil.rmtree(workdir, ignore_errors=True)
+        cache = scene_cache if scene_cache is not None else {}
+        if job.scene not in cache:
+            cache.clear()  # keep one scene in memory at a time
+            cache[job.scene] = load_scene(job.suite.dataset, job.scene, root)
+        produced.update(status="ok", **fit_and_score(job, cache[job.scene], workdir, device, on_step))
+    except DiskFull:
+        raise  # a full disk stops every job, not just this one
+    except Exception as exc:  # one failing job must not stop the others
+        if is_disk_full(exc):
+            raise DiskFull(workdir, "the job's working files") from exc
+        produced.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    produced.update(wall_time_s=time.perf_counter() - started, peak_memory_mb=peak_memory_mb(device))
+    return produced
+
+
+def commit_record(claim: Claim, produced: dict[str, Any], workdir: Path | None, device: str,
+                  lpips_hashes: dict[str, str]) -> str:
+    """Write a claimed job's record with its renders (``workdir``, moved into place); the status."""
+    record = new_record(claim.job, claim.identity, claim.digest, device, lpips_hashes)
+    record.update(produced, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    results.write_record(claim.path, record, renders=workdir)
     return record["status"]
 
 
-def run_suite(jobs: list[Job], results_dir: Path, root: Path | None = None, device: str = "cpu",
-              overwrite: bool = False, show_progress: bool = True) -> RunSummary:
-    """Run every job; those another run is doing are put off to the end, then waited for."""
-    from tqdm import tqdm
+def discard_workdir(workdir: Path) -> None:
+    """Remove a job's temporary folder when it was not moved into place (the job did not finish)."""
+    if workdir.exists():
+        shutil.rmtree(workdir, ignore_errors=True)
 
-    root = data_root(root)
-    lpips_hashes = preflight(jobs, root)
-    summary, scene_cache, started = RunSummary(), {}, time.time()
-    bar = tqdm(total=len(jobs), desc="jobs", unit="job", disable=not show_progress, position=0)
 
-    def attempt(job: Job, wait: bool) -> JobOutcome:
-        bar.set_postfix_str(f"{job.scene} {job.method} seed{job.seed}" + (" (after another run)" if wait else ""))
-        steps = job.config.get("steps")
-        progress = tqdm(total=steps if isinstance(steps, int) and not isinstance(steps, bool) else None,
-                        desc=f"  {job.method}", unit="step", leave=False, disable=not show_progress, position=1)
+@dataclass
+class RunContext:
+    """What every job of one run shares, handed to the executor."""
 
-        def on_step(step: int, logs: dict[str, float]) -> None:
-            progress.update(step - progress.n)
-            progress.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "psnr")}, refresh=False)
+    results_dir: Path
+    root: Path | str
+    device: str
+    overwrite: bool
+    lpips_hashes: dict[str, str]
+    started: float  # time.time() at the start of the run: records written since are other runs' work
+    show_progress: bool
+    bar: Any  # the progress bar over jobs (tqdm)
 
-        try:
-            return run_job(job, results_dir, root, device, overwrite, lpips_hashes, on_step, scene_cache,
-                           wait=wait, since=started)
-        finally:
-            progress.close()
+    def status(self, line: str) -> None:
+        """A status line above the progress bar (only when progress is shown)."""
+        if self.show_progress:
+            self.bar.write(line)
 
-    try:
+
+class Executor(Protocol):
+    """Runs a run's jobs and reports each one's outcome exactly once (``report``). Records are written by
+    the process that calls ``run`` (the driver), atomically, under the job's lock (see ``claim_job``)."""
+
+    name: str
+
+    def run(self, jobs: list[Job], context: RunContext, report: Callable[[Job, JobOutcome], None]) -> None:
+        ...
+
+
+class LocalExecutor:
+    """Jobs one after another in this process (the default); those another run is doing are put off to the
+    end, then waited for."""
+
+    name = "local"
+
+    def run(self, jobs: list[Job], context: RunContext, report: Callable[[Job, JobOutcome], None]) -> None:
+        from tqdm import tqdm
+
+        scene_cache: dict = {}
+
+        def attempt(job: Job, wait: bool) -> JobOutcome:
+            context.bar.set_postfix_str(f"{job.scene} {job.method} seed{job.seed}" +
+                                        (" (after another run)" if wait else ""))
+            steps = job.config.get("steps")
+            progress = tqdm(total=steps if isinstance(steps, int) and not isinstance(steps, bool) else None,
+                            desc=f"  {job.method}", unit="step", leave=False, disable=not context.show_progress,
+                            position=1)
+
+            def on_step(step: int, logs: dict[str, float]) -> None:
+                progress.update(step - progress.n)
+                progress.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "psnr")},
+                                     refresh=False)
+
+            try:
+                return run_job(job, context.results_dir, context.root, context.device, context.overwrite,
+                               context.lpips_hashes, on_step, scene_cache, wait=wait, since=context.started)
+            finally:
+                progress.close()
+
         busy = []
         for job in jobs:
             outcome = attempt(job, wait=False)
             if outcome.status == "busy":
                 busy.append(job)
             else:
-                _tally(summary, outcome, job, bar)
+                report(job, outcome)
         for job in busy:
-            _tally(summary, attempt(job, wait=True), job, bar)
+            report(job, attempt(job, wait=True))
+
+
+def run_suite(jobs: list[Job], results_dir: Path, root: Path | str | None = None, device: str = "cpu",
+              overwrite: bool = False, show_progress: bool = True, executor: Executor | None = None) -> RunSummary:
+    """Run every job with ``executor`` (default: one after another in this process), one progress bar over
+    the jobs; data and metric weights are checked first (``preflight``)."""
+    from tqdm import tqdm
+
+    root = data_root(root)
+    lpips_hashes = preflight(jobs, root)
+    summary = RunSummary()
+    bar = tqdm(total=len(jobs), desc="jobs", unit="job", disable=not show_progress, position=0)
+    context = RunContext(results_dir, root, device, overwrite, lpips_hashes, time.time(), show_progress, bar)
+    try:
+        (executor or LocalExecutor()).run(jobs, context, lambda job, outcome: _tally(summary, outcome, job, context))
     finally:
         bar.close()
     return summary
 
 
-def _tally(summary: RunSummary, outcome: JobOutcome, job: Job, bar) -> None:
+@dataclass
+class PlannedJob:
+    job: Job
+    digest: str  # the config hash keying the record ("" when the scene cannot be read)
+    path: Path | None
+    status: str  # recorded | failed (recorded; runs again) | to run | problem: ... | no data: ...
+
+
+def dry_run(jobs: list[Job], results_dir: Path, root: Path | str | None = None) -> list[PlannedJob]:
+    """Each job with its config hash and what the results folder holds for it; nothing is run, built or
+    locked."""
+    root = data_root(root)
+    planned = []
+    for job in jobs:
+        try:
+            _, digest, path = locate_job(job, results_dir, root)
+        except shards.ShardError as exc:
+            planned.append(PlannedJob(job, "", None, f"no data: {exc}"))
+            continue
+        record, problem = existing_record(path, digest)
+        status = (f"problem: {problem}" if problem else "to run" if record is None else
+                  "recorded" if record["status"] == "ok" else "failed (recorded; runs again)")
+        planned.append(PlannedJob(job, digest, path, status))
+    return planned
+
+
+def _tally(summary: RunSummary, outcome: JobOutcome, job: Job, context: RunContext) -> None:
+    bar = context.bar
     bar.update(1)
     if outcome.status == "problem":
         summary.problems.append((outcome.path, outcome.problem))
@@ -428,3 +556,6 @@ def _tally(summary: RunSummary, outcome: JobOutcome, job: Job, bar) -> None:
     if outcome.status == "failed":
         error = results.read_record(outcome.path).get("error", "")
         bar.write(f"FAILED {job.scene} {job.method} seed{job.seed}: {error}")
+    elif outcome.status in ("ok", "shared"):
+        context.status(f"{'done' if outcome.status == 'ok' else 'done by another run'} {job.scene} {job.method} "
+                       f"seed{job.seed}")

@@ -17,6 +17,12 @@ crash or a full disk at any point of a build. The new shard is written and synce
 the manifest then records it as ``pending``; the shard is renamed into place; the manifest moves the entry
 from ``pending`` to ``scenes``. A reader accepts the shard that matches either entry, so a crash between
 two steps leaves the old scene (or none) or the new one, never a scene that reads as altered.
+
+Remote roots: a data root may be a URL that WebDataset opens (``http(s)://...``, an fsspec URL such as
+``s3://bucket/data``, or ``pipe:COMMAND`` where ``{path}`` in the command stands for ``<dataset>/<file>``).
+The manifest is read from there and a shard is downloaded once into a local cache
+(``$GFBENCH_SHARD_CACHE``, else ``~/.cache/gfbench/shards``), named by its sha256 and checked against the
+manifest exactly as a shard on disk is (a mismatch is refused with the same message, naming the URL).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tarfile
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +54,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PENDING = "pending"  # manifest key: entries of shards being put in place (see the module docstring)
 SCENE_SAMPLE = "__scene__"
+SHARD_CACHE_ENV = "GFBENCH_SHARD_CACHE"
+REMOTE_PREFIXES = ("http://", "https://", "pipe:")
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")  # dataset and scene ids name files and keys
 
 
@@ -167,6 +176,85 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# ---------------------------------------------------------------- remote roots (URLs)
+
+
+def is_remote(root: Path | str | None) -> bool:
+    """Whether a data root is a URL (http(s), ``pipe:``, or any ``scheme://`` fsspec reads) and not a folder."""
+    text = str(root or "")
+    return text.startswith(REMOTE_PREFIXES) or bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text))
+
+
+def remote_url(root: str, dataset: str, name: str) -> str:
+    """The URL of ``<dataset>/<name>`` under a remote root (a ``pipe:`` root names it with ``{path}``)."""
+    if root.startswith("pipe:"):
+        if "{path}" not in root:
+            raise ShardError(f"{root}: a pipe: data root needs '{{path}}' where the file's <dataset>/<name> goes, "
+                             f"e.g. 'pipe:aws s3 cp s3://bucket/data/{{path}} -'")
+        return root.replace("{path}", f"{dataset}/{name}")
+    return f"{root.rstrip('/')}/{dataset}/{name}"
+
+
+def shard_cache_dir() -> Path:
+    return Path(os.environ.get(SHARD_CACHE_ENV) or Path.home() / ".cache" / "gfbench" / "shards").expanduser()
+
+
+@contextmanager
+def _open_remote(url: str) -> Iterator:
+    """A binary stream of ``url`` through WebDataset's opener (curl for http(s), the command for ``pipe:``),
+    or fsspec for the schemes WebDataset has no opener for (s3://, az://...); any failure, including one
+    reported when the stream closes, is a ShardError."""
+    from urllib.parse import urlparse
+
+    from webdataset.gopen import gopen, gopen_schemes
+
+    try:
+        if urlparse(url).scheme in gopen_schemes:
+            stream = gopen(url, "rb")
+        else:
+            import fsspec
+
+            stream = fsspec.open(url, "rb").open()
+        try:
+            yield stream
+        finally:
+            stream.close()
+    except ShardError:
+        raise
+    except Exception as exc:  # curl, the pipe's command or fsspec failed: name the URL
+        raise ShardError(f"{url}: could not be read: {exc}") from exc
+
+
+def _read_remote_text(url: str) -> str:
+    with _open_remote(url) as stream:
+        return stream.read().decode()
+
+
+def _download_verified(url: str, entry: dict) -> Path:
+    """The shard at ``url`` in the local cache, checked against its manifest entry (size and sha256) with the
+    messages of a shard on disk; a file that does not match is never kept."""
+    cache = shard_cache_dir()
+    cached = cache / f"{entry['sha256']}.tar"
+    if cached.is_file() and cached.stat().st_size == entry["bytes"] and _verified_sha256(cached) == entry["sha256"]:
+        return cached
+    with reporting_disk_full(cache, "the shard cache"):
+        cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".download-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle, _open_remote(url) as stream:
+            with reporting_disk_full(cached, "a downloaded shard"):
+                shutil.copyfileobj(stream, handle, 1 << 20)
+        size = os.path.getsize(tmp)
+        if size != entry["bytes"]:
+            raise ShardError(f"{url}: {size} bytes, the manifest says {entry['bytes']} (truncated or altered)")
+        if sha256_file(Path(tmp)) != entry["sha256"]:
+            raise ShardError(f"{url}: sha256 differs from the manifest (altered or corrupted)")
+        os.replace(tmp, cached)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return cached
+
+
 # ---------------------------------------------------------------- manifest
 
 
@@ -208,12 +296,20 @@ def _sync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def read_manifest(root: Path, dataset: str) -> dict:
-    path = dataset_dir(root, dataset) / MANIFEST
-    if not path.exists():
+def manifest_location(root: Path | str, dataset: str) -> Path | str:
+    return remote_url(str(root), dataset, MANIFEST) if is_remote(root) else dataset_dir(root, dataset) / MANIFEST
+
+
+def read_manifest(root: Path | str, dataset: str) -> dict:
+    path = manifest_location(root, dataset)
+    if is_remote(root):
+        text = _read_remote_text(path)
+    elif not path.exists():
         raise ShardError(f"{path}: no manifest; build the dataset first (gfbench build-data {dataset})")
+    else:
+        text = path.read_text()
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ShardError(f"{path}: manifest is not valid JSON: {exc}") from exc
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
@@ -234,6 +330,8 @@ def list_built_scenes(root: Path, dataset: str) -> list[str]:
         manifest = read_manifest(root, dataset)
     except ShardError:
         return []
+    if is_remote(root):  # a pending entry's shard cannot be looked at without downloading it
+        return sorted(set(manifest["scenes"]) | set(manifest.get(PENDING, {})))
     directory = dataset_dir(root, dataset)
     pending = [scene for scene, entry in manifest.get(PENDING, {}).items() if _pending_in_place(directory, entry)]
     return sorted(set(manifest["scenes"]) | set(pending))
@@ -280,6 +378,8 @@ def write_scene(scene: Scene, root: Path) -> Path:
 
     Crash-safe and disk-full-safe (see the module docstring): the previous shard of the scene stays
     readable until the new one is complete. A full disk is a ``DiskFull`` naming the file."""
+    if is_remote(root):
+        raise ShardError(f"{root}: a URL data root is only read; build the scenes into a folder and upload it")
     _check_ids(scene)
     scene = dataclasses.replace(scene)  # a Scene sorts its frames: the shard is in natural name order
     directory = dataset_dir(root, scene.dataset)
@@ -322,13 +422,17 @@ def write_scene(scene: Scene, root: Path) -> Path:
     return shard
 
 
-def _verified_shard(root: Path, dataset: str, scene_id: str) -> tuple[Path, dict]:
+def _verified_shard(root: Path | str, dataset: str, scene_id: str) -> tuple[Path, dict]:
+    """The shard of a scene as a local file (downloaded first from a remote root), checked against the
+    manifest, and its manifest entry."""
     manifest = read_manifest(root, dataset)
-    directory = dataset_dir(root, dataset)
     candidates = [e for e in (manifest["scenes"].get(scene_id), manifest.get(PENDING, {}).get(scene_id)) if e]
     if not candidates:
         known = ", ".join(list_built_scenes(root, dataset)) or "none"
-        raise ShardError(f"{directory / MANIFEST}: no scene {scene_id!r} (built scenes: {known})")
+        raise ShardError(f"{manifest_location(root, dataset)}: no scene {scene_id!r} (built scenes: {known})")
+    if is_remote(root):
+        return _verified_remote(str(root), dataset, candidates)
+    directory = dataset_dir(root, dataset)
     shard = directory / candidates[0]["shard"]
     if not shard.exists():
         raise ShardError(f"{shard}: listed in the manifest but missing")
@@ -343,9 +447,26 @@ def _verified_shard(root: Path, dataset: str, scene_id: str) -> tuple[Path, dict
     raise ShardError(f"{shard}: sha256 differs from the manifest (altered or corrupted)")
 
 
-def scene_sha256(root: Path, dataset: str, scene_id: str) -> str:
+def _verified_remote(root: str, dataset: str, candidates: list[dict]) -> tuple[Path, dict]:
+    """The first candidate entry (the scene's, then a pending one) whose shard downloads and matches."""
+    url = remote_url(root, dataset, candidates[0]["shard"])
+    first_error = None
+    for entry in candidates:
+        try:
+            return _download_verified(url, entry), entry
+        except ShardError as exc:
+            first_error = first_error or exc
+    raise first_error
+
+
+def local_shard(root: Path | str, dataset: str, scene_id: str) -> Path:
+    """A built scene's shard as a local file checked against the manifest (downloaded from a remote root)."""
+    return _verified_shard(root if is_remote(root) else Path(root), dataset, scene_id)[0]
+
+
+def scene_sha256(root: Path | str, dataset: str, scene_id: str) -> str:
     """The sha256 of a built scene's shard, checked against the manifest (it keys every result record)."""
-    return _verified_shard(Path(root), dataset, scene_id)[1]["sha256"]
+    return _verified_shard(root if is_remote(root) else Path(root), dataset, scene_id)[1]["sha256"]
 
 
 def _read_members(shard: Path) -> dict[str, dict[str, bytes]]:
@@ -374,9 +495,9 @@ def _decode_points(data: bytes) -> PointCloud:
     return PointCloud(**{name: arrays[name] for name in ("xyz", "rgb", "obs_point", "obs_frame", "obs_uv")})
 
 
-def read_scene(root: Path, dataset: str, scene_id: str) -> Scene:
+def read_scene(root: Path | str, dataset: str, scene_id: str) -> Scene:
     """Read a scene back, after checking its shard against the manifest (size and sha256)."""
-    shard, entry = _verified_shard(Path(root), dataset, scene_id)
+    shard, entry = _verified_shard(root if is_remote(root) else Path(root), dataset, scene_id)
     samples = _read_members(shard)
     scene_sample = samples.pop(f"{dataset}/{scene_id}/{SCENE_SAMPLE}", None)
     if scene_sample is None or "scene.json" not in scene_sample or "points.npz" not in scene_sample:

@@ -332,8 +332,11 @@ def read_scene_meta(root: Path, dataset: str, scene_id: str) -> dict:
     manifest = shards.read_manifest(root, dataset)
     entry = manifest["scenes"].get(scene_id)
     if entry is None:
-        raise shards.ShardError(f"{shards.dataset_dir(root, dataset) / shards.MANIFEST}: no scene {scene_id!r}")
-    shard = shards.dataset_dir(root, dataset) / entry["shard"]
+        raise shards.ShardError(f"{shards.manifest_location(root, dataset)}: no scene {scene_id!r}")
+    if shards.is_remote(root):
+        shard = shards.local_shard(root, dataset, scene_id)
+    else:
+        shard = shards.dataset_dir(root, dataset) / entry["shard"]
     try:
         with tarfile.open(shard, "r") as tar:
             for member in tar:

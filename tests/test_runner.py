@@ -340,3 +340,26 @@ def test_a_preset_run_and_a_set_run_are_two_entries_and_published_tables_stay(wo
     assert label.startswith("mean-color@cfg-") and f"- `{label}`: quick with steps=30 (preset: 7)" in text
     assert published.read_text() == "published\n" and sorted(p.name for p in published.parent.iterdir()) == [
         "test-masked.md"]
+
+
+# ---------------------------------------------------------------- --dry-run
+
+
+def test_dry_run_lists_jobs_hashes_and_what_is_recorded_and_runs_nothing(world):
+    cli = CliRunner()
+    args = ["run", "--suite", "test-masked", "--method", "mean-color", "--method", "crashes", "--data",
+            str(world["data"]), "--results", str(world["results"])]
+    before = cli.invoke(main, args + ["--dry-run"])
+    assert before.exit_code == 0, before.output
+    assert CALLS == [] and not world["results"].exists()
+    assert before.output.count("to run ") == 4 and "4 job(s), 0 already recorded, 4 to run" in before.output
+    summary = run(world, ["crashes", "mean-color"])
+    after = cli.invoke(main, args + ["--dry-run"])
+    lines = after.output.splitlines()
+    for path in summary.done:  # each recorded job: its status, its hash and its record file on one line
+        record = results.read_record(path)
+        (line,) = [line for line in lines if str(path) in line]
+        assert line.startswith("recorded") and record["config_hash"][:12] in line
+    assert sum(line.startswith("failed (recorded; runs again)") for line in lines) == 2
+    assert "4 job(s), 2 already recorded, 2 to run" in after.output
+    assert len(CALLS) == 2  # only the real run fitted

@@ -11,6 +11,14 @@ from gfbench.results import DEFAULT_RESULTS
 PRIOR_CACHE = "prior-cache"  # beside the shards: <data root>/prior-cache/<kind>/<prior hash>/<dataset>/<scene>
 
 
+def prior_cache_folder(root) -> Path:
+    """Where prior predictions are cached: beside local shards, else (shards from a URL) in the user's cache."""
+    from gfbench.paths import data_root
+
+    base = data_root(root)
+    return (Path.home() / ".cache" / "gfbench" if isinstance(base, str) else base) / PRIOR_CACHE
+
+
 def runnable_methods(names: list[str], *, device: str, protocol: str, configured: set[str],
                      preset: str | None = None) -> tuple[list[str], list[tuple[str, str]]]:
     """Of the registered ``names``, those that can run here (device, the suite's protocol, the priors the
@@ -64,14 +72,26 @@ def explain(reason: str) -> str:
                    "Default: $GFBENCH_DEPTH_PRIOR.")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RESULTS,
               show_default=True, help="Where result records and renders go.")
-@click.option("--data", "root", type=click.Path(file_okay=False, path_type=Path),
-              help="Shard root (default: $GFBENCH_DATA, else ~/.cache/gfbench/data); prior predictions are "
-                   "cached beside the shards.")
+@click.option("--data", "root", metavar="PATH|URL",
+              help="Shard root (default: $GFBENCH_DATA, else ~/.cache/gfbench/data): a folder, or a URL that "
+                   "WebDataset reads (http(s)://..., s3://... through fsspec, or 'pipe:COMMAND' with {path} for "
+                   "<dataset>/<file>); shards from a URL are checked against the manifest's sha256. Prior "
+                   "predictions are cached beside local shards.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where methods train and render.")
 @click.option("--overwrite", is_flag=True, help="Redo jobs that already have a successful record.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: jobs one after another in this process. ray: each job a Ray task (pip install "
+                   "'gfbench[ray]'); --results must then be storage every Ray node sees.")
+@click.option("--address", help="With --executor ray: the Ray cluster to use (e.g. 'auto' or ray://HOST:10001). "
+                                "Default: $RAY_ADDRESS, else a Ray instance started on this machine for the run.")
+@click.option("--max-retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="With --executor ray: how many times a job whose worker died is run again before it is "
+                   "recorded as failed (a job that raises is recorded as failed at once).")
+@click.option("--dry-run", is_flag=True,
+              help="Print the jobs, their config hashes and whether each is already recorded; run nothing.")
 def run(suite_id, method_names, scenes, seeds, preset, settings, depth_prior, results_dir, root, device,
-        overwrite) -> None:
+        overwrite, executor, address, max_retries, dry_run) -> None:
     """Run methods on a suite: one job per scene x method x seed, one result record per job.
 
     Finished jobs (same suite, protocol, data, config, priors and seed) are skipped, so an interrupted run
@@ -83,10 +103,9 @@ def run(suite_id, method_names, scenes, seeds, preset, settings, depth_prior, re
 
     from gfbench import methods, runner, shards, specs
     from gfbench.metrics import LpipsWeightsMissing
-    from gfbench.paths import data_root
     from gfbench.priors import KINDS, PriorError
 
-    if device == "cuda":
+    if device == "cuda" and executor == "local" and not dry_run:  # with Ray the workers' GPUs count
         import torch
 
         if not torch.cuda.is_available():
@@ -104,7 +123,7 @@ def run(suite_id, method_names, scenes, seeds, preset, settings, depth_prior, re
         scene_list = [s for item in scenes for s in item.split(",") if s]
         jobs = runner.plan_jobs(suite, chosen, scene_list or None, list(seeds) or None, preset,
                                 runner.parse_overrides(list(settings)), device=device, priors=named_priors,
-                                prior_cache=data_root(root) / PRIOR_CACHE)
+                                prior_cache=prior_cache_folder(root))
     except yaml.YAMLError as exc:
         raise click.ClickException(f"--set: a value is not valid YAML: {exc}") from exc
     except (specs.SpecError, KeyError, ValueError, PriorError, methods.MethodLoadError) as exc:
@@ -113,9 +132,21 @@ def run(suite_id, method_names, scenes, seeds, preset, settings, depth_prior, re
                f"{len({j.scene for j in jobs})} scene(s), results in {results_dir}")
     for kind, source in sorted({(k, s.name) for job in jobs for k, s in job.priors.items()}):
         click.echo(f"{kind} prior: {source}")
+    if dry_run:
+        print_dry_run(jobs, results_dir, root)
+        return
+    from gfbench import executors
+
     try:
-        summary = runner.run_suite(jobs, results_dir, root, device=device, overwrite=overwrite)
-    except (shards.ShardError, LpipsWeightsMissing, PriorError) as exc:
+        chosen_executor = None
+        if executor == "ray":
+            for name in chosen:  # a method's declared resources are checked before anything runs
+                executors.job_resources(methods.load_method_class(name), device)
+            chosen_executor = executors.RayExecutor(address, max_retries)
+        summary = runner.run_suite(jobs, results_dir, root, device=device, overwrite=overwrite,
+                                   executor=chosen_executor)
+    except (shards.ShardError, LpipsWeightsMissing, PriorError, executors.NotShared, executors.RayMissing,
+            executors.BadResources) as exc:
         raise click.ClickException(str(exc)) from exc
     shared = f", {len(summary.shared)} done by another run meanwhile" if summary.shared else ""
     problems = f", {len(summary.problems)} not run (a file in the way)" if summary.problems else ""
@@ -145,3 +176,16 @@ def choose_methods(requested: list[str], *, device: str, protocol: str, configur
         if problems:
             raise ValueError(f"method {name!r} cannot run here: {explain('; '.join(problems))}")
     return list(requested), []
+
+
+def print_dry_run(jobs, results_dir, root) -> None:
+    """One line per job: whether it is recorded, its config hash, scene, method, seed and record file."""
+    from gfbench import runner
+
+    planned = runner.dry_run(jobs, results_dir, root)
+    for item in planned:
+        job = item.job
+        where = item.path if item.path is not None else "-"
+        click.echo(f"{item.status:<8} {item.digest[:12] or '-':<12} {job.scene} {job.method} seed{job.seed} {where}")
+    recorded = sum(item.status == "recorded" for item in planned)
+    click.echo(f"dry run: {len(planned)} job(s), {recorded} already recorded, {len(planned) - recorded} to run")
