@@ -15,11 +15,12 @@ class MeanColor:
     """Renders the mean color of its train pixels everywhere (deterministic, instant)."""
 
     name = "mean-color"
+    presets_file = str(Path(__file__).with_name("ray_standins.yaml"))
 
     def __init__(self, device="cpu"):
         self.color = None
 
-    def fit(self, train_views, *, points, config, seed, workdir, progress=None):
+    def fit(self, train_views, *, points, config, seed, workdir, progress=None, priors=None):
         self.color = np.mean([v.image.reshape(-1, 3).mean(0) for v in train_views], axis=0) / 255.0
         self.color = np.clip(self.color + 0.01 * seed, 0, 1)  # seeds give different numbers
         (Path(workdir) / "fit.txt").write_text(str(os.getpid()))
