@@ -94,9 +94,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def resolve_config(method: str, preset: str, overrides: dict[str, Any], *, explicit_preset: bool = True,
-                   device: str = "cpu", method_class: type | None = None) -> dict[str, Any]:
+                   device: str = "cpu", method_class: type | None = None,
+                   protocol: str | None = None) -> dict[str, Any]:
     """The checked config of ``method``: its ``preset`` with ``overrides`` (typed against the method's
-    settings), refused with a :class:`ConfigError` naming the setting, the value and what is allowed.
+    settings), refused with a :class:`ConfigError` naming the setting, the value and what is allowed;
+    ``protocol`` (the suite's protocol type) picks the values a preset gives per protocol.
 
     A method without a presets file takes no settings; it ignores the suite's default preset but refuses an
     ``explicit_preset``. The method class's ``check_config(config, device=...)`` runs last, if it has one.
@@ -106,7 +108,7 @@ def resolve_config(method: str, preset: str, overrides: dict[str, Any], *, expli
     if presets.path is None and not explicit_preset:
         config = {}
     else:
-        config = presets.config(preset)
+        config = presets.config(preset, protocol)
     config.update(presets.check_overrides(overrides))
     check = getattr(cls, "check_config", None)
     if callable(check):
@@ -136,7 +138,7 @@ def plan_jobs(suite: SuiteSpec, method_names: list[str], scenes: list[str] | Non
     for method in method_names:
         cls = method_registry.load_method_class(method)
         configs[method] = resolve_config(method, chosen_preset, overrides, explicit_preset=preset is not None,
-                                         device=device, method_class=cls)
+                                         device=device, method_class=cls, protocol=suite.protocol_type)
         sources[method] = resolve_priors(suite, method_registry.capabilities_of(cls).priors, priors or {})
     return [
         Job(suite, scene, method, seed, configs[method], chosen_preset, sources[method], prior_cache)

@@ -75,13 +75,12 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import numpy as np
 
 from gfbench.camera import Camera
-from gfbench.methods.config import ConfigError, MethodPresets, builtin_presets_dir, no_presets, read_presets
+from gfbench.methods.config import PROTOCOLS, ConfigError, MethodPresets, builtin_presets_dir, no_presets, read_presets
 from gfbench.scene import PointCloud
 from gfbench.views import View
 
 ENTRY_POINT_GROUP = "gfbench.methods"
 DEVICES = ("cpu", "cuda")
-PROTOCOLS = ("masked", "corner", "sparse")
 PRIOR_KINDS = ("depth", "video")
 
 ProgressFn = Callable[[int, dict[str, float]], None]
