@@ -62,18 +62,20 @@ class SpiedGenFusion(GenFusion):
         self.trainer = trainer
 
 
-def fit(split, prior_folder, tmp_path, **settings):
+@pytest.fixture(scope="module")
+def fitted(split, prior_folder, tmp_path_factory):
+    """One short run (three repair rounds), shared by the tests that look at it: (method, config, workdir)."""
     from gfbench.priors.video import load_video_prior
 
-    config = {**resolve_preset("quick", "masked"), "strategy": "spy", **SETTINGS, **settings}
-    method = SpiedGenFusion(device="cpu")
-    method.fit(split.train, points=split.points, config=config, seed=0, workdir=tmp_path,
+    config = {**resolve_preset("quick", "masked"), "strategy": "spy", **SETTINGS}
+    method, workdir = SpiedGenFusion(device="cpu"), tmp_path_factory.mktemp("genfusion-job")
+    method.fit(split.train, points=split.points, config=config, seed=0, workdir=workdir,
                priors=Priors({"video": load_video_prior(prior_folder)}))
-    return method, config
+    return method, config, workdir
 
 
-def test_repaired_views_join_with_the_schedule_weight_and_leave_at_the_next_round(split, prior_folder, tmp_path):
-    method, config = fit(split, prior_folder, tmp_path)
+def test_repaired_views_join_with_the_schedule_weight_and_leave_at_the_next_round(fitted):
+    method, config, _ = fitted
     schedule = RepairSchedule.from_config(config)
     rounds = schedule.rounds()
     assert rounds == [3, 7, 11] and [entry["step"] for entry in method.repair_log] == rounds
@@ -95,8 +97,8 @@ def test_repaired_views_join_with_the_schedule_weight_and_leave_at_the_next_roun
     assert list(method.trainer.sources) == ["train", f"repaired-{len(rounds) - 1}"]
 
 
-def test_repaired_views_never_feed_densification(split, prior_folder, tmp_path):
-    method, _ = fit(split, prior_folder, tmp_path)
+def test_repaired_views_never_feed_densification(split, fitted):
+    method, _, _ = fitted
     fed = method.trainer.strategy.fed
     train_size = {(v.camera.width, v.camera.height) for v in split.train}
     repaired = method.trainer.sources["repaired-2"].views
@@ -105,8 +107,8 @@ def test_repaired_views_never_feed_densification(split, prior_folder, tmp_path):
     assert {(w, h) for _, w, h in fed} == train_size
 
 
-def test_train_views_carry_the_prior_depth_and_each_round_leaves_a_contact_sheet(split, prior_folder, tmp_path):
-    method, _ = fit(split, prior_folder, tmp_path)
+def test_train_views_carry_the_prior_depth_and_each_round_leaves_a_contact_sheet(split, fitted):
+    method, _, tmp_path = fitted
     for view in method.trainer.train_views:
         depth = view.data["prior_depth"]
         assert tuple(depth.shape) == (view.height, view.width) and bool((depth > 0).all())
@@ -119,7 +121,9 @@ def test_train_views_carry_the_prior_depth_and_each_round_leaves_a_contact_sheet
 
 
 def test_switched_off_components_call_no_prior(split, tmp_path):
-    config = {**resolve_preset("table1-1-baseline", "masked"), **SETTINGS}
+    baseline = resolve_preset("table1-1-baseline", "masked")  # Table 1's row 1: every component off
+    switches = {key: baseline[key] for key in ("train_view_depth", "sample_view_rgb", "sample_view_depth", "strategy")}
+    config = {**resolve_preset("quick", "masked"), **SETTINGS, **switches}
     method = GenFusion(device="cpu")
     method.fit(split.train, points=split.points, config=config, seed=0, workdir=tmp_path, priors=Priors())
     assert method.repair_log == [] and not any(k.startswith("repaired-") for e in method.history for k in e)
@@ -160,11 +164,11 @@ def test_run_without_method_skips_genfusion_saying_why(tmp_path, monkeypatch):
     assert "genfusion" in chosen
 
 
+@pytest.mark.slow  # builds the synthetic scene (48 frames) and runs one repair round
 def test_gfbench_run_genfusion_on_synthetic_masked_records_the_prior(tmp_path, monkeypatch, prior_folder):
     monkeypatch.delenv("GFBENCH_VIDEO_PRIOR", raising=False)
     data, out = tmp_path / "data", tmp_path / "results"
-    settings = ["--set", "steps=4", "--set", "repair_start=1", "--set", "repair_every=2", "--set", "repair_until=5",
-                "--set", "log_every=1"]
+    settings = ["--set", "steps=2", "--set", "repair_start=1", "--set", "repair_every=1", "--set", "repair_until=3"]
     result = CliRunner().invoke(main, ["run", "--data", str(data), "--results", str(out), "--suite", "synthetic-masked",
                                        "--method", "genfusion", "--scenes", "tabletop", "--prior", str(prior_folder),
                                        *settings])
@@ -178,6 +182,7 @@ def test_gfbench_run_genfusion_on_synthetic_masked_records_the_prior(tmp_path, m
     assert entry["kind"] == "video" and entry["name"] == "tiny-video"
     assert entry["files_sha256"] == folder_fingerprint(prior_folder) and "unet/diffusion_pytorch_model.safetensors" in entry["files_sha256"]
     assert record["identity"]["priors"]["video"]["name"] == "tiny-video"
-    history = json.loads((path.with_suffix("") / "history.json").read_text())
-    assert any(key.startswith("repaired-0/") for key in history[1]) and any(key.startswith("repaired-1/") for key in history[3])
+    rounds = json.loads((path.with_suffix("") / "genfusion" / "rounds.json").read_text())
+    assert [(r["step"], r["views"]) for r in rounds] == [(1, len(record["split"]["train_indices"]))]
+    assert (path.with_suffix("") / "genfusion" / rounds[0]["sheet"]).is_file()
     assert np.isfinite(record["metrics"]["psnr"])
