@@ -112,8 +112,24 @@ def resolve_config(method: str, preset: str, overrides: dict[str, Any], *, expli
     config.update(presets.check_overrides(overrides))
     check = getattr(cls, "check_config", None)
     if callable(check):
-        check(config, device=device)
+        for variant in protocol_variants(config):
+            check(variant, device=device)
     return config
+
+
+def protocol_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """``config`` resolved for each protocol its per-protocol values name (just ``config`` when it has none):
+    what a method's ``check_config`` sees when no protocol was given (e.g. a leaderboard's preset lookup)."""
+    from gfbench.methods.config import for_protocol, is_per_protocol
+
+    protocols = sorted({p for value in config.values() if is_per_protocol(value) for p in value})
+    variants = []
+    for protocol in protocols:
+        try:
+            variants.append(for_protocol(config, protocol))
+        except method_registry.ConfigError:
+            continue  # a protocol only some settings name: the preset is not meant for it
+    return variants if protocols else [config]
 
 
 def resolve_priors(suite: SuiteSpec, kinds: tuple[str, ...], named: dict[str, str | None]) -> dict[str, PriorSource]:

@@ -186,3 +186,15 @@ def test_gfbench_run_genfusion_on_synthetic_masked_records_the_prior(tmp_path, m
     assert [(r["step"], r["views"]) for r in rounds] == [(1, len(record["split"]["train_indices"]))]
     assert (path.with_suffix("") / "genfusion" / rounds[0]["sheet"]).is_file()
     assert np.isfinite(record["metrics"]["psnr"])
+
+
+def test_leaderboard_matches_a_record_to_its_preset_under_the_record_protocol():
+    from gfbench.leaderboard import Entries
+
+    for protocol in ("masked", "sparse"):
+        record = {"method": "genfusion", "preset": "code", "config": resolve_preset("code", protocol),
+                  "identity": {"protocol": {"type": protocol}}}
+        assert Entries().of(record).config == "code", protocol
+    changed = {**resolve_preset("code", "masked"), "lambda_reg": 1.0}  # the sparse value on a masked run
+    record = {"method": "genfusion", "preset": "code", "config": changed, "identity": {"protocol": {"type": "masked"}}}
+    assert Entries().of(record).config.startswith("cfg-")
