@@ -156,12 +156,27 @@ class Entries:
     def of(self, record: dict[str, Any]) -> Entry:
         method, preset, config = record["method"], record.get("preset"), _plain(record.get("config"))
         reference = self.preset(method, preset) if isinstance(preset, str) else None
+        reference = for_record_protocol(reference, record)
         entry = Entry(method, preset if reference is not None and reference == config else config_digest(config),
                       priors_label(record.get("priors")))
         if entry not in self.configs:
             self.configs[entry] = config
             self.differences[entry] = describe_difference(config, reference, preset)
         return entry
+
+
+def for_record_protocol(reference: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, Any] | None:
+    """A preset's config with its per-protocol values (``{masked: a, sparse: b}``) resolved to the protocol the
+    record ran under, as the runner resolved them; unchanged when it has none or the record names no protocol."""
+    from gfbench.methods.config import ConfigError, for_protocol, is_per_protocol
+
+    protocol = ((record.get("identity") or {}).get("protocol") or {}).get("type")
+    if reference is None or protocol is None or not any(is_per_protocol(v) for v in reference.values()):
+        return reference
+    try:
+        return for_protocol(reference, protocol)
+    except ConfigError:
+        return reference
 
 
 def describe_difference(config: Any, reference: dict[str, Any] | None, preset: Any) -> str:

@@ -96,9 +96,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def resolve_config(method: str, preset: str, overrides: dict[str, Any], *, explicit_preset: bool = True,
-                   device: str = "cpu", method_class: type | None = None) -> dict[str, Any]:
+                   device: str = "cpu", method_class: type | None = None,
+                   protocol: str | None = None) -> dict[str, Any]:
     """The checked config of ``method``: its ``preset`` with ``overrides`` (typed against the method's
-    settings), refused with a :class:`ConfigError` naming the setting, the value and what is allowed.
+    settings), refused with a :class:`ConfigError` naming the setting, the value and what is allowed;
+    ``protocol`` (the suite's protocol type) picks the values a preset gives per protocol.
 
     A method without a presets file takes no settings; it ignores the suite's default preset but refuses an
     ``explicit_preset``. The method class's ``check_config(config, device=...)`` runs last, if it has one.
@@ -108,12 +110,28 @@ def resolve_config(method: str, preset: str, overrides: dict[str, Any], *, expli
     if presets.path is None and not explicit_preset:
         config = {}
     else:
-        config = presets.config(preset)
+        config = presets.config(preset, protocol)
     config.update(presets.check_overrides(overrides))
     check = getattr(cls, "check_config", None)
     if callable(check):
-        check(config, device=device)
+        for variant in protocol_variants(config):
+            check(variant, device=device)
     return config
+
+
+def protocol_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """``config`` resolved for each protocol its per-protocol values name (just ``config`` when it has none):
+    what a method's ``check_config`` sees when no protocol was given (e.g. a leaderboard's preset lookup)."""
+    from gfbench.methods.config import for_protocol, is_per_protocol
+
+    protocols = sorted({p for value in config.values() if is_per_protocol(value) for p in value})
+    variants = []
+    for protocol in protocols:
+        try:
+            variants.append(for_protocol(config, protocol))
+        except method_registry.ConfigError:
+            continue  # a protocol only some settings name: the preset is not meant for it
+    return variants if protocols else [config]
 
 
 def resolve_priors(suite: SuiteSpec, kinds: tuple[str, ...], named: dict[str, str | None]) -> dict[str, PriorSource]:
@@ -138,7 +156,7 @@ def plan_jobs(suite: SuiteSpec, method_names: list[str], scenes: list[str] | Non
     for method in method_names:
         cls = method_registry.load_method_class(method)
         configs[method] = resolve_config(method, chosen_preset, overrides, explicit_preset=preset is not None,
-                                         device=device, method_class=cls)
+                                         device=device, method_class=cls, protocol=suite.protocol_type)
         sources[method] = resolve_priors(suite, method_registry.capabilities_of(cls).priors, priors or {})
     return [
         Job(suite, scene, method, seed, configs[method], chosen_preset, sources[method], prior_cache)

@@ -15,7 +15,9 @@ The runner constructs it as ``cls(device="cpu" | "cuda")`` and calls::
   ``priors["depth"].predict(images)`` (relative inverse depth). The runner resolves the priors a method's
   capabilities name (``--depth-prior PATH|oracle``) and records each with the sha256 of its files. A ``fit``
   without a ``priors`` parameter is called without it.
-- ``config``: the resolved preset, checked against the typed settings (:mod:`gfbench.methods.config`).
+- ``config``: the resolved preset, checked against the typed settings (:mod:`gfbench.methods.config`); a
+  preset value given per protocol (``{masked: a, sparse: b}``) arrives as the suite's protocol's value (the
+  method is not told the protocol otherwise).
 
 Class attributes the registry reads (all optional):
 
@@ -34,8 +36,10 @@ Priors
 relative inverse depth map per HxWx3 image (uint8, or float in [0, 1], numpy or torch); predictions of the
 scene's images are cached on disk, pass ``cache=False`` for renders that will not recur. ``source`` names the
 prior (``oracle`` or the folder, with sha256s); ``novel_images`` is False for the oracle, which knows only the
-stored depth of the train images (a pseudo view's render has none). A new kind of prior (a video diffusion
-model) is a module under ``gfbench/priors`` that calls ``register_kind(PriorKind(...))`` (resolve at planning,
+stored depth of the train images (a pseudo view's render has none). ``priors["video"]``
+(:mod:`gfbench.priors.video`, named by ``--prior PATH`` or ``$GFBENCH_VIDEO_PRIOR``): ``repair(RGBDVideo,
+reference_image)`` and ``estimate_depth(frames)``, GenFusion's RGB-D video diffusion prior. A new kind of prior
+is a module under ``gfbench/priors`` that calls ``register_kind(PriorKind(...))`` (resolve at planning,
 load before the first job, build per scene) plus its flag in ``gfbench run`` (``benchmark/cli/run.py``).
 
 Gaussian methods
@@ -75,13 +79,12 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import numpy as np
 
 from gfbench.camera import Camera
-from gfbench.methods.config import ConfigError, MethodPresets, builtin_presets_dir, no_presets, read_presets
+from gfbench.methods.config import PROTOCOLS, ConfigError, MethodPresets, builtin_presets_dir, no_presets, read_presets
 from gfbench.scene import PointCloud
 from gfbench.views import View
 
 ENTRY_POINT_GROUP = "gfbench.methods"
 DEVICES = ("cpu", "cuda")
-PROTOCOLS = ("masked", "corner", "sparse")
 PRIOR_KINDS = ("depth", "video")
 
 ProgressFn = Callable[[int, dict[str, float]], None]

@@ -19,6 +19,11 @@ Setting fields: ``type`` (``int``, ``float``, ``bool``, ``str``), bounds ``min``
 ``gt`` / ``lt`` (exclusive), ``choices``, ``odd`` (ints), ``nullable`` (null allowed), ``optional`` (a preset
 may leave it out: the setting is only read by some configurations, e.g. the MCMC strategy's), ``help``.
 
+A preset value may differ per suite protocol: ``{masked: 0.5, sparse: 1.0}`` (keys among
+:data:`PROTOCOLS`), each value checked against the setting; :meth:`MethodPresets.config` with ``protocol=``
+picks the protocol's value (the runner passes the suite's protocol type, so a method only ever sees plain
+values and a record's config holds the numbers that ran).
+
 Every preset must give every non-optional setting a valid value and nothing else; ``--set`` overrides are
 checked against the same schema. A :class:`ConfigError` names the file or method, the setting, the value and
 what is allowed.
@@ -35,6 +40,7 @@ from typing import Any
 import yaml
 
 TYPES = ("int", "float", "bool", "str")
+PROTOCOLS = ("masked", "corner", "sparse")  # suite protocol types a preset value may be given per
 _SETTING_FIELDS = {"type", "min", "max", "gt", "lt", "choices", "odd", "nullable", "optional", "help"}
 _FILE_FIELDS = {"include", "settings", "presets"}
 
@@ -89,7 +95,10 @@ class Setting:
 
     def check(self, value: Any) -> Any:
         """``value`` as the setting's type (an int or a numeric string is accepted for a float; YAML reads
-        ``1e-3`` as a string); ConfigError when it is not allowed."""
+        ``1e-3`` as a string); ConfigError when it is not allowed. A per-protocol mapping has each of its
+        values checked."""
+        if is_per_protocol(value):
+            return {protocol: self.check(item) for protocol, item in value.items()}
         if value is None and self.nullable:
             return None
         checked = self._typed(value)
@@ -123,6 +132,25 @@ class Setting:
         return ((self.min is None or value >= self.min) and (self.max is None or value <= self.max)
                 and (self.gt is None or value > self.gt) and (self.lt is None or value < self.lt)
                 and (not self.odd or value % 2 == 1))
+
+
+def is_per_protocol(value: Any) -> bool:
+    """Whether ``value`` is a per-protocol mapping such as ``{masked: 0.5, sparse: 1.0}``."""
+    return isinstance(value, dict) and bool(value) and set(value) <= set(PROTOCOLS)
+
+
+def for_protocol(config: dict[str, Any], protocol: str, where: str = "") -> dict[str, Any]:
+    """``config`` with every per-protocol value replaced by ``protocol``'s; ConfigError when one has none."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"{where}protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    out = {}
+    for key, value in config.items():
+        if is_per_protocol(value):
+            if protocol not in value:
+                raise ConfigError(f"{where}setting {key!r} has no value for the {protocol} protocol: {value}")
+            value = value[protocol]
+        out[key] = value
+    return out
 
 
 def _num(value: float) -> str:
@@ -234,12 +262,14 @@ class MethodPresets:
     settings: dict[str, Setting]
     presets: dict[str, dict[str, Any]]
 
-    def config(self, preset: str) -> dict[str, Any]:
+    def config(self, preset: str, protocol: str | None = None) -> dict[str, Any]:
+        """The settings of ``preset``; with ``protocol``, every per-protocol value resolved to that protocol's."""
+        where = f"{self.path}: " if self.path else ""
         if preset not in self.presets:
-            where = f"{self.path}: " if self.path else ""
             known = ", ".join(self.presets) or "none (the method has no presets file)"
             raise ConfigError(f"{where}method {self.method!r} has no preset {preset!r}; presets: {known}")
-        return dict(self.presets[preset])
+        config = dict(self.presets[preset])
+        return config if protocol is None else for_protocol(config, protocol, f"{where}preset {preset!r}: ")
 
     def check_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """``overrides`` with each value typed; ConfigError for an unknown setting or a value not allowed."""
@@ -283,5 +313,5 @@ def no_presets(method: str) -> MethodPresets:
     return MethodPresets(method=method, path=None, settings={}, presets={})
 
 
-__all__ = ["ConfigError", "MethodPresets", "Setting", "builtin_presets_dir", "find_include", "no_presets",
-           "parse_setting", "read_presets"]
+__all__ = ["PROTOCOLS", "ConfigError", "MethodPresets", "Setting", "builtin_presets_dir", "find_include",
+           "for_protocol", "is_per_protocol", "no_presets", "parse_setting", "read_presets"]

@@ -1,25 +1,28 @@
-"""GenFusion's draft presets: every preset resolves for both protocols into settings the GenFusion modules
-accept, the Table 1 ablation rows switch exactly one component each, and the paper/code differences."""
+"""GenFusion's presets (methods/presets/genfusion.yaml): every preset resolves for both protocols into settings
+the GenFusion modules accept, the Table 1 ablation rows switch exactly one component each, the paper/code
+differences, and per-protocol values in the typed settings."""
 
 from __future__ import annotations
 
 import pytest
 
-from gfbench.methods import load_preset
+from gfbench.methods import load_preset, method_presets
+from gfbench.methods.config import ConfigError, read_presets
 from gfbench.methods.genfusion.densification import SparsityAwareStrategy
 from gfbench.methods.genfusion.presets import (
     GENFUSION_KEYS,
     PROTOCOLS,
     STRATEGIES,
+    TRAJECTORIES,
     for_protocol,
-    load_draft,
+    preset_names,
     resolve_preset,
 )
 from gfbench.methods.genfusion.schedule import RepairSchedule
 from gfbench.methods.genfusion.trajectories import EllipseSettings
 from gfbench.methods.genfusion.windows import REFERENCE_RULES, WINDOW_RULES
 
-PRESETS = sorted(load_draft())
+PRESETS = sorted(preset_names())
 TWO_DGS_KEYS = set(load_preset("2dgs", "paper"))
 ROWS = [name for name in PRESETS if name.startswith("table1-")]
 SWITCHES = ("train_view_depth", "sample_view_rgb", "sample_view_depth", "strategy")
@@ -34,6 +37,7 @@ def test_every_preset_resolves_into_settings_the_modules_accept(name, protocol):
     assert all(isinstance(config[k], bool) for k in SWITCHES[:3])
     assert config["strategy"] in STRATEGIES
     assert config["window_rule"] in WINDOW_RULES and config["reference_rule"] in REFERENCE_RULES
+    assert TRAJECTORIES[config["trajectory"]] == protocol  # masked: the train poses; sparse: the ellipse
     schedule = RepairSchedule.from_config(config)
     assert schedule.rounds() and schedule.rounds()[-1] < config["steps"]
     EllipseSettings.from_config(config)
@@ -85,13 +89,22 @@ def test_quick_has_two_rounds_and_a_gate_that_bites_in_300_steps():
 def test_per_protocol_values_and_errors(tmp_path):
     config = {"a": {"masked": 1, "sparse": 2}, "b": 3, "c": {"masked": 4}, "d": {"other": 5}}
     assert for_protocol(config, "masked") == {"a": 1, "b": 3, "c": 4, "d": {"other": 5}}
-    with pytest.raises(KeyError, match="'c' has no value for the sparse protocol"):
+    with pytest.raises(ConfigError, match="'c' has no value for the sparse protocol"):
         for_protocol(config, "sparse")
-    with pytest.raises(ValueError, match="protocol 'dense'"):
+    with pytest.raises(ConfigError, match="protocol 'dense'"):
         for_protocol(config, "dense")
-    with pytest.raises(KeyError, match="no preset 'fast'"):
+    with pytest.raises(ValueError, match="protocol 'corner'"):
+        resolve_preset("paper", "corner")
+    with pytest.raises(ConfigError, match="no preset 'fast'"):
         resolve_preset("fast", "masked")
-    bad = tmp_path / "presets.yaml"
-    bad.write_text("paper:\n  steps: 10\n")
-    with pytest.raises(ValueError, match="preset 'paper' must be a mapping with `extends: 2dgs/<preset>`"):
-        load_draft(bad)
+    assert method_presets("genfusion").presets["code"]["lambda_reg"] == {"masked": 0.5, "sparse": 1.0}
+
+
+def test_per_protocol_values_are_typed_like_plain_ones(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("settings:\n  w: {type: float, min: 0}\npresets:\n  p: {w: {masked: 1, sparse: -1}}\n")
+    with pytest.raises(ConfigError, match="preset 'p': setting 'w' = -1 is not allowed"):
+        read_presets(path, "m")
+    path.write_text("settings:\n  w: {type: float, min: 0}\npresets:\n  p: {w: {masked: 1, sparse: 2}}\n")
+    presets = read_presets(path, "m")
+    assert presets.config("p", "sparse") == {"w": 2.0} and presets.config("p") == {"w": {"masked": 1.0, "sparse": 2.0}}

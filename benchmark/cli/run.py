@@ -70,6 +70,10 @@ def explain(reason: str) -> str:
               help="Depth prior for methods that need one: a local transformers folder (Depth Anything, DPT), "
                    "or 'oracle' (the dataset's own depth, only where the suite allows it). "
                    "Default: $GFBENCH_DEPTH_PRIOR.")
+@click.option("--prior", "video_prior", metavar="PATH",
+              help="Video diffusion prior for methods that need one (GenFusion): a local folder saved by "
+                   "gfbench's video prior (save_pretrained, or 'gfbench prior convert'). "
+                   "Default: $GFBENCH_VIDEO_PRIOR.")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RESULTS,
               show_default=True, help="Where result records and renders go.")
 @click.option("--data", "root", metavar="PATH|URL",
@@ -90,8 +94,8 @@ def explain(reason: str) -> str:
                    "recorded as failed (a job that raises is recorded as failed at once).")
 @click.option("--dry-run", is_flag=True,
               help="Print the jobs, their config hashes and whether each is already recorded; run nothing.")
-def run(suite_id, method_names, scenes, seeds, preset, settings, depth_prior, results_dir, root, device,
-        overwrite, executor, address, max_retries, dry_run) -> None:
+def run(suite_id, method_names, scenes, seeds, preset, settings, depth_prior, video_prior, results_dir, root,
+        device, overwrite, executor, address, max_retries, dry_run) -> None:
     """Run methods on a suite: one job per scene x method x seed, one result record per job.
 
     Finished jobs (same suite, protocol, data, config, priors and seed) are skipped, so an interrupted run
@@ -110,7 +114,7 @@ def run(suite_id, method_names, scenes, seeds, preset, settings, depth_prior, re
 
         if not torch.cuda.is_available():
             raise click.ClickException("--device cuda: no CUDA device is available here")
-    named_priors = {"depth": depth_prior}
+    named_priors = {"depth": depth_prior, "video": video_prior}
     try:
         suite = specs.load_suite(suite_id)
         configured = {kind for kind, handler in KINDS.items() if handler.named(named_priors.get(kind))}

@@ -4,7 +4,8 @@ A prior is loaded from a local folder (``from_pretrained(path)`` in diffusers / 
 inside gfbench: the folder is named by a command-line flag or an environment variable, and a missing or broken
 folder is a :class:`PriorError` raised before any training. The runner resolves priors and hands them to a
 method's ``fit`` as a :class:`Priors` mapping (kind -> prior); every record lists each prior it used with the
-sha256 of every file in its folder (:func:`folder_fingerprint`). Kinds: ``depth`` (:mod:`gfbench.priors.depth`).
+sha256 of every file in its folder (:func:`folder_fingerprint`). Kinds: ``depth`` (:mod:`gfbench.priors.depth`),
+``video`` (:mod:`gfbench.priors.video_kind`, the model in :mod:`gfbench.priors.video`).
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ def resolve_prior_folder(value: str | os.PathLike | None, *, env_var: str, what:
 
 
 from gfbench.priors import depth as _depth  # noqa: E402,F401  registers the depth kind
+from gfbench.priors import video_kind as _video_kind  # noqa: E402,F401  registers the video kind
 
 __all__ = ["KINDS", "ORACLE", "PriorError", "PriorKind", "PriorSource", "Priors", "folder_fingerprint", "prior_kind",
            "priors_label", "register_kind", "resolve_prior_folder"]

@@ -7,7 +7,8 @@
 - :mod:`.depth_loss` and :mod:`.losses`: the scale-and-shift-invariant depth loss and the terms per view kind;
 - :mod:`.densification`: sparsity-aware densification as a gsplat strategy;
 - :mod:`.contact_sheet`: a PNG per round showing what the prior did;
-- :mod:`.presets` and ``presets_draft.yaml``: the numbers, per protocol, with their sources.
+- :mod:`.presets` and ``methods/presets/genfusion.yaml``: the numbers, per protocol, with their sources;
+- :mod:`.method`: :class:`GenFusion`, the method (entry point ``genfusion``) that puts the pieces together.
 
 A round, for the training loop: at ``steps_done`` in ``RepairSchedule.rounds()``, drop the previous round's
 repaired views; ``repair_trajectory`` -> ``overlapping_windows`` -> per clip ``diffusion_crop``, render RGB-D,
@@ -19,6 +20,7 @@ from gfbench.methods.genfusion.contact_sheet import repair_contact_sheet, save_r
 from gfbench.methods.genfusion.densification import SparsityAwareStrategy
 from gfbench.methods.genfusion.depth_loss import scale_and_shift, ssi_depth_loss
 from gfbench.methods.genfusion.losses import repaired_view_terms, train_view_depth_terms
+from gfbench.methods.genfusion.method import GenFusion, RepairedViews
 from gfbench.methods.genfusion.presets import for_protocol, resolve_preset
 from gfbench.methods.genfusion.schedule import RepairSchedule
 from gfbench.methods.genfusion.trajectories import (
@@ -32,7 +34,9 @@ from gfbench.methods.genfusion.windows import Window, nearest_reference, overlap
 
 __all__ = [
     "EllipseSettings",
+    "GenFusion",
     "RepairSchedule",
+    "RepairedViews",
     "SparsityAwareStrategy",
     "Window",
     "diffusion_crop",

@@ -26,7 +26,9 @@ import torch
 from gsplat.strategy.ops import duplicate, reset_opa, split
 from torch import Tensor
 
-from gfbench.methods.core.training import STRATEGY_KEYS, OpacityResettingStrategy
+from gfbench.methods.core.strategies import OpacityResettingStrategy
+
+STRATEGY_KEYS = OpacityResettingStrategy.CONFIG_KEYS  # the default strategy's numbers, which this one also reads
 
 SPARSITY_KEYS = ("min_visibility_base", "min_visibility_every", "min_visibility_cap", "stats_reset_count")
 
