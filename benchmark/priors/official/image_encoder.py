@@ -152,3 +152,7 @@ class OpenCLIPImageEncoder(ModelMixin, ConfigMixin):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         dtype = self.model.visual.conv1.weight.dtype
         return self.model.visual(self.preprocess(images.to(dtype)))
+
+    def image_features(self, references: torch.Tensor) -> torch.Tensor:
+        """The video prior's hook: reference images ``(N, 3, H, W)`` in ``[-1, 1]``, preprocessed here."""
+        return self(references)
