@@ -12,7 +12,7 @@ from gfbench.priors import PriorError
 from gfbench.priors.official import (GenFusionUNet3D, ImageProjector, OfficialArchitecture, OpenCLIPImageEncoder,
                                      convert_checkpoint, load_converted)
 from gfbench.priors.official.convert import official_prior_settings
-from gfbench.priors.official.synthetic import synthetic_weight, write_official_layout_checkpoint
+from gfbench.priors.official.synthetic import write_official_layout_sources
 from gfbench.priors.video import RGBDVideo, load_video_prior
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
@@ -27,14 +27,10 @@ def tiny_architecture(text_context_len: int) -> OfficialArchitecture:
     return OfficialArchitecture.from_dict(data, origin="tiny")
 
 
-def convert_tiny(root: Path, architecture: OfficialArchitecture) -> Path:
-    checkpoint = write_official_layout_checkpoint(root / "epoch=0-step=0.ckpt", architecture)
-    vae = architecture.build("vae")
-    vae.load_state_dict({key: synthetic_weight("first_stage_model." + key, tuple(t.shape))
-                         for key, t in vae.state_dict().items()})
-    vae.save_pretrained(root / "ldm3d-4c" / "vae")
-    return convert_checkpoint(checkpoint, root / "ldm3d-4c", root / "genfusion", architecture=architecture,
-                              dtype="float32", prior_overrides=SMALL)
+def convert_tiny(root: Path, architecture: OfficialArchitecture, dtype: str = "float32") -> Path:
+    checkpoint, vae_dir = write_official_layout_sources(root, architecture)
+    return convert_checkpoint(checkpoint, vae_dir, root / "genfusion", architecture=architecture, dtype=dtype,
+                              prior_overrides=SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +105,14 @@ def test_the_reference_image_reaches_the_unet(converted):
     assert not torch.allclose(plain.rgb, changed.rgb)
 
 
-def test_too_few_image_tokens_for_the_trained_split_is_refused(tmp_path):
-    """The tiny fixture keeps the official 77 "text" slots but its projector makes 6 tokens: nothing would reach
-    the image projections, so denoise refuses rather than silently dropping the image path."""
-    folder = convert_tiny(tmp_path, tiny_architecture(text_context_len=77))
+def test_float16_folder_runs_in_float32_on_the_cpu_and_too_few_image_tokens_are_refused(tmp_path):
+    """The default (float16) conversion loads in float32 on the CPU and keeps float16 for the GPU. The tiny
+    fixture keeps the official 77 "text" slots but its projector makes 6 tokens: nothing would reach the image
+    projections, so denoise refuses rather than silently dropping the image path."""
+    folder = convert_tiny(tmp_path, tiny_architecture(text_context_len=77), dtype="float16")
     prior = load_video_prior(folder)
+    assert prior.settings.gpu_dtype == "float16"
+    assert {p.dtype for module in prior.modules().values() for p in module.parameters()} == {torch.float32}
     with pytest.raises(ValueError, match="6 image tokens leave none for the image cross-attention"):
         prior.repair(small_video(), small_video().rgb[0], seed=0)
 

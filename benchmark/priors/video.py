@@ -609,14 +609,14 @@ def _check_components(settings, unet, vae, image_encoder, image_proj, scheduler)
                         f"downsampling factor {factor}")
     if getattr(unet.config, "in_channels", 8) != 8 or getattr(unet.config, "out_channels", 4) != 4:
         problems.append("unet must take 8 channels (noise latent + artifact latent) and return 4")
-    proj_in, proj_out = (_config_value(image_proj, names) for names in (("embed_dims", "embedding_dim"),
-                                                                         ("output_dims", "output_dim")))
-    encoder_width = _config_value(image_encoder, ("hidden_size", "width"))
+    (in_name, proj_in), (out_name, proj_out) = (_config_value(image_proj, names) for names in
+                                                (("embed_dims", "embedding_dim"), ("output_dims", "output_dim")))
+    width_name, encoder_width = _config_value(image_encoder, ("hidden_size", "width"))
     if proj_in != encoder_width:
-        problems.append(f"image_proj input width {proj_in} != image_encoder width {encoder_width}")
-    cross_attention = _config_value(unet, ("cross_attention_dim", "context_dim"), default=proj_out)
-    if proj_out != cross_attention:
-        problems.append(f"image_proj output width {proj_out} != unet cross-attention width {cross_attention}")
+        problems.append(f"image_proj.{in_name} {proj_in} != image_encoder {width_name} {encoder_width}")
+    cross_name, cross_attention = _config_value(unet, ("cross_attention_dim", "context_dim"))
+    if cross_attention is not None and proj_out != cross_attention:
+        problems.append(f"image_proj.{out_name} {proj_out} != unet {cross_name} {cross_attention}")
     if settings.reference.size != image_encoder.config.image_size:
         problems.append(f"reference.size {settings.reference.size} != image_encoder image_size "
                         f"{image_encoder.config.image_size}")
@@ -628,15 +628,15 @@ def _check_components(settings, unet, vae, image_encoder, image_proj, scheduler)
 
 # --- small helpers ----------------------------------------------------------------------------------------------
 
-def _config_value(module, names: tuple[str, ...], default=None):
-    """The first of ``names`` in a component's config (diffusers and transformers configs name widths
-    differently)."""
+def _config_value(module, names: tuple[str, ...]) -> tuple[str, object]:
+    """The first of ``names`` present in a component's config, with its value (diffusers and transformers
+    configs name widths differently); ``(names[0], None)`` when none is."""
     config = module.config
     for name in names:
         value = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
         if value is not None:
-            return value
-    return default
+            return name, value
+    return names[0], None
 
 
 def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:

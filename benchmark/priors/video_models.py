@@ -219,5 +219,5 @@ class ImageResampler(ModelMixin, ConfigMixin):
         return self.resampler(features)
 
 
-__all__ = ["ImageResampler", "resolve_component_class", "SpatioTemporalUNet", "VIDEO_UNETS", "VideoDenoiser", "VideoUNet",
-           "register_video_unet", "resolve_video_unet"]
+__all__ = ["ImageResampler", "SpatioTemporalUNet", "VIDEO_UNETS", "VideoDenoiser", "VideoUNet",
+           "register_video_unet", "resolve_component_class", "resolve_video_unet"]
