@@ -31,13 +31,14 @@ from typing import Callable
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from gfbench import __version__
 from gfbench.metrics import sha256_file
 from gfbench.priors import PriorError, folder_fingerprint
 from gfbench.priors.official.architecture import MODEL_CLASSES, OfficialArchitecture
 from gfbench.priors.official.key_map import KeyMap
+from gfbench.priors.official.loading import load_model_folder
 
 PROJECT_COMPONENTS = ("unet", "image_projector", "image_encoder")
 # Component -> subfolder: the video prior's folder layout (gfbench.priors.video).
@@ -304,19 +305,7 @@ class ConvertedModels:
 
 
 def _load_component(folder: Path, model_class, torch_dtype: torch.dtype | None, device) -> torch.nn.Module:
-    """Build on the meta device and take the saved tensors as parameters: no random initialisation of billions of
-    weights first (what ``from_pretrained`` does without ``accelerate``)."""
-    with torch.device("meta"):
-        model = model_class.from_config(model_class.load_config(folder))
-    state = load_file(folder / WEIGHTS_NAME, device=str(device))
-    if torch_dtype is not None:
-        state = {key: t.to(torch_dtype) if t.is_floating_point() else t for key, t in state.items()}
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as error:
-        raise PriorError(f"{folder / WEIGHTS_NAME}: does not fit {folder / 'config.json'} "
-                         f"({_first_line(error)})") from None
-    return model.eval()
+    return load_model_folder(model_class, folder, torch_dtype=torch_dtype, device=device)
 
 
 def load_converted(folder: str | os.PathLike, *, torch_dtype: torch.dtype | None = None,

@@ -13,6 +13,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from gfbench.priors.official.layers import SpatialTransformer, TemporalTransformer, sinusoidal_embedding
+from gfbench.priors.official.loading import FolderLoadingMixin
 from gfbench.priors.video_models import register_video_unet
 
 
@@ -149,7 +150,7 @@ class MidBlock(nn.Module):
 
 
 @register_video_unet
-class GenFusionUNet3D(ModelMixin, ConfigMixin):
+class GenFusionUNet3D(FolderLoadingMixin, ModelMixin, ConfigMixin):
     """The released GenFusion video UNet (v-prediction over 4-channel RGB-D latents).
 
     ``forward(sample, timestep, encoder_hidden_states, fps=None)``: ``sample`` is ``(B, in_channels, T, H, W)``
