@@ -13,7 +13,7 @@ from gfbench.priors.official import (GenFusionUNet3D, ImageProjector, OfficialAr
                                      convert_checkpoint, load_converted)
 from gfbench.priors.official.convert import official_prior_settings
 from gfbench.priors.official.synthetic import write_official_layout_sources
-from gfbench.priors.video import RGBDVideo, load_video_prior
+from gfbench.priors.video import RGBDVideo, build_video_prior, load_video_prior, video_prior_spec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
 SMALL = {"height": 16, "width": 24, "sampling": {"steps": 2, "eta": 1.0, "guidance_scale": 3.2,
@@ -57,6 +57,13 @@ def test_prior_json_holds_the_official_inference_settings():
     assert settings["reference"]["mean"] == [0.48145466, 0.4578275, 0.40821073]
     assert settings["unet_class"] == "gfbench.priors.official:GenFusionUNet3D"
     assert settings["gpu_dtype"] == "float16"
+
+
+def test_a_build_spec_cannot_claim_the_official_image_classes():
+    spec = copy.deepcopy(video_prior_spec("tiny"))
+    spec["prior"]["image_encoder_class"] = "gfbench.priors.official:OpenCLIPImageEncoder"
+    with pytest.raises(PriorError, match="a build spec makes a CLIPVisionModel and an ImageResampler"):
+        build_video_prior(spec)
 
 
 def test_converted_folder_loads_as_a_video_prior(converted):

@@ -578,6 +578,10 @@ def build_video_prior(spec: str | os.PathLike | dict = "tiny", *, seed: int = 0)
     data = video_prior_spec(spec)
     settings = VideoPriorSettings.from_dict(data["prior"], "build spec 'prior'")
     unet_class = resolve_video_unet(settings.unet_class)
+    if (settings.image_encoder_class, settings.image_proj_class) != ("CLIPVisionModel", "ImageResampler"):
+        raise PriorError(f"{WHAT}: a build spec makes a CLIPVisionModel and an ImageResampler, not "
+                         f"{settings.image_encoder_class!r} / {settings.image_proj_class!r}; a converted released "
+                         f"model comes from 'gfbench prior convert'")
 
     def arguments(section: str) -> dict:
         return {key: value for key, value in data[section].items() if not key.startswith("_")}
