@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from gfbench.priors import PriorError
@@ -33,7 +34,7 @@ def load_model_folder(model_class, folder: str | os.PathLike, *, torch_dtype: to
         model = model_class.from_config(model_class.load_config(folder))
     try:
         state = load_file(folder / WEIGHTS_NAME, device=str(device))
-    except (OSError, RuntimeError, ValueError) as error:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as error:
         raise PriorError(f"{folder / WEIGHTS_NAME}: cannot be read, truncated or corrupt "
                          f"({first_line(error)})") from None
     if torch_dtype is not None:
