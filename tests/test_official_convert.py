@@ -51,9 +51,9 @@ def converted(tmp_path_factory, architecture, sources):
 
 def test_folder_layout_and_source_hashes(converted, sources):
     checkpoint, vae_dir = sources
-    for component in ("unet", "image_projector", "image_encoder", "vae"):
-        assert (converted / component / "config.json").is_file()
-        assert (converted / component / "diffusion_pytorch_model.safetensors").is_file()
+    for folder in ("unet", "image_proj", "image_encoder", "vae"):
+        assert (converted / folder / "config.json").is_file()
+        assert (converted / folder / "diffusion_pytorch_model.safetensors").is_file()
     assert (converted / "scheduler" / "scheduler_config.json").is_file()
     assert not converted.with_name(converted.name + ".partial").exists()
     source = json.loads((converted / "source.json").read_text())
@@ -70,8 +70,8 @@ def test_folder_layout_and_source_hashes(converted, sources):
 
 def test_converted_weights_are_the_checkpoint_tensors(converted, architecture):
     key_map = KeyMap(architecture.unet)
-    for component in ("unet", "image_projector", "image_encoder"):
-        weights = load_file(converted / component / "diffusion_pytorch_model.safetensors")
+    for component, folder in (("unet", "unet"), ("image_projector", "image_proj"), ("image_encoder", "image_encoder")):
+        weights = load_file(converted / folder / "diffusion_pytorch_model.safetensors")
         for key, tensor in weights.items():
             expected = synthetic_weight(key_map.to_official(component, key), tuple(tensor.shape))
             assert torch.equal(tensor, expected), key
@@ -111,7 +111,7 @@ def test_load_converted_casts_and_checks_weights(tmp_path, converted):
     assert {p.dtype for p in half.unet.parameters()} == {torch.float16}
     mismatched = tmp_path / "mismatched"
     shutil.copytree(converted, mismatched)
-    shutil.copy(converted / "image_projector" / "diffusion_pytorch_model.safetensors",
+    shutil.copy(converted / "image_proj" / "diffusion_pytorch_model.safetensors",
                 mismatched / "unet" / "diffusion_pytorch_model.safetensors")
     with pytest.raises(PriorError, match="unet/diffusion_pytorch_model.safetensors: does not fit"):
         load_converted(mismatched)
@@ -122,8 +122,8 @@ def test_load_converted_names_what_is_missing(tmp_path, converted):
 
     partial = tmp_path / "partial"
     shutil.copytree(converted, partial)
-    shutil.rmtree(partial / "image_projector")
-    with pytest.raises(PriorError, match="no image_projector/config.json; expected a folder written by"):
+    shutil.rmtree(partial / "image_proj")
+    with pytest.raises(PriorError, match="no image_proj/config.json; expected a folder written by"):
         load_converted(partial)
 
 

@@ -20,8 +20,8 @@ def prior_group() -> None:
 @click.option("--vae", "vae", required=True, type=click.Path(path_type=Path),
               help="The Intel/ldm3d-4c folder (or its vae/ subfolder): the 4-channel RGB-D AutoencoderKL.")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
-              help="Folder to create with unet/, image_projector/, image_encoder/, vae/, scheduler/, "
-                   "architecture.json and source.json.")
+              help="Video-prior folder to create (prior.json, unet/, image_proj/, image_encoder/, vae/, "
+                   "scheduler/, architecture.json, source.json); pass it as --prior.")
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16",
               show_default=True, help="Precision of the written weights.")
 @click.option("--architecture", "architecture_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),

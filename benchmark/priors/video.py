@@ -18,8 +18,8 @@ A prior is a folder (``--prior PATH`` or ``$GFBENCH_VIDEO_PRIOR``)::
     prior.json                      settings: resolution, frames, latent scale, sampling, dropout, UNet class
     unet/config.json, unet/diffusion_pytorch_model.safetensors          (class named by prior.json unet_class)
     vae/config.json, vae/diffusion_pytorch_model.safetensors            (diffusers AutoencoderKL, 4 -> 4 channels)
-    image_encoder/config.json, image_encoder/model.safetensors          (transformers CLIPVisionModel)
-    image_proj/config.json, image_proj/diffusion_pytorch_model.safetensors  (ImageResampler)
+    image_encoder/config.json, image_encoder/model.safetensors          (class named by image_encoder_class)
+    image_proj/config.json, image_proj/diffusion_pytorch_model.safetensors  (class named by image_proj_class)
     scheduler/scheduler_config.json                                     (diffusers DDIMScheduler, v-prediction)
 
 Sampling follows the official DDIM sampler: pure noise, ``steps`` DDIM steps with ``eta``, classifier-free guidance
@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from gfbench.priors import PriorError, PriorSource, folder_fingerprint, resolve_prior_folder
-from gfbench.priors.video_models import ImageResampler, resolve_video_unet
+from gfbench.priors.video_models import ImageResampler, resolve_component_class, resolve_video_unet
 
 ENV_VAR = "GFBENCH_VIDEO_PRIOR"
 FLAG = "--prior"
@@ -57,6 +57,10 @@ CONFIG_FILES = {"unet": "config.json", "vae": "config.json", "image_encoder": "c
                 "image_proj": "config.json", "scheduler": "scheduler_config.json"}
 WEIGHT_FILES = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
                 "image_encoder": "model.safetensors", "image_proj": "diffusion_pytorch_model.safetensors"}
+# Either library's weight file name, whatever the component's class (a diffusers image encoder saves the other).
+WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
+IMAGE_ENCODERS = {"CLIPVisionModel": CLIPVisionModel}
+IMAGE_PROJECTORS = {"ImageResampler": ImageResampler}
 PRESETS = ("tiny", "genfusion-512")
 
 
@@ -113,6 +117,10 @@ class VideoPriorSettings:
     output_depth_epsilon: float
     condition_dropout: float
     gpu_dtype: str
+    # Optional in prior.json. An image encoder class with an ``image_features(references)`` method (references
+    # ``[B, 3, H, W]`` in [-1, 1]) does its own preprocessing; otherwise ``reference`` above says how.
+    image_encoder_class: str = "CLIPVisionModel"
+    image_proj_class: str = "ImageResampler"
 
     @classmethod
     def from_dict(cls, data: dict, where: str) -> VideoPriorSettings:
@@ -138,7 +146,12 @@ def _parse_dataclass(cls, data, where: str):
     if unknown:
         raise PriorError(f"{where}: unknown setting {unknown[0]!r} (known: {', '.join(names)})")
     values = {}
+    defaults = {field.name: field.default for field in dataclasses.fields(cls)
+                if field.default is not dataclasses.MISSING}
     for name in names:
+        if name not in data and name in defaults:
+            values[name] = defaults[name]
+            continue
         if name not in data:
             raise PriorError(f"{where}: missing setting {name!r}")
         values[name] = _parse_value(hints[name], data[name], f"{where}.{name}")
@@ -272,8 +285,10 @@ class DiffusionVideoPrior:
         components = {
             "unet": unet_class.from_pretrained,
             "vae": AutoencoderKL.from_pretrained,
-            "image_encoder": CLIPVisionModel.from_pretrained,
-            "image_proj": ImageResampler.from_pretrained,
+            "image_encoder": resolve_component_class(settings.image_encoder_class, "image_encoder_class",
+                                                     IMAGE_ENCODERS).from_pretrained,
+            "image_proj": resolve_component_class(settings.image_proj_class, "image_proj_class",
+                                                  IMAGE_PROJECTORS).from_pretrained,
             "scheduler": DDIMScheduler.from_pretrained,
         }
         loaded = {name: _load_component(folder, name, load) for name, load in components.items()}
@@ -432,7 +447,12 @@ class DiffusionVideoPrior:
 
     def image_tokens(self, references: torch.Tensor) -> torch.Tensor:
         """Reference images ``[B, 3, H, W]`` in [-1, 1] to cross-attention tokens ``[B, N, D]`` (the encoder's last
-        hidden states before its final layer norm, as the official OpenCLIP embedder takes, then the resampler)."""
+        hidden states before its final layer norm, as the official OpenCLIP embedder takes, then the resampler).
+        An encoder with an ``image_features`` method preprocesses the images itself."""
+        if callable(getattr(self.image_encoder, "image_features", None)):
+            with torch.no_grad():
+                features = self.image_encoder.image_features(references.to(self.device, self.dtype))
+            return self.image_proj(features)
         settings = self.settings.reference
         pixels = F.interpolate(references.float(), size=(settings.size, settings.size), mode="bicubic",
                                align_corners=False, antialias=True)
@@ -500,7 +520,8 @@ def check_video_prior_folder(folder: Path) -> None:
     required = (PRIOR_JSON, *(f"{name}/{file}" for name, file in CONFIG_FILES.items()))
     resolve_prior_folder(folder, env_var=ENV_VAR, what=WHAT, flag=FLAG, required_files=required)
     for name, file in WEIGHT_FILES.items():
-        if not (folder / name / file).exists() and not (folder / name / f"{file}.index.json").exists():
+        if not any((folder / name / candidate).exists() or (folder / name / f"{candidate}.index.json").exists()
+                   for candidate in WEIGHT_NAMES):
             raise PriorError(f"{WHAT}: {folder} has no {name}/{file!r} (nor a sharded {file}.index.json); "
                              f"expected a folder saved with save_pretrained()")
 
@@ -557,6 +578,10 @@ def build_video_prior(spec: str | os.PathLike | dict = "tiny", *, seed: int = 0)
     data = video_prior_spec(spec)
     settings = VideoPriorSettings.from_dict(data["prior"], "build spec 'prior'")
     unet_class = resolve_video_unet(settings.unet_class)
+    if (settings.image_encoder_class, settings.image_proj_class) != ("CLIPVisionModel", "ImageResampler"):
+        raise PriorError(f"{WHAT}: a build spec makes a CLIPVisionModel and an ImageResampler, not "
+                         f"{settings.image_encoder_class!r} / {settings.image_proj_class!r}; a converted released "
+                         f"model comes from 'gfbench prior convert'")
 
     def arguments(section: str) -> dict:
         return {key: value for key, value in data[section].items() if not key.startswith("_")}
@@ -588,13 +613,14 @@ def _check_components(settings, unet, vae, image_encoder, image_proj, scheduler)
                         f"downsampling factor {factor}")
     if getattr(unet.config, "in_channels", 8) != 8 or getattr(unet.config, "out_channels", 4) != 4:
         problems.append("unet must take 8 channels (noise latent + artifact latent) and return 4")
-    if image_proj.config.embed_dims != image_encoder.config.hidden_size:
-        problems.append(f"image_proj.embed_dims {image_proj.config.embed_dims} != image_encoder hidden_size "
-                        f"{image_encoder.config.hidden_size}")
-    cross_attention = getattr(unet.config, "cross_attention_dim", image_proj.config.output_dims)
-    if image_proj.config.output_dims != cross_attention:
-        problems.append(f"image_proj.output_dims {image_proj.config.output_dims} != unet cross_attention_dim "
-                        f"{cross_attention}")
+    (in_name, proj_in), (out_name, proj_out) = (_config_value(image_proj, names) for names in
+                                                (("embed_dims", "embedding_dim"), ("output_dims", "output_dim")))
+    width_name, encoder_width = _config_value(image_encoder, ("hidden_size", "width"))
+    if proj_in != encoder_width:
+        problems.append(f"image_proj.{in_name} {proj_in} != image_encoder {width_name} {encoder_width}")
+    cross_name, cross_attention = _config_value(unet, ("cross_attention_dim", "context_dim"))
+    if cross_attention is not None and proj_out != cross_attention:
+        problems.append(f"image_proj.{out_name} {proj_out} != unet {cross_name} {cross_attention}")
     if settings.reference.size != image_encoder.config.image_size:
         problems.append(f"reference.size {settings.reference.size} != image_encoder image_size "
                         f"{image_encoder.config.image_size}")
@@ -605,6 +631,17 @@ def _check_components(settings, unet, vae, image_encoder, image_proj, scheduler)
 
 
 # --- small helpers ----------------------------------------------------------------------------------------------
+
+def _config_value(module, names: tuple[str, ...]) -> tuple[str, object]:
+    """The first of ``names`` present in a component's config, with its value (diffusers and transformers
+    configs name widths differently); ``(names[0], None)`` when none is."""
+    config = module.config
+    for name in names:
+        value = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
+        if value is not None:
+            return name, value
+    return names[0], None
+
 
 def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
     if seed is not None and generator is not None:

@@ -64,6 +64,24 @@ def resolve_video_unet(name: str) -> type:
                      f"(or give an import path 'package.module:Class')")
 
 
+def resolve_component_class(name: str, setting: str, known: dict[str, type]) -> type:
+    """The class of a prior component named in ``prior.json`` (``setting``): one of ``known`` by name, or an import
+    path ``package.module:Class`` with a ``from_pretrained`` classmethod."""
+    if name in known:
+        return known[name]
+    if ":" not in name:
+        raise PriorError(f"video prior: unknown {setting} {name!r}; known: {', '.join(sorted(known))} "
+                         f"(or give an import path 'package.module:Class')")
+    module_name, _, attribute = name.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise PriorError(f"video prior: {setting} {name!r} cannot be imported ({error})") from error
+    if not hasattr(cls, "from_pretrained"):
+        raise PriorError(f"video prior: {setting} {name!r} has no from_pretrained()")
+    return cls
+
+
 @register_video_unet
 class VideoUNet(ModelMixin, AttentionMixin, ConfigMixin):
     """A compact video UNet of diffusers' 3D blocks in the shape of GenFusion's (DynamiCrafter's ``openaimodel3d``):
@@ -202,4 +220,4 @@ class ImageResampler(ModelMixin, ConfigMixin):
 
 
 __all__ = ["ImageResampler", "SpatioTemporalUNet", "VIDEO_UNETS", "VideoDenoiser", "VideoUNet",
-           "register_video_unet", "resolve_video_unet"]
+           "register_video_unet", "resolve_component_class", "resolve_video_unet"]

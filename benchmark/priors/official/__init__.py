@@ -5,8 +5,10 @@
   through :class:`KeyMap`;
 - :class:`OfficialArchitecture`: every architecture number (``data/genfusion_official.json``);
 - :class:`Manifest`: the official checkpoint's keys and shapes, generated from the official code;
-- :func:`convert_checkpoint`: the Lightning ``.ckpt`` + LDM3D VAE -> a folder of safetensors and configs;
-  :func:`load_converted` loads such a folder.
+- :func:`convert_checkpoint`: the Lightning ``.ckpt`` + LDM3D VAE -> a video-prior folder of safetensors and
+  configs (with ``prior.json``), which ``gfbench.priors.video.load_video_prior`` (``--prior``) loads as the
+  project's video prior (:meth:`GenFusionUNet3D.denoise`, :meth:`OpenCLIPImageEncoder.image_features`);
+  :func:`load_converted` loads its models alone.
 """
 
 from gfbench.priors.official.architecture import ArchitectureError, OfficialArchitecture

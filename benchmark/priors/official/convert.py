@@ -4,8 +4,9 @@ project's models.
 Output layout (every model folder loads with ``<Class>.from_pretrained(folder)``)::
 
     out/
+      prior.json        video-prior settings (gfbench-video-prior/1): the folder loads with --prior
       unet/             config.json + diffusion_pytorch_model.safetensors   GenFusionUNet3D
-      image_projector/  config.json + diffusion_pytorch_model.safetensors   ImageProjector
+      image_proj/       config.json + diffusion_pytorch_model.safetensors   ImageProjector
       image_encoder/    config.json + diffusion_pytorch_model.safetensors   OpenCLIPImageEncoder
       vae/              config.json + diffusion_pytorch_model.safetensors   diffusers AutoencoderKL
       scheduler/        scheduler_config.json                               diffusers DDIMScheduler
@@ -17,26 +18,32 @@ Errors are one line (:class:`ConversionError`) and name the file and the first o
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import pickle
 import shutil
 import zipfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Callable
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from gfbench import __version__
 from gfbench.metrics import sha256_file
 from gfbench.priors import PriorError, folder_fingerprint
 from gfbench.priors.official.architecture import MODEL_CLASSES, OfficialArchitecture
 from gfbench.priors.official.key_map import KeyMap
+from gfbench.priors.official.loading import load_model_folder
 
 PROJECT_COMPONENTS = ("unet", "image_projector", "image_encoder")
+# Component -> subfolder: the video prior's folder layout (gfbench.priors.video).
+FOLDERS = {"unet": "unet", "image_projector": "image_proj", "image_encoder": "image_encoder", "vae": "vae"}
+PRIOR_SETTINGS_FILE = "data/genfusion_official_prior.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -182,7 +189,7 @@ def check_schedule(state: dict[str, torch.Tensor], architecture: OfficialArchite
 
 def _save_component(out_dir: Path, component: str, tensors: dict[str, torch.Tensor], config_source,
                     dtype: torch.dtype) -> None:
-    folder = out_dir / component
+    folder = out_dir / FOLDERS[component]
     folder.mkdir(parents=True, exist_ok=True)
     config_source.save_config(folder)
     cast = {key: tensor.to(dtype).contiguous() if tensor.is_floating_point() else tensor.contiguous()
@@ -201,17 +208,53 @@ def _write_folder(folder: Path, parts: dict, architecture: OfficialArchitecture,
     (folder / "architecture.json").write_text(json.dumps(architecture.as_dict(), indent=2) + "\n")
 
 
+def official_prior_settings(architecture: OfficialArchitecture, dtype: str,
+                            overrides: dict | None = None) -> dict:
+    """``prior.json`` for a converted folder: the official inference settings (``data/genfusion_official_prior.json``,
+    with ``overrides``, e.g. a smaller resolution) plus what the architecture fixes (frames, latent scale,
+    dynamic rescale, reference preprocessing) and the model classes."""
+    from gfbench.priors.video import FORMAT, VideoPriorSettings
+
+    text = resources.files("gfbench.priors.official").joinpath(PRIOR_SETTINGS_FILE).read_text()
+    inference = {key: value for key, value in json.loads(text).items() if not key.startswith("_")}
+    inference.update(overrides or {})
+    encoder = {**_defaults(MODEL_CLASSES["image_encoder"]), **architecture.image_encoder}
+    diffusion = architecture.diffusion
+    settings = {
+        "format": FORMAT,
+        "unet_class": "gfbench.priors.official:GenFusionUNet3D",
+        "image_encoder_class": "gfbench.priors.official:OpenCLIPImageEncoder",
+        "image_proj_class": "gfbench.priors.official:ImageProjector",
+        "num_frames": architecture.unet.get("temporal_length", 16),
+        "latent_scale": diffusion["latent_scale_factor"],
+        "dynamic_rescale": {"base_scale": diffusion["dynamic_rescale_base_scale"],
+                            "turning_step": diffusion["dynamic_rescale_turning_step"]},
+        "reference": {"size": encoder["image_size"], "mean": list(encoder["image_mean"]),
+                      "std": list(encoder["image_std"])},
+        "gpu_dtype": dtype,
+        **inference,
+    }
+    return VideoPriorSettings.from_dict(settings, PRIOR_SETTINGS_FILE).to_dict()
+
+
+def _defaults(model_class) -> dict:
+    return {name: parameter.default for name, parameter in inspect.signature(model_class.__init__).parameters.items()
+            if parameter.default is not inspect.Parameter.empty}
+
+
 def convert_checkpoint(ckpt_path: str | os.PathLike, vae_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                        architecture: OfficialArchitecture | None = None, dtype: str = "float16",
                        allow_pickle: bool = False, overwrite: bool = False,
-                       progress: Callable[[str], None] | None = None) -> Path:
+                       progress: Callable[[str], None] | None = None, prior_overrides: dict | None = None) -> Path:
     """Convert once: read and check everything, then write ``out_dir`` (layout in the module docstring).
 
-    Nothing is written when a check fails, and the folder appears complete or not at all (written beside it as
+    ``prior_overrides`` replace settings of the written ``prior.json`` (e.g. ``height`` / ``width``). Nothing is
+    written when a check fails, and the folder appears complete or not at all (written beside it as
     ``<out>.partial``, then renamed); an existing non-empty ``out_dir`` is refused unless ``overwrite``."""
     architecture = architecture or OfficialArchitecture.official()
     if dtype not in DTYPES:
         raise ConversionError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    prior_settings = official_prior_settings(architecture, dtype, prior_overrides)
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ConversionError(f"{out_dir}: exists and is not empty; choose another --out or remove it")
@@ -240,6 +283,7 @@ def convert_checkpoint(ckpt_path: str | os.PathLike, vae_dir: str | os.PathLike,
         "keys": {**{component: len(parts[component]) for component in (*PROJECT_COMPONENTS, "vae")}, **counts},
     }
     (staging / "source.json").write_text(json.dumps(source, indent=2) + "\n")
+    (staging / "prior.json").write_text(json.dumps(prior_settings, indent=2) + "\n")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
@@ -261,32 +305,20 @@ class ConvertedModels:
 
 
 def _load_component(folder: Path, model_class, torch_dtype: torch.dtype | None, device) -> torch.nn.Module:
-    """Build on the meta device and take the saved tensors as parameters: no random initialisation of billions of
-    weights first (what ``from_pretrained`` does without ``accelerate``)."""
-    with torch.device("meta"):
-        model = model_class.from_config(model_class.load_config(folder))
-    state = load_file(folder / WEIGHTS_NAME, device=str(device))
-    if torch_dtype is not None:
-        state = {key: t.to(torch_dtype) if t.is_floating_point() else t for key, t in state.items()}
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as error:
-        raise PriorError(f"{folder / WEIGHTS_NAME}: does not fit {folder / 'config.json'} "
-                         f"({_first_line(error)})") from None
-    return model.eval()
+    return load_model_folder(model_class, folder, torch_dtype=torch_dtype, device=device)
 
 
 def load_converted(folder: str | os.PathLike, *, torch_dtype: torch.dtype | None = None,
                    device: str | torch.device = "cpu") -> ConvertedModels:
     """Load a folder written by :func:`convert_checkpoint`; :class:`PriorError` naming what is missing."""
     folder = Path(folder)
-    required = [f"{component}/config.json" for component in (*PROJECT_COMPONENTS, "vae")]
+    required = [f"{FOLDERS[component]}/config.json" for component in (*PROJECT_COMPONENTS, "vae")]
     required += ["scheduler/scheduler_config.json", "architecture.json", "source.json"]
     missing = [name for name in required if not (folder / name).is_file()]
     if missing:
         raise PriorError(f"{folder}: no {missing[0]}; expected a folder written by 'gfbench prior convert'")
     architecture = OfficialArchitecture.from_json(folder / "architecture.json")
-    models = {component: _load_component(folder / component, MODEL_CLASSES[component], torch_dtype, device)
+    models = {component: _load_component(folder / FOLDERS[component], MODEL_CLASSES[component], torch_dtype, device)
               for component in (*PROJECT_COMPONENTS, "vae")}
     return ConvertedModels(**models, scheduler=DDIMScheduler.from_pretrained(folder / "scheduler"),
                            architecture=architecture, source=json.loads((folder / "source.json").read_text()))

@@ -14,6 +14,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from gfbench.priors.official.loading import FolderLoadingMixin
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -129,7 +131,7 @@ class _ClipHolder(nn.Module):
         self.visual = visual
 
 
-class OpenCLIPImageEncoder(ModelMixin, ConfigMixin):
+class OpenCLIPImageEncoder(FolderLoadingMixin, ModelMixin, ConfigMixin):
     """``(N, 3, H, W)`` images in ``[-1, 1]`` -> ``(N, 1 + (image_size // patch_size) ** 2, width)`` tokens.
 
     Preprocessing as the official embedder: antialiased bicubic resize to ``image_size`` squared (aspect not
@@ -152,3 +154,7 @@ class OpenCLIPImageEncoder(ModelMixin, ConfigMixin):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         dtype = self.model.visual.conv1.weight.dtype
         return self.model.visual(self.preprocess(images.to(dtype)))
+
+    def image_features(self, references: torch.Tensor) -> torch.Tensor:
+        """The video prior's hook: reference images ``(N, 3, H, W)`` in ``[-1, 1]``, preprocessed here."""
+        return self(references)

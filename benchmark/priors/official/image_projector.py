@@ -9,6 +9,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from gfbench.priors.official.loading import FolderLoadingMixin
+
 
 class PerceiverAttention(nn.Module):
     """Learned latents attend to the image tokens and to themselves (keys and values from both)."""
@@ -52,7 +54,7 @@ class ResamplerLayer(nn.Module):
         self.feed_forward = FeedForward(dim, ff_mult)
 
 
-class ImageProjector(ModelMixin, ConfigMixin):
+class ImageProjector(FolderLoadingMixin, ModelMixin, ConfigMixin):
     """``(N, tokens, embedding_dim)`` image features -> ``(N, num_queries * video_length, output_dim)``.
 
     With ``video_length`` set the official resampler learns ``num_queries`` queries per frame of the clip, so one

@@ -81,5 +81,19 @@ def write_official_layout_checkpoint(path: str | os.PathLike, architecture: Offi
     return path
 
 
+def write_official_layout_sources(root: str | os.PathLike, architecture: OfficialArchitecture
+                                  ) -> tuple[Path, Path]:
+    """What a user downloads, in synthetic form: ``root/epoch=0-step=0.ckpt`` (official layout) and the matching
+    diffusers VAE folder ``root/ldm3d-4c/vae``; returns the checkpoint and the ``ldm3d-4c`` folder, the two inputs
+    of ``convert_checkpoint``."""
+    root = Path(root)
+    checkpoint = write_official_layout_checkpoint(root / "epoch=0-step=0.ckpt", architecture)
+    vae = architecture.build("vae")
+    vae.load_state_dict({key: synthetic_weight("first_stage_model." + key, tuple(t.shape))
+                         for key, t in vae.state_dict().items()})
+    vae.save_pretrained(root / "ldm3d-4c" / "vae")
+    return checkpoint, root / "ldm3d-4c"
+
+
 __all__ = ["hashed_uniform", "official_shapes", "synthetic_state_dict", "synthetic_weight",
-           "write_official_layout_checkpoint"]
+           "write_official_layout_checkpoint", "write_official_layout_sources"]

@@ -13,6 +13,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from gfbench.priors.official.layers import SpatialTransformer, TemporalTransformer, sinusoidal_embedding
+from gfbench.priors.official.loading import FolderLoadingMixin
+from gfbench.priors.video_models import register_video_unet
 
 
 class Float32GroupNorm(nn.GroupNorm):
@@ -147,7 +149,8 @@ class MidBlock(nn.Module):
         return self.resnet_out(self.stage(x, emb, context, batch), emb, batch)
 
 
-class GenFusionUNet3D(ModelMixin, ConfigMixin):
+@register_video_unet
+class GenFusionUNet3D(FolderLoadingMixin, ModelMixin, ConfigMixin):
     """The released GenFusion video UNet (v-prediction over 4-channel RGB-D latents).
 
     ``forward(sample, timestep, encoder_hidden_states, fps=None)``: ``sample`` is ``(B, in_channels, T, H, W)``
@@ -256,3 +259,15 @@ class GenFusionUNet3D(ModelMixin, ConfigMixin):
                 h = level.upsample(h)
         h = self.conv_out(F.silu(self.norm_out(h)))
         return unfold_frames(h, batch).to(sample.dtype)
+
+    def denoise(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, *, concat_latents: torch.Tensor,
+                image_tokens: torch.Tensor, fps: torch.Tensor) -> torch.Tensor:
+        """The video prior's call (:class:`gfbench.priors.video_models.VideoDenoiser`): the artifact latents
+        concatenated on channels, the image tokens as the whole context (GenFusion feeds no text, so the first
+        ``text_context_len`` tokens go through ``to_k``/``to_v`` and the rest through ``to_k_ip``/``to_v_ip``, as
+        the released weights were trained)."""
+        tokens = image_tokens.shape[1]
+        if tokens <= self.config.text_context_len:
+            raise ValueError(f"GenFusionUNet3D: {tokens} image tokens leave none for the image cross-attention "
+                             f"(the first text_context_len = {self.config.text_context_len} take the text path)")
+        return self(torch.cat([noisy_latents, concat_latents], dim=1), timesteps, image_tokens, fps=fps)
