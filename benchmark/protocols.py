@@ -240,8 +240,11 @@ def _parse_corner(block: _Block) -> CornerProtocol:
                               f"got {corners!r}")
     clip = block.sub("clip", None)
     if clip is not None:
-        clip.only({"frames", "width", "height"})
+        clip.only({"frames", "width", "height", "stride"})
+        stride = clip.integer("stride", 1, None)  # frames between the starts of two clips (default: frames)
         clip = {key: clip.integer(key, 1) for key in ("frames", "width", "height")}
+        if stride is not None:
+            clip["stride"] = stride
     return CornerProtocol(downsample=block.integer("downsample", 1), patch_divisor=block.integer("patch_divisor", 1),
                           corners=tuple(corners), clip=clip or {}, **_common(block, "corner"))
 

@@ -383,14 +383,24 @@ def write_scene(scene: Scene, root: Path) -> Path:
     _check_ids(scene)
     scene = dataclasses.replace(scene)  # a Scene sorts its frames: the shard is in natural name order
     directory = dataset_dir(root, scene.dataset)
-    shard = directory / f"{scene.scene_id}.tar"
-    with reporting_disk_full(directory, "the dataset folder"):
-        directory.mkdir(parents=True, exist_ok=True)
     # PNG encoding dominates; zlib releases the GIL, so threads encode frames in parallel (order is kept).
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         encoded = pool.map(lambda item: _frame_members(scene, *item), enumerate(scene.frames))
         members = [m for frame_members in encoded for m in frame_members]
     members += _scene_members(scene)
+    counts = {"frames": len(scene.frames), "points": len(scene.points) if scene.points is not None else 0,
+              "samples": len(scene.frames) + 1}
+    return write_shard(directory, scene.dataset, scene.scene_id, members, counts)
+
+
+def write_shard(directory: Path, dataset: str, scene_id: str, members: list[tuple[str, bytes]],
+                counts: dict) -> Path:
+    """Write ``members`` as the shard ``<scene_id>.tar`` in ``directory`` and record it (with ``counts``) in the
+    manifest, crash-safe and disk-full-safe as the module docstring says. Scene shards and diffusion-training
+    clip shards (:mod:`gfbench.clips`) both go through here."""
+    shard = directory / f"{scene_id}.tar"
+    with reporting_disk_full(directory, "the dataset folder"):
+        directory.mkdir(parents=True, exist_ok=True)
     unchanged = "nothing was changed (an earlier shard of the scene is intact)"
     tmp = None
     try:
@@ -398,24 +408,17 @@ def write_scene(scene: Scene, root: Path) -> Path:
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{shard.name}.", suffix=".tmp")
             os.close(fd)
             _write_tar(Path(tmp), members)
-        entry = {
-            "shard": shard.name,
-            "sha256": sha256_file(Path(tmp)),
-            "bytes": os.path.getsize(tmp),
-            "frames": len(scene.frames),
-            "points": len(scene.points) if scene.points is not None else 0,
-            "samples": len(scene.frames) + 1,
-        }
+        entry = {"shard": shard.name, "sha256": sha256_file(Path(tmp)), "bytes": os.path.getsize(tmp), **counts}
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; shards are meant to be shared
         with _manifest_lock(directory):
             with reporting_disk_full(directory / MANIFEST, "the manifest", unchanged):
-                _update_manifest(directory, scene.dataset, scene.scene_id, entry, pending=True)
+                _update_manifest(directory, dataset, scene_id, entry, pending=True)
             os.replace(tmp, shard)
             tmp = None
             _sync_directory(directory)
             with reporting_disk_full(directory / MANIFEST, "the manifest",
                                      f"the new shard {shard.name} is in place and reads back (its entry is pending)"):
-                _update_manifest(directory, scene.dataset, scene.scene_id, entry, pending=False)
+                _update_manifest(directory, dataset, scene_id, entry, pending=False)
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
@@ -480,6 +483,13 @@ def _read_members(shard: Path) -> dict[str, dict[str, bytes]]:
     except (tarfile.TarError, OSError) as exc:
         raise ShardError(f"{shard}: unreadable tar: {exc}") from exc
     return samples
+
+
+def read_samples(root: Path, dataset: str, scene_id: str) -> tuple[dict[str, dict[str, bytes]], dict]:
+    """The samples of a shard (key -> field -> bytes, in stored order) and its manifest entry, after checking
+    the shard against the manifest (size and sha256)."""
+    shard, entry = _verified_shard(Path(root), dataset, scene_id)
+    return _read_members(shard), entry
 
 
 def _decode_frame(sample: dict[str, bytes]) -> Frame:

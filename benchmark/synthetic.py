@@ -276,10 +276,20 @@ def observations(xyz: np.ndarray, frames: list[Frame], depth_rtol: float) -> tup
 # ---------------------------------------------------------------- scenes
 
 
+def scene_spec_of(scene_id: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A scene's declaration: written out in ``options.scenes``, or drawn by :func:`procedural_scene`
+    when the dataset declares ``options.procedural`` instead."""
+    if scene_id in options.get("scenes", {}):
+        return options["scenes"][scene_id]
+    if "procedural" in options:
+        return procedural_scene(scene_id, options)
+    raise ValueError(f"synthetic scene {scene_id!r} is neither declared in options.scenes nor procedural")
+
+
 def build_scene(scene_id: str, options: dict[str, Any], width: int, height: int,
-                progress: Callable[[], None] | None = None) -> Scene:
-    """Render one synthetic scene as declared in the dataset spec's ``options``."""
-    scene_spec = options["scenes"][scene_id]
+                progress: Callable[[], None] | None = None, dataset: str = "synthetic") -> Scene:
+    """Render one synthetic scene as declared (or drawn procedurally) by the dataset spec's ``options``."""
+    scene_spec = scene_spec_of(scene_id, options)
     seed = int(np.random.SeedSequence([options["seed"], *scene_id.encode()]).generate_state(1)[0])
     rng = np.random.default_rng(seed)
     lighting = scene_spec.get("lighting", options["lighting"])
@@ -297,11 +307,79 @@ def build_scene(scene_id: str, options: dict[str, Any], width: int, height: int,
     obs_point, obs_frame, obs_uv = observations(xyz, frames, options["observation_depth_rtol"])
     centers = np.stack([f.camera.center for f in frames])
     meta = {
-        "provenance": {"generator": "gfbench.synthetic", "seed": options["seed"], "scene_seed": seed},
+        "provenance": {"generator": "gfbench.synthetic", "seed": options["seed"], "scene_seed": seed,
+                       "procedural": scene_id not in options.get("scenes", {})},
         "normalization": {
             "center": centers.mean(0).tolist(),
             "radius": float(np.linalg.norm(centers - centers.mean(0), axis=1).max()),
         },
         "description": scene_spec.get("description", ""),
     }
-    return Scene("synthetic", scene_id, frames, PointCloud(xyz, rgb, obs_point, obs_frame, obs_uv), meta)
+    return Scene(dataset, scene_id, frames, PointCloud(xyz, rgb, obs_point, obs_frame, obs_uv), meta)
+
+
+# ---------------------------------------------------------------- procedural scenes (diffusion training data)
+
+
+def _uniform(rng: np.random.Generator, bounds: list[float]) -> float:
+    low, high = bounds
+    return float(rng.uniform(low, high))
+
+
+def _texture(rng: np.random.Generator, rules: dict[str, Any]) -> dict[str, Any]:
+    tint = [round(_uniform(rng, rules["tint"]), 3) for _ in range(3)]
+    repeat = [float(rng.integers(rules["repeat"][0], rules["repeat"][1] + 1)) for _ in range(2)]
+    return {"image": str(rng.choice(rules["images"])), "tint": tint, "repeat": repeat}
+
+
+def _walls(rng: np.random.Generator, rules: dict[str, Any], half: float) -> list[dict[str, Any]]:
+    """Between one and ``walls.max`` of the four sides of the floor, each at its own height."""
+    sides = rng.permutation(4)[: int(rng.integers(rules["walls"]["min"], rules["walls"]["max"] + 1))]
+    walls = []
+    for side in sorted(sides.tolist()):
+        height = _uniform(rng, rules["walls"]["height"])
+        origin, edge = {0: ([-half, half, 0], [2 * half, 0, 0]), 1: ([-half, -half, 0], [2 * half, 0, 0]),
+                        2: ([-half, -half, 0], [0, 2 * half, 0]), 3: ([half, -half, 0], [0, 2 * half, 0])}[side]
+        walls.append({"type": "rectangle", "origin": origin, "edge_u": edge, "edge_v": [0, 0, height],
+                      "texture": _texture(rng, rules["textures"])})
+    return walls
+
+
+def _objects(rng: np.random.Generator, rules: dict[str, Any]) -> list[dict[str, Any]]:
+    """Boxes and spheres resting on the floor, scattered inside ``objects.spread`` of the center."""
+    count = int(rng.integers(rules["objects"]["min"], rules["objects"]["max"] + 1))
+    spread = rules["objects"]["spread"]
+    objects = []
+    for _ in range(count):
+        x, y = (float(v) for v in rng.uniform(-spread, spread, 2))
+        texture = _texture(rng, rules["textures"])
+        if rng.random() < rules["objects"]["sphere_fraction"]:
+            radius = _uniform(rng, rules["objects"]["radius"])
+            objects.append({"type": "sphere", "center": [x, y, radius], "radius": radius, "texture": texture})
+        else:
+            size = [_uniform(rng, rules["objects"]["size"]) for _ in range(3)]
+            objects.append({"type": "box", "center": [x, y, size[2] / 2], "size": size, "texture": texture})
+    return objects
+
+
+def _path(rng: np.random.Generator, rules: dict[str, Any]) -> dict[str, Any]:
+    """An orbit around the center: radius, height, start angle and sweep drawn from ``path``."""
+    start = _uniform(rng, [0.0, 360.0])
+    sweep = _uniform(rng, rules["sweep_deg"]) * (1 if rng.random() < 0.5 else -1)
+    return {"type": "orbit", "center": [0, 0, 0], "radius": _uniform(rng, rules["radius"]),
+            "height": _uniform(rng, rules["height"]), "start_deg": start, "end_deg": start + sweep,
+            "target": [0, 0, _uniform(rng, rules["target_height"])], "bob": _uniform(rng, rules["bob"]),
+            "bob_cycles": _uniform(rng, rules["bob_cycles"])}
+
+
+def procedural_scene(scene_id: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A scene declaration drawn from the dataset seed and the scene id (``options.procedural`` holds the
+    ranges): a textured floor, some walls, objects on the floor, an orbit around them."""
+    rules = options["procedural"]
+    rng = np.random.default_rng(np.random.SeedSequence([options["seed"], 1, *scene_id.encode()]))
+    half = _uniform(rng, rules["floor_half_size"])
+    floor = {"type": "rectangle", "origin": [-half, -half, 0], "edge_u": [2 * half, 0, 0],
+             "edge_v": [0, 2 * half, 0], "texture": _texture(rng, rules["textures"])}
+    return {"description": f"procedural scene {scene_id} (seed {options['seed']})",
+            "path": _path(rng, rules["path"]),
+            "primitives": [floor, *_walls(rng, rules, half), *_objects(rng, rules)]}

@@ -15,6 +15,7 @@ from gfbench.cli.prior import prior_group
 from gfbench.cli.protocol import protocol_group, splits_group
 from gfbench.cli.run import run
 from gfbench.cli.suite import suite_group
+from gfbench.cli.train_prior import train_prior
 from gfbench.cli.weights import weights_group
 
 
@@ -53,7 +54,7 @@ def main(spec_dirs: tuple[str, ...]) -> None:
 
 
 for command in (ls, validate, build_data, show, run, leaderboard, evaluate, protocol_group, splits_group,
-                weights_group, suite_group, prior_group):
+                weights_group, suite_group, prior_group, train_prior):
     main.add_command(command)
 for command in (colmap_command, nerfstudio_command, dl3dv_command, tnt_command, mipnerf360_command):
     build_data.add_command(command)

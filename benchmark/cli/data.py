@@ -20,20 +20,25 @@ def build_data() -> None:
 @build_data.command("synthetic")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help=OUT_HELP)
 @click.option("--scene", "scenes", multiple=True, help="Build only this scene (repeatable). Default: all.")
-def build_synthetic_command(out: Path | None, scenes: tuple[str, ...]) -> None:
+@click.option("--dataset", default="synthetic", show_default=True,
+              help="Synthetic-layout dataset to build: 'synthetic' (the evaluation scenes) or 'synthetic-train' "
+                   "(procedural diffusion-training scenes, disjoint from the evaluation ones).")
+@click.option("--resume", is_flag=True, help="Skip scenes already in the manifest (finish an interrupted build).")
+def build_synthetic_command(out: Path | None, scenes: tuple[str, ...], dataset: str, resume: bool) -> None:
     """Ray-cast the built-in synthetic scenes (exact RGB, depth and observed surface points)."""
     from gfbench.data import build_synthetic
     from gfbench.specs import SpecError
 
-    bar = tqdm(unit="frame", desc="synthetic")
+    bar = tqdm(unit="frame", desc=dataset)
 
     def on_scene(scene_id: str, frames: int) -> None:
-        bar.set_description(f"synthetic/{scene_id}")
+        bar.set_description(f"{dataset}/{scene_id}")
         bar.total = (bar.total or 0) + frames
         bar.refresh()
 
     try:
-        written = build_synthetic(out, list(scenes) or None, on_scene=on_scene, on_frame=lambda: bar.update())
+        written = build_synthetic(out, list(scenes) or None, on_scene=on_scene, on_frame=lambda: bar.update(),
+                                  dataset=dataset, skip_built=resume)
     except SpecError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -65,3 +70,47 @@ def show(scene_ref: str, root: Path | None, out: Path | None, frames: int) -> No
     out = out or Path(f"{dataset}-{scene_id}.png")
     contact_sheet(scene, pick=frames).save(out)
     click.echo(f"wrote {out}")
+
+
+@build_data.command("clips")
+@click.option("--suite", "suite_ref", required=True,
+              help="A corner-protocol suite (id or file), e.g. synthetic-train-corner: its scenes, seeds, preset "
+                   "and protocol.clip settings.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Clip folder (shards + manifest.json). Default: <data root>/clips-<suite>.")
+@click.option("--data", "root", type=click.Path(file_okay=False, path_type=Path), help=OUT_HELP)
+@click.option("--method", default="2dgs", show_default=True,
+              help="Registered method that makes the corner-masked reconstructions (gfbench ls methods).")
+@click.option("--preset", default=None, help="The method's preset (default: the suite's preset).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--scene", "scenes", multiple=True, help="Only this scene (repeatable). Default: the suite's scenes.")
+def build_clips_command(suite_ref: str, out: Path | None, root: Path | None, method: str, preset: str | None,
+                        device: str, scenes: tuple[str, ...]) -> None:
+    """Diffusion training clips: corner-masked reconstructions rendered along the capture trajectory, cut into
+    RGB-D clips (artifact video, reference frame, target video) as WebDataset shards. Resumable: scenes already
+    in the folder are skipped."""
+    from gfbench.clips import ClipError, build_clips
+    from gfbench.shards import ShardError
+    from gfbench.specs import SpecError, load_suite
+
+    try:
+        suite = load_suite(suite_ref)
+    except SpecError as exc:
+        raise click.ClickException(str(exc)) from exc
+    out = out or data_root(root) / f"clips-{suite.id}"
+    chosen = list(scenes) or list(suite.scenes)
+    bar = tqdm(total=len(chosen) * len(suite.seeds), unit="fit", desc=f"clips {suite.id}")
+
+    def on_fitted(scene_id: str, seed: int) -> None:
+        bar.set_description(f"clips {scene_id} seed {seed}")
+        bar.update()
+
+    try:
+        written = build_clips(suite, out, method=method, preset=preset, device=device, data=root, scenes=chosen,
+                              on_fitted=on_fitted)
+    except (ClipError, ShardError, SpecError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        bar.close()
+    for shard in written:
+        click.echo(f"wrote {shard}")
