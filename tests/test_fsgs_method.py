@@ -4,6 +4,8 @@ synthetic-sparse-3 with a tiny depth model and with the oracle, its record namin
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -154,4 +156,6 @@ def test_fsgs_runs_end_to_end_on_synthetic_sparse(data_root, depth_model, tmp_pa
     assert record["priors"]["depth"]["name"] == name and record["identity"]["priors"]["depth"]["name"] == name
     assert record["config"]["pseudo_views"] == "auto"
     label = method_label(record, specs.load_suite("synthetic-sparse-3"))
-    assert label == ("fsgs+oracle-depth" if prior == "oracle" else "fsgs")
+    # labelled with its prior (and its config, --set differing from the preset)
+    suffix = r"\+oracle-depth" if prior == "oracle" else r"\+depth:depth-anything#[0-9a-f]{6}"
+    assert re.fullmatch(r"fsgs@cfg-[0-9a-f]+" + suffix, label), label
