@@ -1,5 +1,5 @@
-"""The FSGS draft presets: complete for every FSGS module, every setting sourced, and each schedule what its
-comments promise."""
+"""The FSGS presets (methods/presets/fsgs.yaml over the shared base): complete for every FSGS module, every
+setting sourced, and each schedule what its comments promise."""
 
 from __future__ import annotations
 
@@ -7,24 +7,24 @@ import re
 
 import numpy as np
 import pytest
-import yaml
 
 from gfbench.camera import Camera, intrinsics, look_at
-from gfbench.methods import load_preset
-from gfbench.methods.fsgs import PRESETS_DRAFT, DepthLossSchedule, make_fsgs_strategy, pseudo_cameras
+from gfbench.methods import load_preset, method_presets
+from gfbench.methods.fsgs import DepthLossSchedule, make_fsgs_strategy, pseudo_cameras
 
-PRESETS = yaml.safe_load(PRESETS_DRAFT.read_text())
+PRESETS_FILE = method_presets("fsgs").path
+PRESETS = method_presets("fsgs").presets
 PSEUDO_KEYS = {
-    "interpolate": ("pseudo_pool_size", "pseudo_interpolation", "pseudo_noise"),
-    "random-around-mean": ("pseudo_pool_size", "pseudo_depth_percentiles", "pseudo_focus_near_factor",
+    "interpolate": ("pseudo_pool_size", "pseudo_interpolation_min", "pseudo_interpolation_max", "pseudo_noise"),
+    "random-around-mean": ("pseudo_pool_size", "pseudo_depth_percentile_low", "pseudo_depth_percentile_high",
+                           "pseudo_focus_near_factor",
                            "pseudo_focus_far_factor", "pseudo_focus_disparity_weight"),
 }
 CODE_DIFFERENCES = {"unpool_score", "unpool_pairing", "split_far_threshold", "pseudo_view_rule", "depth_train_form"}
 
 
 def full_config(name: str) -> dict:
-    """The preset over the 3DGS base, standing in for the shared Gaussian base until the contract lands."""
-    return {**load_preset("3dgs", "paper"), **PRESETS[name]}
+    return load_preset("fsgs", name)
 
 
 def test_presets_exist_with_their_run_lengths():
@@ -44,9 +44,16 @@ def test_every_module_finds_its_settings(name):
 
 
 def test_every_setting_line_names_its_source():
-    unsourced = [line for line in PRESETS_DRAFT.read_text().splitlines()
-                 if re.match(r"^\s+[a-z_0-9]+:\s*\S", line) and "#" not in line]
+    presets_part = PRESETS_FILE.read_text().split("\npresets:\n", 1)[1]
+    unsourced = [line for line in presets_part.splitlines()
+                 if re.match(r"^\s+[a-z_0-9]+:\s*\S", line) and "#" not in line and "extends:" not in line]
     assert unsourced == []
+
+
+def test_every_fsgs_setting_is_typed_and_the_base_is_included():
+    settings = method_presets("fsgs").settings
+    assert settings["prune_scale3d"].nullable and settings["strategy"].choices == ("fsgs",)
+    assert PRESETS["quick"]["ssim_lambda"] == load_preset("3dgs", "quick")["ssim_lambda"]
 
 
 def test_code_variant_differs_from_the_paper_exactly_where_the_header_says():

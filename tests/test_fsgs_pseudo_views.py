@@ -140,11 +140,12 @@ def test_random_poses_around_the_mean_stay_in_the_train_box_and_look_at_one_focu
 
 def test_pseudo_cameras_reads_the_preset_rule():
     cameras = train_cameras()
-    config = dict(pseudo_view_rule="interpolate", pseudo_pool_size=7, pseudo_interpolation=[0.0, 1.0],
-                  pseudo_noise=0.1)
+    config = dict(pseudo_view_rule="interpolate", pseudo_pool_size=7, pseudo_interpolation_min=0.0,
+                  pseudo_interpolation_max=1.0, pseudo_noise=0.1)
     assert len(pseudo_cameras(cameras, np.random.default_rng(0), config)) == 7
-    code = dict(config, pseudo_view_rule="random-around-mean", pseudo_depth_percentiles=[0.1, 99.9],
-                pseudo_focus_near_factor=0.9, pseudo_focus_far_factor=5.0, pseudo_focus_disparity_weight=0.75)
+    code = dict(config, pseudo_view_rule="random-around-mean", pseudo_depth_percentile_low=0.1,
+                pseudo_depth_percentile_high=99.9, pseudo_focus_near_factor=0.9, pseudo_focus_far_factor=5.0,
+                pseudo_focus_disparity_weight=0.75)
     points = np.random.default_rng(0).uniform(-1, 1, size=(200, 3))
     assert len(pseudo_cameras(cameras, np.random.default_rng(0), code, points)) == 7
     with pytest.raises(ValueError, match="needs scene points"):

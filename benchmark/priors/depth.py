@@ -196,7 +196,8 @@ class OracleDepthPrior(DepthPrior):
             table[image_key(view.image)] = inverse
         return cls(table)
 
-    def predict(self, images: Sequence[Image]) -> list[np.ndarray]:
+    def predict(self, images: Sequence[Image], *, cache: bool = True) -> list[np.ndarray]:
+        """``cache`` as :class:`SceneDepthPrior`'s (the ``priors["depth"]`` contract); a table needs none."""
         maps = []
         for image in images:
             key = image_key(image)

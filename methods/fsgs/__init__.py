@@ -1,8 +1,6 @@
-"""FSGS (Zhu et al., ECCV 2024) building blocks: proximity-guided unpooling, its densification strategy, pseudo
-views and the depth correlation loss. Numbers: ``presets_draft.yaml`` beside this file (see its header for
-where the paper and the official code differ)."""
-
-from pathlib import Path
+"""FSGS (Zhu et al., ECCV 2024): the method (:class:`FSGS`, entry point ``fsgs``) and its building blocks:
+proximity-guided unpooling, its densification strategy, pseudo views and the depth correlation loss. Numbers:
+``methods/presets/fsgs.yaml`` (see its header for where the paper and the official code differ)."""
 
 from gfbench.methods.fsgs.depth_loss import (
     DepthLossSchedule,
@@ -11,6 +9,7 @@ from gfbench.methods.fsgs.depth_loss import (
     pearson_correlation,
 )
 from gfbench.methods.fsgs.knn import nearest_neighbors
+from gfbench.methods.fsgs.method import FSGS, PseudoDepthSource
 from gfbench.methods.fsgs.pseudo_views import (
     depth_bounds,
     interpolated_pseudo_cameras,
@@ -20,12 +19,10 @@ from gfbench.methods.fsgs.pseudo_views import (
 from gfbench.methods.fsgs.strategy import FSGSStrategy, make_fsgs_strategy
 from gfbench.methods.fsgs.unpooling import UnpoolPlan, UnpoolSettings, append_gaussians, plan_unpooling, unpool
 
-PRESETS_DRAFT = Path(__file__).with_name("presets_draft.yaml")
-
 __all__ = [
     "DepthLossSchedule",
+    "FSGS",
     "FSGSStrategy",
-    "PRESETS_DRAFT",
     "UnpoolPlan",
     "UnpoolSettings",
     "append_gaussians",
@@ -36,6 +33,7 @@ __all__ = [
     "make_fsgs_strategy",
     "nearest_neighbors",
     "pearson_correlation",
+    "PseudoDepthSource",
     "plan_unpooling",
     "pseudo_cameras",
     "random_pseudo_cameras_around_mean",

@@ -177,12 +177,14 @@ def pseudo_cameras(
     if rule == "interpolate":
         return interpolated_pseudo_cameras(
             cameras, rng, count,
-            interpolation_range=tuple(config["pseudo_interpolation"]), noise=float(config["pseudo_noise"]),
+            interpolation_range=(float(config["pseudo_interpolation_min"]), float(config["pseudo_interpolation_max"])),
+            noise=float(config["pseudo_noise"]),
         )
     if rule == "random-around-mean":
         if points is None or len(points) == 0:
             raise ValueError("pseudo_view_rule 'random-around-mean' needs scene points for its depth bounds")
-        near, far = depth_bounds(cameras, points, tuple(config["pseudo_depth_percentiles"]))
+        percentiles = (float(config["pseudo_depth_percentile_low"]), float(config["pseudo_depth_percentile_high"]))
+        near, far = depth_bounds(cameras, points, percentiles)
         return random_pseudo_cameras_around_mean(
             cameras, rng, count, near=near, far=far,
             near_factor=float(config["pseudo_focus_near_factor"]),

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from gsplat.strategy.ops import split
 
-from gfbench.methods.core.training import STRATEGY_KEYS, OpacityResettingStrategy
+from gfbench.methods.core.strategies import OpacityResettingStrategy
 from gfbench.methods.fsgs.knn import nearest_neighbors
 from gfbench.methods.fsgs.unpooling import UnpoolPlan, UnpoolSettings, far_and_large, proximity_scores, unpool
 
@@ -49,6 +49,11 @@ class FSGSStrategy(OpacityResettingStrategy):
     unpool_score: str = "mean_distance"
     unpool_pairing: str = "paper"
     split_far_threshold: float | None = None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], *, gradient_key: str) -> "FSGSStrategy":
+        """gfbench's strategy constructor (``strategy: fsgs`` in a preset): :func:`make_fsgs_strategy`."""
+        return make_fsgs_strategy(config, gradient_key=gradient_key)
 
     def __post_init__(self) -> None:
         self.unpool_settings = UnpoolSettings(
@@ -104,6 +109,7 @@ class FSGSStrategy(OpacityResettingStrategy):
         return count
 
 
+STRATEGY_KEYS = OpacityResettingStrategy.CONFIG_KEYS
 FSGS_STRATEGY_KEYS = (
     "reset_start_iter",
     "unpool_stop_iter",
