@@ -71,7 +71,7 @@ def test_user_spec_folders_add_to_the_builtins(tmp_path, monkeypatch):
     folder = tmp_path / "specs"
     write_yaml(folder / "mine.yaml", dataset())
     write_yaml(folder / "suites" / "my-masked.yaml", user_suite("my-masked"))
-    builtin_suites = specs.list_suites()
+    builtin_suites, builtin_datasets = specs.list_suites(), specs.list_datasets()
     for how in ("flag", "env"):
         args, env = (["--specs", str(folder)], None) if how == "flag" else ([], {paths.SPEC_PATH_ENV: str(folder)})
         result = invoke(*args, "ls", "suites", env=env)
@@ -81,7 +81,7 @@ def test_user_spec_folders_add_to_the_builtins(tmp_path, monkeypatch):
         assert f"({folder / 'suites' / 'my-masked.yaml'})" in result.output
         assert invoke(*args, "ls", "scenes", "--suite", "my-masked", env=env).output == "cap\n"
         validated = invoke(*args, "validate", env=env)
-        counts = f"{len(specs.list_datasets()) + 1} datasets, {len(builtin_suites) + 1} suites"  # built-ins + yours
+        counts = f"{len(builtin_datasets) + 1} datasets, {len(builtin_suites) + 1} suites"  # built-ins + yours
         assert validated.exit_code == 0 and counts in validated.output, validated.output
     monkeypatch.setenv(paths.SPEC_PATH_ENV, str(folder))
     assert specs.load_suite("my-masked").splits_dir == folder / "splits"
@@ -251,6 +251,7 @@ def test_benchmark_your_own_capture_in_four_commands(tmp_path, monkeypatch):
     """README "Benchmark your own capture": build, suite, run, leaderboard, in a temporary folder, with the
     ReconFusion-style split file of a sparse suite of your own beside it; the package is left as it was."""
     before = package_state()
+    builtin_datasets, builtin_suites = len(specs.list_datasets()), len(specs.list_suites())
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GFBENCH_DATA", str(tmp_path / "data"))
     colmap_capture(tmp_path / "garden", frames=10)
@@ -281,6 +282,6 @@ def test_benchmark_your_own_capture_in_four_commands(tmp_path, monkeypatch):
     assert [t["index"] for t in json.loads(frozen.read_text())["splits"][0]["train"]] == [1, 4, 9]
     validated = invoke("--specs", "specs", "validate")  # the folder of your own, suites at its top level
     assert validated.exit_code == 0, validated.output
-    counts = f"{len(specs.list_datasets())} datasets, {len(specs.list_suites()) + 1} suites), 13 frozen split files"
-    assert counts in validated.output, validated.output  # built-in datasets + yours (mine), suites + my-sparse
+    counts = f"{builtin_datasets + 1} datasets, {builtin_suites + 2} suites), 13 frozen split files"
+    assert counts in validated.output, validated.output  # built-ins + mine, my-masked, my-sparse and its split
     assert package_state() == before
