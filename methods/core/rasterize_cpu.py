@@ -3,13 +3,13 @@
 Pipeline, mirroring gsplat 1.5.3 with ``packed=False``, each stage a numba kernel wired into autograd:
 
 1. :class:`ProjectGaussians3D`: EWA projection, culling and radii
-   (:mod:`.kernels_projection`, the same maths as :func:`.projection.project_gaussians_3d`).
-2. :class:`~.kernels_tiles.TileBins`: every visible Gaussian is listed in each 16x16 tile its bounding
+   (:mod:`.cpu_kernels`, the same maths as :func:`.projection.project_gaussians_3d`).
+2. :class:`TileBins`: every visible Gaussian is listed in each 16x16 tile its bounding
    box touches, front to back, exactly the order gsplat's ``isect_tiles`` produces.
 3. :class:`RasterizeTiles3D`: per tile, front-to-back alpha compositing with gsplat's rules (alpha =
    min(0.999, o exp(-sigma)), contributions below 1/255 skipped, a pixel stops before the Gaussian that
    would take its transmittance to <= 1e-4); backward walks back to front from each pixel's last
-   contributor, as gsplat's CUDA backward does (:mod:`.kernels_3dgs`).
+   contributor, as gsplat's CUDA backward does (:mod:`.cpu_kernels`).
 
 Memory: per-pixel outputs plus, in backward, one gradient row per Gaussian-tile intersection; nothing
 per Gaussian-pixel pair is stored. Gradients reach means, quats, scales, opacities and colours; with
@@ -20,18 +20,90 @@ receives the screen-space gradient that gsplat's ``DefaultStrategy`` reads.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
+import numba
 import numpy as np
 import torch
 from torch import Tensor
 
-from . import kernels_3dgs, kernels_projection
-from .kernels_tiles import TileBins, as_f64, reduce_per_gaussian, use_torch_threads
+from . import cpu_kernels as K
 from .projection import project_gaussians_3d, sh_to_colors
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
+
+
+def use_torch_threads() -> None:
+    """Run the next kernels on as many threads as PyTorch uses (capped at numba's pool size)."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def as_f64(x: torch.Tensor) -> np.ndarray:
+    """A contiguous float64 NumPy view/copy of a tensor, detached from autograd."""
+    return np.ascontiguousarray(x.detach().to(torch.float64).numpy())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tile binning
+# ----------------------------------------------------------------------------------------------------
+
+
+class TileBins:
+    """Gaussian-tile intersections sorted by (camera, tile, depth), like gsplat's ``isect_tiles``.
+
+    Arrays are NumPy int64: ``flatten_ids`` [M] (c * N + g), ``tile_offsets`` [C * TH * TW + 1] (tile t
+    owns ``flatten_ids[tile_offsets[t]:tile_offsets[t + 1]]``), ``tiles_per_gauss`` [C * N],
+    ``gauss_offsets`` [C * N + 1] and ``slot_of`` [M] (see :func:`.cpu_kernels.scatter_to_tiles`).
+    """
+
+    def __init__(self, means2d: np.ndarray, radii: np.ndarray, depths: np.ndarray, width: int, height: int):
+        C, N = depths.shape
+        self.n_cameras, self.n_gaussians = C, N
+        self.tile_width = math.ceil(width / K.TILE_SIZE)
+        self.tile_height = math.ceil(height / K.TILE_SIZE)
+        means2d = means2d.reshape(C * N, 2)
+        radii = radii.reshape(C * N, 2)
+        self.tiles_per_gauss = K.tiles_per_gaussian(means2d, radii, self.tile_width, self.tile_height)
+        self.gauss_offsets = np.zeros(C * N + 1, dtype=np.int64)
+        np.cumsum(self.tiles_per_gauss, out=self.gauss_offsets[1:])
+        # front to back within each camera; stable, so equal depths keep Gaussian order (as gsplat)
+        camera = np.repeat(np.arange(C, dtype=np.float64), N)
+        order = np.lexsort((depths.reshape(-1), camera))
+        self.tile_offsets, self.flatten_ids, self.slot_of = K.scatter_to_tiles(
+            means2d, radii, order, self.tiles_per_gauss, self.gauss_offsets, max(N, 1),
+            self.tile_width, self.tile_height,
+        )
+        self._depths = depths
+
+    @property
+    def n_isects(self) -> int:
+        return int(self.flatten_ids.shape[0])
+
+    def info(self) -> dict:
+        """gsplat's intersection keys for the ``info`` dict (torch tensors)."""
+        C, N = self.n_cameras, self.n_gaussians
+        flat = torch.from_numpy(self.flatten_ids)
+        n_local = self.tile_width * self.tile_height
+        tile = torch.repeat_interleave(
+            torch.arange(C * n_local), torch.from_numpy(np.diff(self.tile_offsets))
+        )
+        # gsplat's 64-bit key: camera and tile id in the high word, the float32 depth bits in the low word
+        tile_bits = n_local.bit_length()
+        depth_bits = torch.from_numpy(self._depths.astype(np.float32).reshape(-1)).view(torch.int32)
+        depth_bits = depth_bits[flat].long() & 0xFFFFFFFF
+        isect_ids = (((tile // n_local) << tile_bits) | (tile % n_local)) << 32 | depth_bits
+        offsets = torch.from_numpy(self.tile_offsets[:-1]).reshape(C, self.tile_height, self.tile_width)
+        return {
+            "tile_width": self.tile_width,
+            "tile_height": self.tile_height,
+            "tiles_per_gauss": torch.from_numpy(self.tiles_per_gauss).reshape(C, N).int(),
+            "isect_ids": isect_ids,
+            "flatten_ids": flat.int(),
+            "isect_offsets": offsets.int(),
+            "tile_size": K.TILE_SIZE,
+        }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -51,7 +123,7 @@ class ProjectGaussians3D(torch.autograd.Function):
     def forward(ctx, means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near, far, clip):
         use_torch_threads()
         host = [as_f64(t) for t in (means, quats, scales, opacities, viewmats, Ks)]
-        means2d, conics, depths, radii = kernels_projection.project_3dgs_fwd(
+        means2d, conics, depths, radii = K.project_3dgs_fwd(
             *host, width, height, eps2d, near, far, clip
         )
         ctx.host = host[:3] + host[4:]
@@ -68,7 +140,7 @@ class ProjectGaussians3D(torch.autograd.Function):
         use_torch_threads()
         means, quats, scales, viewmats, Ks = ctx.host
         width, height, eps2d = ctx.shape
-        v_means, v_quats, v_scales = kernels_projection.project_3dgs_bwd(
+        v_means, v_quats, v_scales = K.project_3dgs_bwd(
             means, quats, scales, viewmats, Ks, width, height, eps2d, ctx.radii, ctx.conics,
             as_f64(v_means2d), as_f64(v_conics), as_f64(v_depths),
         )
@@ -135,7 +207,7 @@ class RasterizeTiles3D(torch.autograd.Function):
     def forward(ctx, means2d, conics, opacities, features, bins: TileBins, width: int, height: int):
         use_torch_threads()
         params = gaussian_rows(means2d, conics, opacities, features)
-        colors, T, last, pairs = kernels_3dgs.rasterize_3dgs_fwd(
+        colors, T, last, pairs = K.rasterize_3dgs_fwd(
             params, bins.tile_offsets, bins.flatten_ids, bins.n_cameras, width, height,
             bins.tile_width, bins.tile_height, False,
         )
@@ -149,11 +221,11 @@ class RasterizeTiles3D(torch.autograd.Function):
     def backward(ctx, v_colors, v_T):
         use_torch_threads()
         bins, (width, height) = ctx.bins, ctx.size
-        per_isect = kernels_3dgs.rasterize_3dgs_bwd(
+        per_isect = K.rasterize_3dgs_bwd(
             ctx.params, bins.tile_offsets, bins.flatten_ids, bins.n_cameras, width, height,
             bins.tile_width, bins.tile_height, ctx.T, ctx.last, as_f64(v_colors), as_f64(v_T[..., 0]), False,
         )
-        rows = reduce_per_gaussian(per_isect, bins.gauss_offsets, bins.slot_of)
+        rows = K.reduce_per_gaussian(per_isect, bins.gauss_offsets, bins.slot_of)
         return (*split_rows(rows, ctx.shapes, v_colors.dtype), None, None, None)
 
 

@@ -2,7 +2,7 @@
 compiled kernels.
 
 Same pipeline as :mod:`.rasterize_cpu`: projection (:class:`ProjectSurfels`, the maths of
-:func:`.projection.project_surfels_2d`), tile binning, then per-tile compositing (:mod:`.kernels_2dgs`,
+:func:`.projection.project_surfels_2d`), tile binning, then per-tile compositing (:mod:`.cpu_kernels`,
 whose docstring has the ray-splat intersection). Besides colours and alpha the kernel composites
 camera-space normals, gsplat's depth distortion and the median depth. With camera tensors that require
 grad the projection falls back to plain PyTorch so that cameras get gradients too.
@@ -16,18 +16,20 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import kernels_2dgs, kernels_projection
-from .kernels_tiles import TileBins, as_f64, reduce_per_gaussian, use_torch_threads
+from . import cpu_kernels as K
 from .projection import project_surfels_2d
 from .rasterize_cpu import (
+    TileBins,
     _cameras_need_grad,
     add_depth_channel,
+    as_f64,
     bin_tiles,
     camera_colors,
     finish_render,
     gaussian_rows,
     split_rows,
     tile_info,
+    use_torch_threads,
 )
 
 
@@ -39,7 +41,7 @@ class ProjectSurfels(torch.autograd.Function):
     def forward(ctx, means, quats, scales, viewmats, Ks, width, height, near, far, clip):
         use_torch_threads()
         host = [as_f64(t) for t in (means, quats, scales, viewmats, Ks)]
-        out = kernels_projection.project_2dgs_fwd(*host, width, height, near, far, clip)
+        out = K.project_2dgs_fwd(*host, width, height, near, far, clip)
         ctx.host, ctx.radii = host, out[4]
         dtype = means.dtype
         tensors = [torch.from_numpy(a).to(dtype) for a in out[:4]] + [torch.from_numpy(out[4])]
@@ -49,7 +51,7 @@ class ProjectSurfels(torch.autograd.Function):
     @staticmethod
     def backward(ctx, v_means2d, v_transforms, v_depths, v_normals, _v_radii):
         use_torch_threads()
-        grads = kernels_projection.project_2dgs_bwd(
+        grads = K.project_2dgs_bwd(
             *ctx.host, ctx.radii, as_f64(v_means2d), as_f64(v_transforms), as_f64(v_depths), as_f64(v_normals)
         )
         dtype = v_means2d.dtype
@@ -89,7 +91,7 @@ class RasterizeTiles2D(torch.autograd.Function):
     def forward(ctx, means2d, ray_transforms, opacities, features, normals, bins: TileBins, width, height):
         use_torch_threads()
         params = gaussian_rows(means2d, ray_transforms, opacities, features, normals)
-        feats, norms, T, distort, median, last, median_idx, pairs = kernels_2dgs.rasterize_2dgs_fwd(
+        feats, norms, T, distort, median, last, median_idx, pairs = K.rasterize_2dgs_fwd(
             params, bins.tile_offsets, bins.flatten_ids, bins.n_cameras, width, height,
             bins.tile_width, bins.tile_height, False,
         )
@@ -107,13 +109,13 @@ class RasterizeTiles2D(torch.autograd.Function):
         use_torch_threads()
         bins, (width, height) = ctx.bins, ctx.size
         T, last, median_idx, depth_total = ctx.saved
-        per_isect = kernels_2dgs.rasterize_2dgs_bwd(
+        per_isect = K.rasterize_2dgs_bwd(
             ctx.params, bins.tile_offsets, bins.flatten_ids, bins.n_cameras, width, height,
             bins.tile_width, bins.tile_height, T, last, median_idx, depth_total,
             as_f64(v_features), as_f64(v_normals), as_f64(v_T[..., 0]), as_f64(v_distort[..., 0]),
             as_f64(v_median[..., 0]), False,
         )
-        rows = reduce_per_gaussian(per_isect, bins.gauss_offsets, bins.slot_of)
+        rows = K.reduce_per_gaussian(per_isect, bins.gauss_offsets, bins.slot_of)
         return (*split_rows(rows, ctx.shapes, v_features.dtype), None, None, None)
 
 
