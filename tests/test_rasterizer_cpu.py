@@ -506,25 +506,44 @@ def test_pixel_spans_equal_whole_tiles(kind):
     viewmats, Ks = make_cameras()
     if kind == "3dgs":
         params, bins = _kernel_inputs_3dgs(scene, viewmats, Ks)
-        fwd, bwd = K.rasterize_3dgs_fwd, K.rasterize_3dgs_bwd
     else:
         params, bins = _kernel_inputs_2dgs(scene, viewmats, Ks)
-        fwd, bwd = K.rasterize_2dgs_fwd, K.rasterize_2dgs_bwd
-    common = (params, bins.tile_offsets, bins.flatten_ids, 2, W, H, bins.tile_width, bins.tile_height)
-    span, full = fwd(*common, False), fwd(*common, True)
-    for a, b in zip(span[:-1], full[:-1]):
+    C, D = 2, 4
+    common = (params, bins.tile_offsets, bins.flatten_ids, bins.tile_width, bins.tile_height)
+
+    def forward(full_tile):
+        image = lambda *shape, dtype=np.float64: np.full((C, H, W) + shape, -7, dtype=dtype)  # noqa: E731
+        if kind == "3dgs":
+            out = [image(D), image(), image(dtype=np.int64)]
+            kernel = K.rasterize_3dgs_fwd
+        else:
+            out = [image(D), image(3), image(), image(), image(), image(dtype=np.int64), image(dtype=np.int64)]
+            kernel = K.rasterize_2dgs_fwd
+        pairs = np.zeros(bins.n_tiles, dtype=np.int64)
+        kernel(*common, full_tile, *out, pairs, 0, 1)
+        return out, pairs
+
+    def backward(full_tile, *upstream):
+        per_isect = np.zeros((bins.n_isects, params.shape[1]))
+        kernel = K.rasterize_3dgs_bwd if kind == "3dgs" else K.rasterize_2dgs_bwd
+        kernel(*common, full_tile, *upstream, per_isect, 0, 1)
+        return per_isect
+
+    (span, span_pairs), (full, full_pairs) = forward(False), forward(True)
+    for a, b in zip(span, full):
+        assert (a != -7).all()  # every pixel written
         np.testing.assert_array_equal(a, b)
-    assert span[-1].sum() < 0.5 * full[-1].sum()  # and far fewer pairs evaluated
+    assert span_pairs.sum() < 0.5 * full_pairs.sum()  # and far fewer pairs evaluated
 
     rng = np.random.default_rng(0)
     if kind == "3dgs":
-        colors, T, last = span[:3]
-        grads = (T, last, rng.random(colors.shape), rng.random(T.shape))
+        colors, T, last = span
+        upstream = (T, last, rng.random(colors.shape), rng.random(T.shape))
     else:
-        feats, normals, T, distort, median, last, median_idx = span[:7]
-        upstream = [rng.random(x.shape) for x in (feats, normals, T, distort, median)]
-        grads = (T, last, median_idx, feats[..., -1].copy(), *upstream)
-    np.testing.assert_array_equal(bwd(*common, *grads, False), bwd(*common, *grads, True))
+        feats, normals, T, distort, median, last, median_idx = span
+        grads = [rng.random(x.shape) for x in (feats, normals, T, distort, median)]
+        upstream = (T, last, median_idx, feats[..., -1].copy(), *grads)
+    np.testing.assert_array_equal(backward(False, *upstream), backward(True, *upstream))
 
 
 def test_projection_kernels_match_autograd():

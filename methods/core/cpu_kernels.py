@@ -7,8 +7,11 @@ it inlines from another file does; one file keeps the cache exact.
 
 Every kernel works on float64 NumPy arrays whatever the caller's dtype: one compiled specialisation per
 kernel, scalar float64 arithmetic costs the same as float32 on a CPU, and the float64 tolerance tests
-measure the algorithm rather than rounding. Kernels are parallel over tiles (rasterization) or Gaussians
-(projection, reductions) with ``numba.prange``.
+measure the algorithm rather than rounding. The heavy kernels release the GIL and take a share of the
+work, ``worker`` of ``n_workers`` (every n-th tile for rasterization, a contiguous block of Gaussians
+otherwise), writing into output arrays the caller allocated; :func:`.rasterize_cpu.run_workers` runs the
+shares on a thread pool. (Plain threads instead of ``parallel=True``: numba's parallel compilation took
+three times as long to JIT, and this way torch's thread count is the one knob.)
 
 Sections:
 
@@ -54,7 +57,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 TILE_SIZE = 16
 TILE_PIXELS = TILE_SIZE * TILE_SIZE
@@ -73,7 +76,7 @@ _INV_LN2 = 1.44269504088896338700e00
 _POW2_NEG = np.array([2.0**-k for k in range(64)])
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)
 def exp_neg(s):
     """exp(-s) for s >= 0, to about 1e-14 relative (0 beyond s = 44, where alpha is far below 1/255).
 
@@ -95,6 +98,12 @@ def exp_neg(s):
     return (p01 + r2 * p23 + r4 * (p45 + r2 * p67) + r4 * r4 * (p89 + r2 * p1011)) * _POW2_NEG[k]
 
 
+@njit(cache=True)
+def block_share(n, worker, n_workers):
+    """[start, stop) of ``worker``'s contiguous share of n items."""
+    return n * worker // n_workers, n * (worker + 1) // n_workers
+
+
 # ----------------------------------------------------------------------------------------------------
 # Binning (driven by rasterize_cpu.TileBins)
 # ----------------------------------------------------------------------------------------------------
@@ -110,12 +119,12 @@ def _tile_rect(mx, my, rx, ry, tile_w, tile_h):
     return int(x0), int(x1), int(y0), int(y1)
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def tiles_per_gaussian(means2d, radii, tile_w, tile_h):
     """[C * N] number of tiles each (camera, Gaussian) touches; 0 where culled."""
     n = means2d.shape[0]
     counts = np.zeros(n, dtype=np.int64)
-    for i in prange(n):
+    for i in range(n):
         if radii[i, 0] > 0 and radii[i, 1] > 0:
             x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
             counts[i] = (x1 - x0) * (y1 - y0)
@@ -168,28 +177,26 @@ def scatter_to_tiles(means2d, radii, order, counts, gauss_offsets, n_per_camera,
 # ----------------------------------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def reduce_per_gaussian(per_isect, gauss_offsets, slot_of):
-    """Sum per-intersection gradient rows [M, F] into per-Gaussian rows [C * N, F].
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def reduce_per_gaussian(per_isect, gauss_offsets, slot_of, out, worker, n_workers):
+    """Sum per-intersection gradient rows [M, F] into per-Gaussian rows ``out`` [C * N, F] (zeroed).
 
     Each Gaussian sums its own tiles in a fixed (row-major tile) order, so the result does not depend on
     the thread count.
     """
-    n = gauss_offsets.shape[0] - 1
     F = per_isect.shape[1]
-    out = np.zeros((n, F), dtype=per_isect.dtype)
-    for i in prange(n):
+    start, stop = block_share(gauss_offsets.shape[0] - 1, worker, n_workers)
+    for i in range(start, stop):
         for k in range(gauss_offsets[i], gauss_offsets[i + 1]):
             row = per_isect[slot_of[k]]
             for f in range(F):
                 out[i, f] += row[f]
-    return out
 
 
 MAX_EXTENT_SIGMAS = 3.33  # gsplat's bounding-box half-size in standard deviations
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)
 def _rotmat(q, R):
     """Fill R [3, 3] from a wxyz quaternion; returns the normalised quaternion and the norm."""
     norm = math.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
@@ -207,7 +214,7 @@ def _rotmat(q, R):
     return w, x, y, z, max(norm, 1e-12)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)
 def _quat_grad(G, w, x, y, z, norm, out):
     """dL/dq [4] from dL/dR = G [3, 3], through the normalisation q / |q|."""
     gw = 2 * (-z * G[0, 1] + y * G[0, 2] + z * G[1, 0] - x * G[1, 2] - y * G[2, 0] + x * G[2, 1])
@@ -224,7 +231,7 @@ def _quat_grad(G, w, x, y, z, norm, out):
     out[3] += (gz - z * dot) / norm
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)
 def _inside_image(mx, my, rx, ry, width, height):
     return mx + rx > 0 and mx - rx < width and my + ry > 0 and my - ry < height
 
@@ -234,7 +241,7 @@ def _inside_image(mx, my, rx, ry, width, height):
 # ----------------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)
 def _camera_covariance(q, s, V, R, A, Sc):
     """Fill R = R(q), A = R_cw R S and Sc = A A^T; returns the normalised quaternion and its norm."""
     w, x, y, z, norm = _rotmat(q, R)
@@ -247,7 +254,7 @@ def _camera_covariance(q, s, V, R, A, Sc):
     return w, x, y, z, norm
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)
 def _fov_limits(K, width, height):
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     lim_x_pos = (width - cx) / fx + 0.3 * (0.5 * width / fx)
@@ -257,16 +264,14 @@ def _fov_limits(K, width, height):
     return lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def project_3dgs_fwd(means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near, far,
-                     radius_clip):
-    """means2d [C, N, 2], conics [C, N, 3], depths [C, N], radii [C, N, 2] int32 (0 where culled)."""
+                     radius_clip, means2d, conics, depths, radii, worker, n_workers):
+    """Fill means2d [C, N, 2], conics [C, N, 3], depths [C, N], radii [C, N, 2] int32 (all zeroed; they
+    stay 0 where culled)."""
     C, N = viewmats.shape[0], means.shape[0]
-    means2d = np.zeros((C, N, 2))
-    conics = np.zeros((C, N, 3))
-    depths = np.zeros((C, N))
-    radii = np.zeros((C, N, 2), dtype=np.int32)
-    for k in prange(C * N):
+    start, stop = block_share(C * N, worker, n_workers)
+    for k in range(start, stop):
         c, n = k // N, k % N
         V, K = viewmats[c], Ks[c]
         x = V[0, 0] * means[n, 0] + V[0, 1] * means[n, 1] + V[0, 2] * means[n, 2] + V[0, 3]
@@ -307,18 +312,16 @@ def project_3dgs_fwd(means, quats, scales, opacities, viewmats, Ks, width, heigh
         conics[c, n, 0], conics[c, n, 1], conics[c, n, 2] = cc / det, -b / det, a / det
         depths[c, n] = z
         radii[c, n, 0], radii[c, n, 1] = int(rx), int(ry)
-    return means2d, conics, depths, radii
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def project_3dgs_bwd(means, quats, scales, viewmats, Ks, width, height, eps2d, radii, conics,
-                     v_means2d, v_conics, v_depths):
-    """dL/dmeans [N, 3], dL/dquats [N, 4], dL/dscales [N, 3] (summed over cameras)."""
+                     v_means2d, v_conics, v_depths, v_means, v_quats, v_scales, worker, n_workers):
+    """Add dL/dmeans [N, 3], dL/dquats [N, 4], dL/dscales [N, 3] (summed over cameras) to the zeroed
+    ``v_means``, ``v_quats``, ``v_scales``."""
     C, N = viewmats.shape[0], means.shape[0]
-    v_means = np.zeros((N, 3))
-    v_quats = np.zeros((N, 4))
-    v_scales = np.zeros((N, 3))
-    for n in prange(N):
+    start, stop = block_share(N, worker, n_workers)
+    for n in range(start, stop):
         R = np.empty((3, 3))
         A = np.empty((3, 3))
         Sc = np.empty((3, 3))
@@ -408,7 +411,6 @@ def project_3dgs_bwd(means, quats, scales, viewmats, Ks, width, height, eps2d, r
                     v_scales[n, j] += dRS * R[i, j]
                     G[i, j] = dRS * s[j]  # G is now dL/dR
             _quat_grad(G, w, qx, qy, qz, norm, v_quats[n])
-    return v_means, v_quats, v_scales
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -416,7 +418,7 @@ def project_3dgs_bwd(means, quats, scales, viewmats, Ks, width, height, eps2d, r
 # ----------------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)
 def _surfel_transform(mean, q, s, V, K, R, Rc, H):
     """Fill Rc = R_cw R(q) and H = K [s_u t_u, s_v t_v, mu_c]; returns (quaternion, norm, camera centre)."""
     w, x, y, z, norm = _rotmat(q, R)
@@ -436,16 +438,14 @@ def _surfel_transform(mean, q, s, V, K, R, Rc, H):
     return w, x, y, z, norm, mc0, mc1, mc2
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def project_2dgs_fwd(means, quats, scales, viewmats, Ks, width, height, near, far, radius_clip):
-    """means2d [C, N, 2], ray_transforms [C, N, 3, 3], depths [C, N], normals [C, N, 3], radii."""
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def project_2dgs_fwd(means, quats, scales, viewmats, Ks, width, height, near, far, radius_clip,
+                     means2d, transforms, depths, normals, radii, worker, n_workers):
+    """Fill means2d [C, N, 2], ray_transforms [C, N, 3, 3], depths [C, N], normals [C, N, 3] and radii
+    [C, N, 2] int32 (all zeroed; they stay 0 where culled)."""
     C, N = viewmats.shape[0], means.shape[0]
-    means2d = np.zeros((C, N, 2))
-    transforms = np.zeros((C, N, 3, 3))
-    depths = np.zeros((C, N))
-    normals = np.zeros((C, N, 3))
-    radii = np.zeros((C, N, 2), dtype=np.int32)
-    for k in prange(C * N):
+    start, stop = block_share(C * N, worker, n_workers)
+    for k in range(start, stop):
         c, n = k // N, k % N
         R = np.empty((3, 3))
         Rc = np.empty((3, 3))
@@ -477,18 +477,16 @@ def project_2dgs_fwd(means, quats, scales, viewmats, Ks, width, height, near, fa
                 transforms[c, n, i, j] = H[i, j]
         depths[c, n] = mc2
         radii[c, n, 0], radii[c, n, 1] = int(rx), int(ry)
-    return means2d, transforms, depths, normals, radii
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def project_2dgs_bwd(means, quats, scales, viewmats, Ks, radii, v_means2d, v_transforms, v_depths,
-                     v_normals):
-    """dL/dmeans [N, 3], dL/dquats [N, 4], dL/dscales [N, 3] (the third scale gets none)."""
+                     v_normals, v_means, v_quats, v_scales, worker, n_workers):
+    """Add dL/dmeans [N, 3], dL/dquats [N, 4], dL/dscales [N, 3] (the third scale gets none) to the
+    zeroed ``v_means``, ``v_quats``, ``v_scales``."""
     C, N = viewmats.shape[0], means.shape[0]
-    v_means = np.zeros((N, 3))
-    v_quats = np.zeros((N, 4))
-    v_scales = np.zeros((N, 3))
-    for n in prange(N):
+    start, stop = block_share(N, worker, n_workers)
+    for n in range(start, stop):
         R = np.empty((3, 3))
         Rc = np.empty((3, 3))
         H = np.empty((3, 3))
@@ -534,7 +532,6 @@ def project_2dgs_bwd(means, quats, scales, viewmats, Ks, radii, v_means2d, v_tra
                 for j in range(3):  # Rc = R_cw R: dL/dR = R_cw^T dL/dRc
                     G[i, j] = V[0, i] * vRc[0, j] + V[1, i] * vRc[1, j] + V[2, i] * vRc[2, j]
             _quat_grad(G, w, x, y, z, norm, v_quats[n])
-    return v_means, v_quats, v_scales
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -546,7 +543,7 @@ SPAN_MARGIN = 1e-6  # relative slack on the ellipse's sigma bound, so rounding n
 PIXEL_MARGIN = 1e-3  # and slack in pixels on the solved row and column limits
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)
 def tile_origin(tile, tile_w, tile_h, width, height):
     """Camera index, first pixel (x0, y0) and one-past-last pixel (x1, y1) of a global tile id."""
     per_camera = tile_w * tile_h
@@ -557,7 +554,7 @@ def tile_origin(tile, tile_w, tile_h, width, height):
     return cam, x0, y0, min(x0 + TILE_SIZE, width), min(y0 + TILE_SIZE, height)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)
 def sigma_bound(o):
     """Largest sigma at which o exp(-sigma) can still reach 1/255 (negative: never), with slack."""
     if o < ALPHA_THRESHOLD:
@@ -566,7 +563,7 @@ def sigma_bound(o):
     return s + SPAN_MARGIN * (1.0 + s)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)
 def ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile):
     """Rows [lo, hi) of the tile that the ellipse sigma <= smax reaches."""
     if full_tile:
@@ -578,7 +575,7 @@ def ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile):
     return pixel_range(my - ey, my + ey, y0, y1)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)
 def pixel_range(lo_f, hi_f, start, stop):
     """Pixels [lo, hi) within [start, stop) whose centre (index + 0.5) lies in [lo_f, hi_f], with slack."""
     lo = max(start, int(math.ceil(lo_f - 0.5 - PIXEL_MARGIN)))
@@ -586,7 +583,7 @@ def pixel_range(lo_f, hi_f, start, stop):
     return lo, max(lo, hi)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)
 def ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile):
     """Columns [lo, hi) of a row (at offset dy = my - pixel y) where sigma <= smax can hold."""
     if full_tile:
@@ -603,18 +600,15 @@ def ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile):
     return pixel_range(centre - half, centre + half, x0, x1)
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, n_cameras, width, height, tile_w, tile_h,
-                       full_tile):
-    """Returns colours [C, H, W, D], final transmittance [C, H, W], last composited index [C, H, W]
-    (into ``flatten_ids``, -1 if none) and the number of Gaussian-pixel pairs evaluated per tile."""
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, colors, T_final, last,
+                       pairs, worker, n_workers):
+    """Fill colours [C, H, W, D], final transmittance [C, H, W], last composited index [C, H, W] (into
+    ``flatten_ids``, -1 if none) and the number of Gaussian-pixel pairs evaluated per tile [n_tiles]."""
     D = params.shape[1] - N_GEOM_3D
+    height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
-    colors = np.empty((n_cameras, height, width, D))
-    T_final = np.empty((n_cameras, height, width))
-    last = np.empty((n_cameras, height, width), dtype=np.int64)
-    pairs = np.zeros(n_tiles, dtype=np.int64)
-    for tile in prange(n_tiles):
+    for tile in range(worker, n_tiles, n_workers):
         cam, x0, y0, x1, y1 = tile_origin(tile, tile_w, tile_h, width, height)
         T = np.ones(TILE_PIXELS)
         acc = np.zeros((TILE_PIXELS, D))
@@ -664,19 +658,18 @@ def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, n_cameras, width, heig
                 last[cam, y, x] = last_t[p]
                 for k in range(D):
                     colors[cam, y, x, k] = acc[p, k]
-    return colors, T_final, last, pairs
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, n_cameras, width, height, tile_w, tile_h,
-                       T_final, last, v_colors, v_T, full_tile):
-    """Per-intersection gradient rows [M, 6 + D]: dL/d(mean x, mean y, conic a, b, c, opacity, features).
-
-    ``v_colors`` [C, H, W, D] and ``v_T`` [C, H, W] are the gradients of the forward's outputs."""
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, T_final, last, v_colors,
+                       v_T, per_isect, worker, n_workers):
+    """Fill per-intersection gradient rows ``per_isect`` [M, 6 + D] (zeroed): dL/d(mean x, mean y, conic a,
+    b, c, opacity, features). ``v_colors`` [C, H, W, D] and ``v_T`` [C, H, W] are the gradients of the
+    forward's outputs."""
     D = params.shape[1] - N_GEOM_3D
+    height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
-    per_isect = np.zeros((flatten_ids.shape[0], N_GEOM_3D + D))
-    for tile in prange(n_tiles):
+    for tile in range(worker, n_tiles, n_workers):
         start, end = tile_offsets[tile], tile_offsets[tile + 1]
         if start == end:
             continue
@@ -739,7 +732,6 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, n_cameras, width, heig
                     T[p] = T_k
             for f in range(N_GEOM_3D + D):
                 per_isect[j, f] = grad[f]
-    return per_isect
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -750,7 +742,7 @@ N_GEOM_2D = 12  # per-surfel row: mean x, mean y, M (9, row-major), opacity; the
 LOWPASS_INV_SQUARE = 2.0  # gsplat's FILTER_INV_SQUARE_2DGS
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)
 def surfel_rows(g, smax, y0, y1, full_tile):
     """Rows [lo, hi) that the splat disk's image or the low-pass disk can reach."""
     if full_tile:
@@ -772,7 +764,7 @@ def surfel_rows(g, smax, y0, y1, full_tile):
     return pixel_range(min(lo_f, min(k1, k2)), max(hi_f, max(k1, k2)), y0, y1)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)
 def surfel_span(g, dy, ax, ay, az, bx, by, bz, smax, x0, x1, full_tile):
     """Columns [lo, hi) of a row where min(g3, g2) <= 2 smax can hold; c = x (ax, ay, az) - (bx, by, bz)."""
     if full_tile:
@@ -799,7 +791,7 @@ def surfel_span(g, dy, ax, ay, az, bx, by, bz, smax, x0, x1, full_tile):
     return pixel_range(lo_f, hi_f, x0, x1)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)
 def row_planes(g, py):
     """a = w x h_v and b = u x h_v for the row at pixel centre py (h_v = py w - v): c = x a - b."""
     ux, uy, uz = g[2], g[3], g[4]
@@ -810,23 +802,16 @@ def row_planes(g, py):
     return ax, ay, az, bx, by, bz, hx, hy, hz
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, n_cameras, width, height, tile_w, tile_h,
-                       full_tile):
-    """Returns features [C, H, W, D], normals [C, H, W, 3], final T, distortion, median depth (each
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, features, normals,
+                       T_final, distort, median, last, median_idx, pairs, worker, n_workers):
+    """Fill features [C, H, W, D], normals [C, H, W, 3], final T, distortion, median depth (each
     [C, H, W]), the last composited index and the median's index [C, H, W] (into ``flatten_ids``, -1 if
-    none) and the pairs evaluated per tile."""
+    none) and the pairs evaluated per tile [n_tiles]."""
     D = params.shape[1] - N_GEOM_2D - 3
+    height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
-    features = np.empty((n_cameras, height, width, D))
-    normals = np.empty((n_cameras, height, width, 3))
-    T_final = np.empty((n_cameras, height, width))
-    distort = np.empty((n_cameras, height, width))
-    median = np.empty((n_cameras, height, width))
-    last = np.empty((n_cameras, height, width), dtype=np.int64)
-    median_idx = np.empty((n_cameras, height, width), dtype=np.int64)
-    pairs = np.zeros(n_tiles, dtype=np.int64)
-    for tile in prange(n_tiles):
+    for tile in range(worker, n_tiles, n_workers):
         cam, x0, y0, x1, y1 = tile_origin(tile, tile_w, tile_h, width, height)
         T = np.ones(TILE_PIXELS)
         acc = np.zeros((TILE_PIXELS, D + 3))
@@ -902,21 +887,19 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, n_cameras, width, heig
                 median[cam, y, x] = med_t[p]
                 last[cam, y, x] = last_t[p]
                 median_idx[cam, y, x] = med_idx_t[p]
-    return features, normals, T_final, distort, median, last, median_idx, pairs
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, n_cameras, width, height, tile_w, tile_h,
-                       T_final, last, median_idx, depth_total, v_features, v_normals, v_T, v_distort,
-                       v_median, full_tile):
-    """Per-intersection gradient rows [M, 12 + D + 3] in the layout of ``params``.
-
-    ``depth_total`` [C, H, W] is the forward's sum of w * depth (its last feature channel)."""
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, T_final, last,
+                       median_idx, depth_total, v_features, v_normals, v_T, v_distort, v_median, per_isect,
+                       worker, n_workers):
+    """Fill per-intersection gradient rows ``per_isect`` [M, 12 + D + 3] (zeroed) in the layout of
+    ``params``. ``depth_total`` [C, H, W] is the forward's sum of w * depth (its last feature channel)."""
     D = params.shape[1] - N_GEOM_2D - 3
     F = params.shape[1]
+    height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
-    per_isect = np.zeros((flatten_ids.shape[0], F))
-    for tile in prange(n_tiles):
+    for tile in range(worker, n_tiles, n_workers):
         start, end = tile_offsets[tile], tile_offsets[tile + 1]
         if start == end:
             continue
@@ -1040,4 +1023,3 @@ def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, n_cameras, width, heig
                 grad[10] += hu1z + py * hvz
             for f in range(F):
                 per_isect[j, f] = grad[f]
-    return per_isect

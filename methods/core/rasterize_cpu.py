@@ -21,10 +21,10 @@ receives the screen-space gradient that gsplat's ``DefaultStrategy`` reads.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
-import numba
 import numpy as np
 import torch
 from torch import Tensor
@@ -35,9 +35,24 @@ from .projection import project_gaussians_3d, sh_to_colors
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 
 
-def use_torch_threads() -> None:
-    """Run the next kernels on as many threads as PyTorch uses (capped at numba's pool size)."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+_pool: Optional[ThreadPoolExecutor] = None
+
+
+def run_workers(kernel, *args) -> None:
+    """Run ``kernel(*args, worker, n_workers)`` for every worker, on as many threads as PyTorch uses.
+
+    The kernels release the GIL and each fills its own share of the preallocated outputs."""
+    global _pool
+    n_workers = max(1, torch.get_num_threads())
+    if n_workers == 1:
+        kernel(*args, 0, 1)
+        return
+    if _pool is None or _pool._max_workers < n_workers - 1:
+        _pool = ThreadPoolExecutor(max_workers=n_workers - 1, thread_name_prefix="gfbench-raster")
+    others = [_pool.submit(kernel, *args, worker, n_workers) for worker in range(1, n_workers)]
+    kernel(*args, 0, n_workers)
+    for future in others:
+        future.result()
 
 
 def as_f64(x: torch.Tensor) -> np.ndarray:
@@ -81,6 +96,16 @@ class TileBins:
     def n_isects(self) -> int:
         return int(self.flatten_ids.shape[0])
 
+    @property
+    def n_tiles(self) -> int:
+        return int(self.tile_offsets.shape[0] - 1)
+
+    def per_gaussian(self, per_isect: np.ndarray) -> np.ndarray:
+        """Sum per-intersection rows [M, F] into per-(camera, Gaussian) rows [C * N, F]."""
+        out = np.zeros((self.gauss_offsets.shape[0] - 1, per_isect.shape[1]))
+        run_workers(K.reduce_per_gaussian, per_isect, self.gauss_offsets, self.slot_of, out)
+        return out
+
     def info(self) -> dict:
         """gsplat's intersection keys for the ``info`` dict (torch tensors)."""
         C, N = self.n_cameras, self.n_gaussians
@@ -121,11 +146,11 @@ class ProjectGaussians3D(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near, far, clip):
-        use_torch_threads()
         host = [as_f64(t) for t in (means, quats, scales, opacities, viewmats, Ks)]
-        means2d, conics, depths, radii = K.project_3dgs_fwd(
-            *host, width, height, eps2d, near, far, clip
-        )
+        C, N = viewmats.shape[0], means.shape[0]
+        means2d, conics, depths = np.zeros((C, N, 2)), np.zeros((C, N, 3)), np.zeros((C, N))
+        radii = np.zeros((C, N, 2), dtype=np.int32)
+        run_workers(K.project_3dgs_fwd, *host, width, height, eps2d, near, far, clip, means2d, conics, depths, radii)
         ctx.host = host[:3] + host[4:]
         ctx.shape = (width, height, eps2d)
         ctx.radii, ctx.conics = radii, conics
@@ -137,12 +162,13 @@ class ProjectGaussians3D(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, v_means2d, v_conics, v_depths, _v_radii):
-        use_torch_threads()
         means, quats, scales, viewmats, Ks = ctx.host
         width, height, eps2d = ctx.shape
-        v_means, v_quats, v_scales = K.project_3dgs_bwd(
-            means, quats, scales, viewmats, Ks, width, height, eps2d, ctx.radii, ctx.conics,
-            as_f64(v_means2d), as_f64(v_conics), as_f64(v_depths),
+        N = means.shape[0]
+        v_means, v_quats, v_scales = np.zeros((N, 3)), np.zeros((N, 4)), np.zeros((N, 3))
+        run_workers(
+            K.project_3dgs_bwd, means, quats, scales, viewmats, Ks, width, height, eps2d, ctx.radii, ctx.conics,
+            as_f64(v_means2d), as_f64(v_conics), as_f64(v_depths), v_means, v_quats, v_scales,
         )
         dtype = v_means2d.dtype
         grads = [torch.from_numpy(g).to(dtype) for g in (v_means, v_quats, v_scales)]
@@ -205,13 +231,15 @@ class RasterizeTiles3D(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means2d, conics, opacities, features, bins: TileBins, width: int, height: int):
-        use_torch_threads()
         params = gaussian_rows(means2d, conics, opacities, features)
-        colors, T, last, pairs = K.rasterize_3dgs_fwd(
-            params, bins.tile_offsets, bins.flatten_ids, bins.n_cameras, width, height,
-            bins.tile_width, bins.tile_height, False,
+        C, D = bins.n_cameras, features.shape[-1]
+        colors, T = np.empty((C, height, width, D)), np.empty((C, height, width))
+        last, pairs = np.empty((C, height, width), dtype=np.int64), np.zeros(bins.n_tiles, dtype=np.int64)
+        run_workers(
+            K.rasterize_3dgs_fwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
+            bins.tile_height, False, colors, T, last, pairs,
         )
-        ctx.bins, ctx.size, ctx.params, ctx.T, ctx.last = bins, (width, height), params, T, last
+        ctx.bins, ctx.params, ctx.T, ctx.last = bins, params, T, last
         ctx.shapes = [tuple(t.shape) for t in (means2d, conics, opacities, features)]
         bins.pairs_evaluated = int(pairs.sum())
         dtype = means2d.dtype
@@ -219,14 +247,13 @@ class RasterizeTiles3D(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, v_colors, v_T):
-        use_torch_threads()
-        bins, (width, height) = ctx.bins, ctx.size
-        per_isect = K.rasterize_3dgs_bwd(
-            ctx.params, bins.tile_offsets, bins.flatten_ids, bins.n_cameras, width, height,
-            bins.tile_width, bins.tile_height, ctx.T, ctx.last, as_f64(v_colors), as_f64(v_T[..., 0]), False,
+        bins = ctx.bins
+        per_isect = np.zeros((bins.n_isects, ctx.params.shape[1]))
+        run_workers(
+            K.rasterize_3dgs_bwd, ctx.params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
+            bins.tile_height, False, ctx.T, ctx.last, as_f64(v_colors), as_f64(v_T[..., 0]), per_isect,
         )
-        rows = K.reduce_per_gaussian(per_isect, bins.gauss_offsets, bins.slot_of)
-        return (*split_rows(rows, ctx.shapes, v_colors.dtype), None, None, None)
+        return (*split_rows(bins.per_gaussian(per_isect), ctx.shapes, v_colors.dtype), None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------------

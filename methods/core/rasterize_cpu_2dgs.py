@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,9 +28,9 @@ from .rasterize_cpu import (
     camera_colors,
     finish_render,
     gaussian_rows,
+    run_workers,
     split_rows,
     tile_info,
-    use_torch_threads,
 )
 
 
@@ -39,9 +40,11 @@ class ProjectSurfels(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means, quats, scales, viewmats, Ks, width, height, near, far, clip):
-        use_torch_threads()
         host = [as_f64(t) for t in (means, quats, scales, viewmats, Ks)]
-        out = K.project_2dgs_fwd(*host, width, height, near, far, clip)
+        C, N = viewmats.shape[0], means.shape[0]
+        out = (np.zeros((C, N, 2)), np.zeros((C, N, 3, 3)), np.zeros((C, N)), np.zeros((C, N, 3)),
+               np.zeros((C, N, 2), dtype=np.int32))
+        run_workers(K.project_2dgs_fwd, *host, width, height, near, far, clip, *out)
         ctx.host, ctx.radii = host, out[4]
         dtype = means.dtype
         tensors = [torch.from_numpy(a).to(dtype) for a in out[:4]] + [torch.from_numpy(out[4])]
@@ -50,9 +53,11 @@ class ProjectSurfels(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, v_means2d, v_transforms, v_depths, v_normals, _v_radii):
-        use_torch_threads()
-        grads = K.project_2dgs_bwd(
-            *ctx.host, ctx.radii, as_f64(v_means2d), as_f64(v_transforms), as_f64(v_depths), as_f64(v_normals)
+        N = ctx.host[0].shape[0]
+        grads = (np.zeros((N, 3)), np.zeros((N, 4)), np.zeros((N, 3)))
+        run_workers(
+            K.project_2dgs_bwd, *ctx.host, ctx.radii, as_f64(v_means2d), as_f64(v_transforms), as_f64(v_depths),
+            as_f64(v_normals), *grads,
         )
         dtype = v_means2d.dtype
         return (*[torch.from_numpy(g).to(dtype) for g in grads], None, None, None, None, None, None, None)
@@ -89,13 +94,17 @@ class RasterizeTiles2D(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means2d, ray_transforms, opacities, features, normals, bins: TileBins, width, height):
-        use_torch_threads()
         params = gaussian_rows(means2d, ray_transforms, opacities, features, normals)
-        feats, norms, T, distort, median, last, median_idx, pairs = K.rasterize_2dgs_fwd(
-            params, bins.tile_offsets, bins.flatten_ids, bins.n_cameras, width, height,
-            bins.tile_width, bins.tile_height, False,
+        C, D = bins.n_cameras, features.shape[-1]
+        feats, norms = np.empty((C, height, width, D)), np.empty((C, height, width, 3))
+        T, distort, median = (np.empty((C, height, width)) for _ in range(3))
+        last, median_idx = (np.empty((C, height, width), dtype=np.int64) for _ in range(2))
+        pairs = np.zeros(bins.n_tiles, dtype=np.int64)
+        run_workers(
+            K.rasterize_2dgs_fwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
+            bins.tile_height, False, feats, norms, T, distort, median, last, median_idx, pairs,
         )
-        ctx.bins, ctx.size, ctx.params = bins, (width, height), params
+        ctx.bins, ctx.params = bins, params
         ctx.saved = (T, last, median_idx, feats[..., -1].copy())
         ctx.shapes = [tuple(t.shape) for t in (means2d, ray_transforms, opacities, features, normals)]
         bins.pairs_evaluated = int(pairs.sum())
@@ -106,17 +115,15 @@ class RasterizeTiles2D(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, v_features, v_normals, v_T, v_distort, v_median):
-        use_torch_threads()
-        bins, (width, height) = ctx.bins, ctx.size
+        bins = ctx.bins
         T, last, median_idx, depth_total = ctx.saved
-        per_isect = K.rasterize_2dgs_bwd(
-            ctx.params, bins.tile_offsets, bins.flatten_ids, bins.n_cameras, width, height,
-            bins.tile_width, bins.tile_height, T, last, median_idx, depth_total,
-            as_f64(v_features), as_f64(v_normals), as_f64(v_T[..., 0]), as_f64(v_distort[..., 0]),
-            as_f64(v_median[..., 0]), False,
+        per_isect = np.zeros((bins.n_isects, ctx.params.shape[1]))
+        run_workers(
+            K.rasterize_2dgs_bwd, ctx.params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
+            bins.tile_height, False, T, last, median_idx, depth_total, as_f64(v_features), as_f64(v_normals),
+            as_f64(v_T[..., 0]), as_f64(v_distort[..., 0]), as_f64(v_median[..., 0]), per_isect,
         )
-        rows = K.reduce_per_gaussian(per_isect, bins.gauss_offsets, bins.slot_of)
-        return (*split_rows(rows, ctx.shapes, v_features.dtype), None, None, None)
+        return (*split_rows(bins.per_gaussian(per_isect), ctx.shapes, v_features.dtype), None, None, None)
 
 
 def _with_densify_hook(ray_transforms: Tensor, depths: Tensor) -> tuple[Tensor, Tensor]:
