@@ -461,7 +461,7 @@ def _kernel_inputs_3dgs(scene, viewmats, Ks):
     )
     feats = torch.cat([scene["colors"][None].expand(C, -1, -1), proj.depths[..., None]], dim=-1)
     opac = scene["opacities"][None].expand(C, -1)
-    bins = rc.bin_tiles(proj.means2d, proj.radii, proj.depths, W, H)
+    bins = rc.bin_tiles(proj, W, H)
     return rc.gaussian_rows(proj.means2d, proj.conics, opac, feats), bins
 
 
@@ -476,7 +476,7 @@ def _kernel_inputs_2dgs(scene, viewmats, Ks):
     )
     feats = torch.cat([scene["colors"][None].expand(C, -1, -1), proj.depths[..., None]], dim=-1)
     opac = scene["opacities"][None].expand(C, -1)
-    bins = rc.bin_tiles(proj.means2d, proj.radii, proj.depths, W, H)
+    bins = rc.bin_tiles(proj, W, H)
     return rc.gaussian_rows(proj.means2d, proj.ray_transforms, opac, feats, proj.normals), bins
 
 

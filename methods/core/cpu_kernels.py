@@ -132,16 +132,21 @@ def tiles_per_gaussian(means2d, radii, tile_w, tile_h):
 
 
 @njit(cache=True)
-def scatter_to_tiles(means2d, radii, order, counts, gauss_offsets, n_per_camera, tile_w, tile_h):
+def scatter_to_tiles(means2d, radii, order, counts, gauss_offsets, n_per_camera, tile_w, tile_h, depth_bits):
     """Fill per-tile lists in depth order (a stable counting sort by tile).
 
     Returns ``tile_offsets`` [C * TH * TW + 1], ``flatten_ids`` [M] (c * N + g, tile-major, front to
-    back) and ``slot_of`` [M]: for the k-th tile of Gaussian i (in row-major tile order), its position in
-    ``flatten_ids`` is ``slot_of[gauss_offsets[i] + k]``, which lets gradients be reduced per Gaussian.
+    back), ``slot_of`` [M] (for the k-th tile of Gaussian i in row-major tile order, its position in
+    ``flatten_ids`` is ``slot_of[gauss_offsets[i] + k]``, which lets gradients be reduced per Gaussian)
+    and gsplat's ``isect_ids`` [M]: camera and tile id in the high word, ``depth_bits`` (the float32
+    depth's bit pattern) in the low word.
     """
     tiles_per_camera = tile_w * tile_h
-    n_tiles = (means2d.shape[0] // n_per_camera) * tiles_per_camera if n_per_camera > 0 else 0
-    tile_counts = np.zeros(n_tiles + 1, dtype=np.int64)
+    tile_bits = 0
+    while (1 << tile_bits) <= tiles_per_camera:  # Python's int.bit_length()
+        tile_bits += 1
+    n_tiles = (means2d.shape[0] // n_per_camera) * tiles_per_camera
+    tile_offsets = np.zeros(n_tiles + 1, dtype=np.int64)
     for i in range(means2d.shape[0]):
         if counts[i] == 0:
             continue
@@ -149,27 +154,31 @@ def scatter_to_tiles(means2d, radii, order, counts, gauss_offsets, n_per_camera,
         x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
         for ty in range(y0, y1):
             for tx in range(x0, x1):
-                tile_counts[base + ty * tile_w + tx + 1] += 1
-    tile_offsets = np.cumsum(tile_counts)
+                tile_offsets[base + ty * tile_w + tx + 1] += 1
+    for t in range(n_tiles):
+        tile_offsets[t + 1] += tile_offsets[t]
     cursor = tile_offsets[:-1].copy()
     n_isects = tile_offsets[-1]
     flatten_ids = np.empty(n_isects, dtype=np.int64)
     slot_of = np.empty(n_isects, dtype=np.int64)
+    isect_ids = np.empty(n_isects, dtype=np.int64)
     for i in order:  # (camera, depth) order: each tile's list comes out front to back
         if counts[i] == 0:
             continue
-        base = (i // n_per_camera) * tiles_per_camera
+        cam = i // n_per_camera
+        base = cam * tiles_per_camera
         x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
         k = gauss_offsets[i]
         for ty in range(y0, y1):
             for tx in range(x0, x1):
-                t = base + ty * tile_w + tx
-                slot = cursor[t]
-                cursor[t] = slot + 1
+                local = ty * tile_w + tx
+                slot = cursor[base + local]
+                cursor[base + local] = slot + 1
                 flatten_ids[slot] = i
+                isect_ids[slot] = (((cam << tile_bits) | local) << 32) | depth_bits[i]
                 slot_of[k] = slot
                 k += 1
-    return tile_offsets, flatten_ids, slot_of
+    return tile_offsets, flatten_ids, slot_of, isect_ids
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -56,8 +56,18 @@ def run_workers(kernel, *args) -> None:
 
 
 def as_f64(x: torch.Tensor) -> np.ndarray:
-    """A contiguous float64 NumPy view/copy of a tensor, detached from autograd."""
-    return np.ascontiguousarray(x.detach().to(torch.float64).numpy())
+    """A contiguous float64 NumPy copy (or view) of a tensor, detached from autograd.
+
+    Conversions go through NumPy: single-threaded, so they never wait on torch's OpenMP team, which
+    stalls badly when other work holds the cores."""
+    return np.ascontiguousarray(x.detach().numpy(), dtype=np.float64)
+
+
+def to_torch(x: np.ndarray, dtype: torch.dtype) -> Tensor:
+    """A float64 kernel output as a tensor of the caller's dtype (converted by NumPy, see :func:`as_f64`)."""
+    if dtype == torch.float64:
+        return torch.from_numpy(x)
+    return torch.from_numpy(x.astype(torch.empty((), dtype=dtype).numpy().dtype))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -70,7 +80,8 @@ class TileBins:
 
     Arrays are NumPy int64: ``flatten_ids`` [M] (c * N + g), ``tile_offsets`` [C * TH * TW + 1] (tile t
     owns ``flatten_ids[tile_offsets[t]:tile_offsets[t + 1]]``), ``tiles_per_gauss`` [C * N],
-    ``gauss_offsets`` [C * N + 1] and ``slot_of`` [M] (see :func:`.cpu_kernels.scatter_to_tiles`).
+    ``gauss_offsets`` [C * N + 1], ``slot_of`` [M] and ``isect_ids`` [M] (see
+    :func:`.cpu_kernels.scatter_to_tiles`). ``pairs_evaluated`` is set by the forward rasterization.
     """
 
     def __init__(self, means2d: np.ndarray, radii: np.ndarray, depths: np.ndarray, width: int, height: int):
@@ -84,13 +95,17 @@ class TileBins:
         self.gauss_offsets = np.zeros(C * N + 1, dtype=np.int64)
         np.cumsum(self.tiles_per_gauss, out=self.gauss_offsets[1:])
         # front to back within each camera; stable, so equal depths keep Gaussian order (as gsplat)
-        camera = np.repeat(np.arange(C, dtype=np.float64), N)
-        order = np.lexsort((depths.reshape(-1), camera))
-        self.tile_offsets, self.flatten_ids, self.slot_of = K.scatter_to_tiles(
+        flat_depths = depths.reshape(-1)
+        if C == 1:
+            order = np.argsort(flat_depths, kind="stable")
+        else:
+            order = np.lexsort((flat_depths, np.repeat(np.arange(C), N)))
+        depth_bits = flat_depths.astype(np.float32).view(np.uint32).astype(np.int64)
+        self.tile_offsets, self.flatten_ids, self.slot_of, self.isect_ids = K.scatter_to_tiles(
             means2d, radii, order, self.tiles_per_gauss, self.gauss_offsets, max(N, 1),
-            self.tile_width, self.tile_height,
+            self.tile_width, self.tile_height, depth_bits,
         )
-        self._depths = depths
+        self.pairs_evaluated = 0
 
     @property
     def n_isects(self) -> int:
@@ -109,24 +124,14 @@ class TileBins:
     def info(self) -> dict:
         """gsplat's intersection keys for the ``info`` dict (torch tensors)."""
         C, N = self.n_cameras, self.n_gaussians
-        flat = torch.from_numpy(self.flatten_ids)
-        n_local = self.tile_width * self.tile_height
-        tile = torch.repeat_interleave(
-            torch.arange(C * n_local), torch.from_numpy(np.diff(self.tile_offsets))
-        )
-        # gsplat's 64-bit key: camera and tile id in the high word, the float32 depth bits in the low word
-        tile_bits = n_local.bit_length()
-        depth_bits = torch.from_numpy(self._depths.astype(np.float32).reshape(-1)).view(torch.int32)
-        depth_bits = depth_bits[flat].long() & 0xFFFFFFFF
-        isect_ids = (((tile // n_local) << tile_bits) | (tile % n_local)) << 32 | depth_bits
-        offsets = torch.from_numpy(self.tile_offsets[:-1]).reshape(C, self.tile_height, self.tile_width)
+        offsets = self.tile_offsets[:-1].astype(np.int32).reshape(C, self.tile_height, self.tile_width)
         return {
             "tile_width": self.tile_width,
             "tile_height": self.tile_height,
-            "tiles_per_gauss": torch.from_numpy(self.tiles_per_gauss).reshape(C, N).int(),
-            "isect_ids": isect_ids,
-            "flatten_ids": flat.int(),
-            "isect_offsets": offsets.int(),
+            "tiles_per_gauss": torch.from_numpy(self.tiles_per_gauss.astype(np.int32).reshape(C, N)),
+            "isect_ids": torch.from_numpy(self.isect_ids),
+            "flatten_ids": torch.from_numpy(self.flatten_ids.astype(np.int32)),
+            "isect_offsets": torch.from_numpy(offsets),
             "tile_size": K.TILE_SIZE,
         }
 
@@ -142,27 +147,28 @@ def _cameras_need_grad(viewmats: Tensor, Ks: Tensor) -> bool:
 
 class ProjectGaussians3D(torch.autograd.Function):
     """(means, quats, scales, opacities, cameras) -> means2d [C, N, 2], conics [C, N, 3], depths [C, N],
-    radii [C, N, 2] int32. The float64 kernel outputs ride along on ``means2d`` for the later stages."""
+    radii [C, N, 2] int32. The float64 outputs also go into ``host`` for the later stages."""
 
     @staticmethod
-    def forward(ctx, means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near, far, clip):
-        host = [as_f64(t) for t in (means, quats, scales, opacities, viewmats, Ks)]
+    def forward(ctx, means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near, far, clip, host):
+        inputs = [as_f64(t) for t in (means, quats, scales, opacities, viewmats, Ks)]
         C, N = viewmats.shape[0], means.shape[0]
         means2d, conics, depths = np.zeros((C, N, 2)), np.zeros((C, N, 3)), np.zeros((C, N))
         radii = np.zeros((C, N, 2), dtype=np.int32)
-        run_workers(K.project_3dgs_fwd, *host, width, height, eps2d, near, far, clip, means2d, conics, depths, radii)
-        ctx.host = host[:3] + host[4:]
+        run_workers(K.project_3dgs_fwd, *inputs, width, height, eps2d, near, far, clip, means2d, conics, depths,
+                    radii)
+        host.update(means2d=means2d, conics=conics, depths=depths, radii=radii)
+        ctx.inputs = inputs[:3] + inputs[4:]
         ctx.shape = (width, height, eps2d)
         ctx.radii, ctx.conics = radii, conics
         dtype = means.dtype
-        out = (torch.from_numpy(means2d).to(dtype), torch.from_numpy(conics).to(dtype),
-               torch.from_numpy(depths).to(dtype), torch.from_numpy(radii))
+        out = (to_torch(means2d, dtype), to_torch(conics, dtype), to_torch(depths, dtype), torch.from_numpy(radii))
         ctx.mark_non_differentiable(out[3])
         return out
 
     @staticmethod
     def backward(ctx, v_means2d, v_conics, v_depths, _v_radii):
-        means, quats, scales, viewmats, Ks = ctx.host
+        means, quats, scales, viewmats, Ks = ctx.inputs
         width, height, eps2d = ctx.shape
         N = means.shape[0]
         v_means, v_quats, v_scales = np.zeros((N, 3)), np.zeros((N, 4)), np.zeros((N, 3))
@@ -170,9 +176,8 @@ class ProjectGaussians3D(torch.autograd.Function):
             K.project_3dgs_bwd, means, quats, scales, viewmats, Ks, width, height, eps2d, ctx.radii, ctx.conics,
             as_f64(v_means2d), as_f64(v_conics), as_f64(v_depths), v_means, v_quats, v_scales,
         )
-        dtype = v_means2d.dtype
-        grads = [torch.from_numpy(g).to(dtype) for g in (v_means, v_quats, v_scales)]
-        return (*grads, None, None, None, None, None, None, None, None, None)
+        grads = [to_torch(g, v_means2d.dtype) for g in (v_means, v_quats, v_scales)]
+        return (*grads, None, None, None, None, None, None, None, None, None, None)
 
 
 @dataclass
@@ -181,6 +186,7 @@ class Projected3D:
     conics: Tensor
     depths: Tensor
     radii: Tensor
+    host: dict  # float64 NumPy twins of the above (filled by the kernel path, else converted on demand)
 
 
 def project_3d(means, quats, scales, opacities, viewmats, Ks, width, height, *, eps2d, near_plane, far_plane,
@@ -191,16 +197,20 @@ def project_3d(means, quats, scales, opacities, viewmats, Ks, width, height, *, 
             means, quats, scales, opacities, viewmats, Ks, width, height,
             eps2d=eps2d, near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip,
         )
-        return Projected3D(proj.means2d, proj.conics, proj.depths, proj.radii)
+        out = (proj.means2d, proj.conics, proj.depths, proj.radii)
+        host = dict(zip(("means2d", "conics", "depths"), (as_f64(t) for t in out[:3])), radii=proj.radii.numpy())
+        return Projected3D(*out, host=host)
+    host: dict = {}
     out = ProjectGaussians3D.apply(
         means, quats, scales, opacities, viewmats, Ks, width, height, float(eps2d), float(near_plane),
-        float(far_plane), float(radius_clip),
+        float(far_plane), float(radius_clip), host,
     )
-    return Projected3D(*out)
+    return Projected3D(*out, host=host)
 
 
-def bin_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int) -> TileBins:
-    return TileBins(as_f64(means2d), radii.numpy(), as_f64(depths), width, height)
+def bin_tiles(proj, width: int, height: int) -> TileBins:
+    """Tile lists of a projection (3DGS or 2DGS)."""
+    return TileBins(proj.host["means2d"], proj.host["radii"], proj.host["depths"], width, height)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -208,30 +218,32 @@ def bin_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height
 # ----------------------------------------------------------------------------------------------------
 
 
-def gaussian_rows(*per_camera: Tensor) -> np.ndarray:
-    """Concatenate [C, N, k] tensors (or [C, N]) into one float64 row per (camera, Gaussian)."""
-    cols = [t.detach().reshape(t.shape[0] * t.shape[1], -1) for t in per_camera]
-    return np.ascontiguousarray(torch.cat(cols, dim=-1).to(torch.float64).numpy())
+def gaussian_rows(*per_camera: Tensor | np.ndarray) -> np.ndarray:
+    """Concatenate [C, N, ...] (or [C, N]) tensors / float64 arrays into one float64 row per (camera,
+    Gaussian)."""
+    cols = [x if isinstance(x, np.ndarray) else as_f64(x) for x in per_camera]
+    return np.concatenate([x.reshape(x.shape[0] * x.shape[1], -1) for x in cols], axis=1)
 
 
 def split_rows(rows: np.ndarray, shapes: list[tuple], dtype: torch.dtype) -> list[Tensor]:
     """Inverse of :func:`gaussian_rows` for gradients: [C * N, F] -> tensors of the given shapes."""
     out, col = [], 0
-    flat = torch.from_numpy(rows)
     for shape in shapes:
         width = int(np.prod(shape[2:], dtype=np.int64))
-        out.append(flat[:, col : col + width].reshape(shape).to(dtype))
+        out.append(to_torch(np.ascontiguousarray(rows[:, col : col + width]).reshape(shape), dtype))
         col += width
     return out
 
 
 class RasterizeTiles3D(torch.autograd.Function):
     """(means2d, conics, opacities [C, N], features [C, N, D]) -> colours [C, H, W, D] and final
-    transmittance [C, H, W, 1], with no background."""
+    transmittance [C, H, W, 1], with no background. ``host`` may hold float64 twins of means2d and conics
+    (the projection's), which then spare a conversion."""
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, features, bins: TileBins, width: int, height: int):
-        params = gaussian_rows(means2d, conics, opacities, features)
+    def forward(ctx, means2d, conics, opacities, features, bins: TileBins, width: int, height: int, host=None):
+        host = host or {}
+        params = gaussian_rows(host.get("means2d", means2d), host.get("conics", conics), opacities, features)
         C, D = bins.n_cameras, features.shape[-1]
         colors, T = np.empty((C, height, width, D)), np.empty((C, height, width))
         last, pairs = np.empty((C, height, width), dtype=np.int64), np.zeros(bins.n_tiles, dtype=np.int64)
@@ -242,8 +254,7 @@ class RasterizeTiles3D(torch.autograd.Function):
         ctx.bins, ctx.params, ctx.T, ctx.last = bins, params, T, last
         ctx.shapes = [tuple(t.shape) for t in (means2d, conics, opacities, features)]
         bins.pairs_evaluated = int(pairs.sum())
-        dtype = means2d.dtype
-        return torch.from_numpy(colors).to(dtype), torch.from_numpy(T)[..., None].to(dtype)
+        return to_torch(colors, means2d.dtype), to_torch(T[..., None], means2d.dtype)
 
     @staticmethod
     def backward(ctx, v_colors, v_T):
@@ -253,7 +264,8 @@ class RasterizeTiles3D(torch.autograd.Function):
             K.rasterize_3dgs_bwd, ctx.params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
             bins.tile_height, False, ctx.T, ctx.last, as_f64(v_colors), as_f64(v_T[..., 0]), per_isect,
         )
-        return (*split_rows(bins.per_gaussian(per_isect), ctx.shapes, v_colors.dtype), None, None, None)
+        grads = split_rows(bins.per_gaussian(per_isect), ctx.shapes, v_colors.dtype)
+        return (*grads, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -324,8 +336,8 @@ def rasterize_3dgs_cpu(
     opac = opacities[None, :].expand(C, N)
     features = camera_colors(colors, sh_degree, means, viewmats)
     features, backgrounds = add_depth_channel(features, proj.depths, render_mode, backgrounds)
-    bins = bin_tiles(proj.means2d, proj.radii, proj.depths, width, height)
-    render, T = RasterizeTiles3D.apply(proj.means2d, proj.conics, opac, features, bins, width, height)
+    bins = bin_tiles(proj, width, height)
+    render, T = RasterizeTiles3D.apply(proj.means2d, proj.conics, opac, features, bins, width, height, proj.host)
     alphas = 1.0 - T
     render = finish_render(render, alphas, backgrounds, render_mode)
     info = {

@@ -31,36 +31,36 @@ from .rasterize_cpu import (
     run_workers,
     split_rows,
     tile_info,
+    to_torch,
 )
 
 
 class ProjectSurfels(torch.autograd.Function):
     """(means, quats, scales, cameras) -> means2d [C, N, 2], ray_transforms [C, N, 3, 3], depths [C, N],
-    camera-space normals [C, N, 3], radii [C, N, 2] int32."""
+    camera-space normals [C, N, 3], radii [C, N, 2] int32. The float64 outputs also go into ``host``."""
 
     @staticmethod
-    def forward(ctx, means, quats, scales, viewmats, Ks, width, height, near, far, clip):
-        host = [as_f64(t) for t in (means, quats, scales, viewmats, Ks)]
+    def forward(ctx, means, quats, scales, viewmats, Ks, width, height, near, far, clip, host):
+        inputs = [as_f64(t) for t in (means, quats, scales, viewmats, Ks)]
         C, N = viewmats.shape[0], means.shape[0]
         out = (np.zeros((C, N, 2)), np.zeros((C, N, 3, 3)), np.zeros((C, N)), np.zeros((C, N, 3)),
                np.zeros((C, N, 2), dtype=np.int32))
-        run_workers(K.project_2dgs_fwd, *host, width, height, near, far, clip, *out)
-        ctx.host, ctx.radii = host, out[4]
-        dtype = means.dtype
-        tensors = [torch.from_numpy(a).to(dtype) for a in out[:4]] + [torch.from_numpy(out[4])]
+        run_workers(K.project_2dgs_fwd, *inputs, width, height, near, far, clip, *out)
+        host.update(zip(("means2d", "ray_transforms", "depths", "normals", "radii"), out))
+        ctx.inputs, ctx.radii = inputs, out[4]
+        tensors = [to_torch(a, means.dtype) for a in out[:4]] + [torch.from_numpy(out[4])]
         ctx.mark_non_differentiable(tensors[4])
         return tuple(tensors)
 
     @staticmethod
     def backward(ctx, v_means2d, v_transforms, v_depths, v_normals, _v_radii):
-        N = ctx.host[0].shape[0]
+        N = ctx.inputs[0].shape[0]
         grads = (np.zeros((N, 3)), np.zeros((N, 4)), np.zeros((N, 3)))
         run_workers(
-            K.project_2dgs_bwd, *ctx.host, ctx.radii, as_f64(v_means2d), as_f64(v_transforms), as_f64(v_depths),
+            K.project_2dgs_bwd, *ctx.inputs, ctx.radii, as_f64(v_means2d), as_f64(v_transforms), as_f64(v_depths),
             as_f64(v_normals), *grads,
         )
-        dtype = v_means2d.dtype
-        return (*[torch.from_numpy(g).to(dtype) for g in grads], None, None, None, None, None, None, None)
+        return (*[to_torch(g, v_means2d.dtype) for g in grads], None, None, None, None, None, None, None, None)
 
 
 @dataclass
@@ -70,31 +70,42 @@ class ProjectedSurfels:
     depths: Tensor
     normals: Tensor
     radii: Tensor
+    host: dict  # float64 NumPy twins of the above
 
 
 def project_2d(means, quats, scales, viewmats, Ks, width, height, *, near_plane, far_plane,
                radius_clip) -> ProjectedSurfels:
     """Projection through the compiled kernel, or plain PyTorch when the cameras need gradients."""
+    names = ("means2d", "ray_transforms", "depths", "normals")
     if _cameras_need_grad(viewmats, Ks):
         p = project_surfels_2d(
             means, quats, scales, viewmats, Ks, width, height,
             near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip,
         )
-        return ProjectedSurfels(p.means2d, p.ray_transforms, p.depths, p.normals, p.radii)
+        host = {name: as_f64(getattr(p, name)) for name in names}
+        return ProjectedSurfels(*(getattr(p, n) for n in names), p.radii, host={**host, "radii": p.radii.numpy()})
+    host: dict = {}
     out = ProjectSurfels.apply(
-        means, quats, scales, viewmats, Ks, width, height, float(near_plane), float(far_plane), float(radius_clip)
+        means, quats, scales, viewmats, Ks, width, height, float(near_plane), float(far_plane), float(radius_clip),
+        host,
     )
-    return ProjectedSurfels(*out)
+    return ProjectedSurfels(*out, host=host)
 
 
 class RasterizeTiles2D(torch.autograd.Function):
-    """(means2d, ray_transforms, opacities [C, N], features [C, N, D], normals [C, N, 3]) ->
-    features [C, H, W, D], camera-space normals [C, H, W, 3], final transmittance, distortion and
-    median depth (each [C, H, W, 1]), with no background."""
+    """(means2d, ray_transforms, opacities [C, N], features [C, N, D], normals [C, N, 3], densify [C, N, 2])
+    -> features [C, H, W, D], camera-space normals [C, H, W, 3], final transmittance, distortion and
+    median depth (each [C, H, W, 1]), with no background.
+
+    ``densify`` is a zero tensor whose gradient is gsplat's ``gradient_2dgs``: its 2DGS backward writes
+    dL/dM[0, 2] * depth and dL/dM[1, 2] * depth (the image-plane translation part of the splat transform,
+    rescaled to pixels) into the grad of such a dummy, which its ``DefaultStrategy`` reads for surfels.
+    ``host`` holds float64 twins of the projection's outputs (incl. ``depths``)."""
 
     @staticmethod
-    def forward(ctx, means2d, ray_transforms, opacities, features, normals, bins: TileBins, width, height):
-        params = gaussian_rows(means2d, ray_transforms, opacities, features, normals)
+    def forward(ctx, means2d, ray_transforms, opacities, features, normals, densify, bins: TileBins, width, height,
+                host):
+        params = gaussian_rows(host["means2d"], host["ray_transforms"], opacities, features, host["normals"])
         C, D = bins.n_cameras, features.shape[-1]
         feats, norms = np.empty((C, height, width, D)), np.empty((C, height, width, 3))
         T, distort, median = (np.empty((C, height, width)) for _ in range(3))
@@ -104,14 +115,13 @@ class RasterizeTiles2D(torch.autograd.Function):
             K.rasterize_2dgs_fwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
             bins.tile_height, False, feats, norms, T, distort, median, last, median_idx, pairs,
         )
-        ctx.bins, ctx.params = bins, params
+        ctx.bins, ctx.params, ctx.depths = bins, params, host["depths"]
         ctx.saved = (T, last, median_idx, feats[..., -1].copy())
         ctx.shapes = [tuple(t.shape) for t in (means2d, ray_transforms, opacities, features, normals)]
         bins.pairs_evaluated = int(pairs.sum())
         dtype = means2d.dtype
-        per_pixel = [torch.from_numpy(a).to(dtype) for a in (feats, norms)]
-        per_pixel += [torch.from_numpy(a)[..., None].to(dtype) for a in (T, distort, median)]
-        return tuple(per_pixel)
+        return (to_torch(feats, dtype), to_torch(norms, dtype),
+                *(to_torch(a[..., None], dtype) for a in (T, distort, median)))
 
     @staticmethod
     def backward(ctx, v_features, v_normals, v_T, v_distort, v_median):
@@ -123,24 +133,12 @@ class RasterizeTiles2D(torch.autograd.Function):
             bins.tile_height, False, T, last, median_idx, depth_total, as_f64(v_features), as_f64(v_normals),
             as_f64(v_T[..., 0]), as_f64(v_distort[..., 0]), as_f64(v_median[..., 0]), per_isect,
         )
-        return (*split_rows(bins.per_gaussian(per_isect), ctx.shapes, v_features.dtype), None, None, None)
-
-
-def _with_densify_hook(ray_transforms: Tensor, depths: Tensor) -> tuple[Tensor, Tensor]:
-    """A zero [C, N, 2] tensor whose gradient is gsplat's ``gradient_2dgs``, and the transforms using it.
-
-    gsplat's 2DGS backward writes dL/dM[0, 2] * depth and dL/dM[1, 2] * depth (the image-plane translation
-    part of the splat transform, rescaled to pixels) into the grad of a dummy tensor; adding
-    ``densify * depth`` to those two entries gives exactly that gradient through autograd.
-    """
-    C, N = depths.shape
-    densify = torch.zeros((C, N, 2), dtype=ray_transforms.dtype, device=ray_transforms.device,
-                          requires_grad=True)
-    shift = densify * depths.detach()[..., None]
-    zero = torch.zeros_like(shift[..., 0])
-    column = torch.stack([shift[..., 0], shift[..., 1], zero], dim=-1)  # added to column 2
-    offset = torch.stack([torch.zeros_like(column), torch.zeros_like(column), column], dim=-1)
-    return densify, ray_transforms + offset
+        rows = bins.per_gaussian(per_isect)
+        grads = split_rows(rows, ctx.shapes, v_features.dtype)
+        C, N = ctx.depths.shape
+        v_translation = rows[:, 2:11].reshape(C, N, 3, 3)[:, :, :2, 2]  # dL/dM[0, 2], dL/dM[1, 2]
+        v_densify = to_torch(v_translation * ctx.depths[..., None], v_features.dtype)
+        return (*grads, v_densify, None, None, None, None)
 
 
 def rasterize_2dgs_cpu(
@@ -163,13 +161,14 @@ def rasterize_2dgs_cpu(
         means, quats, scales, viewmats, Ks, width, height,
         near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip,
     )
-    densify, ray_transforms = _with_densify_hook(proj.ray_transforms, proj.depths)
+    # gsplat's gradient_2dgs: see RasterizeTiles2D
+    densify = torch.zeros((C, N, 2), dtype=means.dtype, device=means.device, requires_grad=True)
     opac = opacities[None, :].expand(C, N)
     features = camera_colors(colors, sh_degree, means, viewmats)
     features, backgrounds = add_depth_channel(features, proj.depths, render_mode, backgrounds)
-    bins = bin_tiles(proj.means2d, proj.radii, proj.depths, width, height)
+    bins = bin_tiles(proj, width, height)
     render, normals_cam, T, distort, median = RasterizeTiles2D.apply(
-        proj.means2d, ray_transforms, opac, features, proj.normals, bins, width, height
+        proj.means2d, proj.ray_transforms, opac, features, proj.normals, densify, bins, width, height, proj.host
     )
     alphas = 1.0 - T
     render = finish_render(render, alphas, backgrounds, render_mode)

@@ -169,15 +169,17 @@ def pairs_evaluated(kind: str, p, viewmats, Ks, W, H) -> tuple[int, int]:
         if kind == "3dgs":
             proj = rc.project_3d(p["means"], p["quats"], p["scales"], p["opacities"], viewmats, Ks, W, H,
                                  eps2d=0.3, near_plane=0.01, far_plane=1e10, radius_clip=0.0)
-            bins = rc.bin_tiles(proj.means2d, proj.radii, proj.depths, W, H)
+            bins = rc.bin_tiles(proj, W, H)
             feats = torch.cat([p["colors"][None], proj.depths[..., None]], -1)
-            rc.RasterizeTiles3D.apply(proj.means2d, proj.conics, opac, feats, bins, W, H)
+            rc.RasterizeTiles3D.apply(proj.means2d, proj.conics, opac, feats, bins, W, H, proj.host)
         else:
             proj = rc2.project_2d(p["means"], p["quats"], p["scales"], viewmats, Ks, W, H,
                                   near_plane=0.01, far_plane=1e10, radius_clip=0.0)
-            bins = rc.bin_tiles(proj.means2d, proj.radii, proj.depths, W, H)
+            bins = rc.bin_tiles(proj, W, H)
             feats = torch.cat([p["colors"][None], proj.depths[..., None]], -1)
-            rc2.RasterizeTiles2D.apply(proj.means2d, proj.ray_transforms, opac, feats, proj.normals, bins, W, H)
+            densify = torch.zeros(proj.means2d.shape)
+            rc2.RasterizeTiles2D.apply(proj.means2d, proj.ray_transforms, opac, feats, proj.normals, densify, bins,
+                                       W, H, proj.host)
     return bins.pairs_evaluated, bins.n_isects
 
 
