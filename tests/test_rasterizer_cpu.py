@@ -494,8 +494,10 @@ def _edge_on_surfels(scene, n: int = 12):
 
 @pytest.mark.parametrize("kind", ["3dgs", "2dgs"])
 def test_pixel_spans_equal_whole_tiles(kind):
-    """Visiting only the solved rows/spans gives bit-identical outputs and gradients to visiting every
-    pixel of every tile (what gsplat's kernels do), on scenes with large, tiny and edge-on Gaussians."""
+    """Visiting only the solved rows/spans gives the outputs and gradients of visiting every pixel of every
+    tile (what gsplat's kernels do), on scenes with large, tiny and edge-on Gaussians: the same last and
+    median contributors, and values equal up to the rounding of the exp recurrence's different starting
+    pixel (a pair composited in one mode only would change T by at least a factor 1 - 1/255)."""
     import numpy as np
 
     from gfbench.methods.core import cpu_kernels as K
@@ -532,7 +534,10 @@ def test_pixel_spans_equal_whole_tiles(kind):
     (span, span_pairs), (full, full_pairs) = forward(False), forward(True)
     for a, b in zip(span, full):
         assert (a != -7).all()  # every pixel written
-        np.testing.assert_array_equal(a, b)
+        if a.dtype == np.int64:
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
     assert span_pairs.sum() < 0.5 * full_pairs.sum()  # and far fewer pairs evaluated
 
     rng = np.random.default_rng(0)
@@ -543,7 +548,8 @@ def test_pixel_spans_equal_whole_tiles(kind):
         feats, normals, T, distort, median, last, median_idx = span
         grads = [rng.random(x.shape) for x in (feats, normals, T, distort, median)]
         upstream = (T, last, median_idx, feats[..., -1].copy(), *grads)
-    np.testing.assert_array_equal(backward(False, *upstream), backward(True, *upstream))
+    span_grads, full_grads = backward(False, *upstream), backward(True, *upstream)
+    np.testing.assert_allclose(span_grads, full_grads, rtol=1e-10, atol=1e-12 * np.abs(full_grads).max())
 
 
 def test_projection_kernels_match_autograd():
