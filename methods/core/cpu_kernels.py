@@ -174,9 +174,9 @@ def reduce_per_gaussian(per_isect, gauss_offsets, slot_of, out, worker, n_worker
     start, stop = block_share(gauss_offsets.shape[0] - 1, worker, n_workers)
     for i in range(start, stop):
         for k in range(gauss_offsets[i], gauss_offsets[i + 1]):
-            row = per_isect[slot_of[k]]
+            slot = slot_of[k]
             for f in range(F):
-                out[i, f] += row[f]
+                out[i, f] += per_isect[slot, f]
 
 
 MAX_EXTENT_SIGMAS = 3.33  # gsplat's bounding-box half-size in standard deviations
@@ -257,6 +257,7 @@ def project_3dgs_fwd(means, quats, scales, opacities, viewmats, Ks, width, heigh
     stay 0 where culled)."""
     C, N = viewmats.shape[0], means.shape[0]
     start, stop = block_share(C * N, worker, n_workers)
+    R, A, Sc = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))  # scratch
     for k in range(start, stop):
         c, n = k // N, k % N
         V, K = viewmats[c], Ks[c]
@@ -268,9 +269,6 @@ def project_3dgs_fwd(means, quats, scales, opacities, viewmats, Ks, width, heigh
         o = opacities[n]
         if not (o >= ALPHA_THRESHOLD):
             continue
-        R = np.empty((3, 3))
-        A = np.empty((3, 3))
-        Sc = np.empty((3, 3))
         _camera_covariance(quats[n], scales[n], V, R, A, Sc)
         fx, fy = K[0, 0], K[1, 1]
         lxp, lxn, lyp, lyn = _fov_limits(K, width, height)
@@ -307,12 +305,8 @@ def project_3dgs_bwd(means, quats, scales, viewmats, Ks, width, height, eps2d, r
     ``v_means``, ``v_quats``, ``v_scales``."""
     C, N = viewmats.shape[0], means.shape[0]
     start, stop = block_share(N, worker, n_workers)
+    R, A, Sc, G, dA = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))
     for n in range(start, stop):
-        R = np.empty((3, 3))
-        A = np.empty((3, 3))
-        Sc = np.empty((3, 3))
-        G = np.empty((3, 3))
-        dA = np.empty((3, 3))
         for c in range(C):
             if radii[c, n, 0] <= 0 or radii[c, n, 1] <= 0:
                 continue
@@ -431,11 +425,9 @@ def project_2dgs_fwd(means, quats, scales, viewmats, Ks, width, height, near, fa
     [C, N, 2] int32 (all zeroed; they stay 0 where culled)."""
     C, N = viewmats.shape[0], means.shape[0]
     start, stop = block_share(C * N, worker, n_workers)
+    R, Rc, H = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))  # scratch
     for k in range(start, stop):
         c, n = k // N, k % N
-        R = np.empty((3, 3))
-        Rc = np.empty((3, 3))
-        H = np.empty((3, 3))
         _, _, _, _, _, mc0, mc1, mc2 = _surfel_transform(means[n], quats[n], scales[n], viewmats[c], Ks[c],
                                                          R, Rc, H)
         # bounding box of the 1-sigma ellipse in closed form, with signs (1, 1, -1)
@@ -472,14 +464,9 @@ def project_2dgs_bwd(means, quats, scales, viewmats, Ks, radii, v_means2d, v_tra
     zeroed ``v_means``, ``v_quats``, ``v_scales``."""
     C, N = viewmats.shape[0], means.shape[0]
     start, stop = block_share(N, worker, n_workers)
+    R, Rc, H, vH = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))  # scratch
+    vWH, vRc, G = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))
     for n in range(start, stop):
-        R = np.empty((3, 3))
-        Rc = np.empty((3, 3))
-        H = np.empty((3, 3))
-        vH = np.empty((3, 3))
-        vWH = np.empty((3, 3))
-        vRc = np.empty((3, 3))
-        G = np.empty((3, 3))
         for c in range(C):
             if radii[c, n, 0] <= 0 or radii[c, n, 1] <= 0:
                 continue
@@ -827,7 +814,6 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
         med_t = np.zeros(TILE_PIXELS)
         last_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
         med_idx_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
-        done = np.zeros(TILE_PIXELS, dtype=np.bool_)
         n_live = (x1 - x0) * (y1 - y0)
         n_pairs = 0
         for j in range(tile_offsets[tile], tile_offsets[tile + 1]):
@@ -839,15 +825,19 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             smax = sigma_bound(o)
             if smax < 0:
                 continue
+            feat = g[N_GEOM_2D:]
             ylo, yhi = surfel_rows(g, smax, y0, y1, full_tile)
             for y in range(ylo, yhi):
                 py = y + 0.5
                 dy = my - py
+                row_g2 = LOWPASS_INV_SQUARE * dy * dy
                 ax, ay, az, bx, by, bz, _, _, _ = row_planes(g, py)
                 xlo, xhi = surfel_span(g, dy, ax, ay, az, bx, by, bz, smax, x0, x1, full_tile)
+                p0 = (y - y0) * TILE_SIZE - x0
                 for x in range(xlo, xhi):
-                    p = (y - y0) * TILE_SIZE + (x - x0)
-                    if done[p]:
+                    p = p0 + x
+                    Tp = T[p]
+                    if Tp < 0:  # done: T is kept negated
                         continue
                     n_pairs += 1
                     px = x + 0.5
@@ -858,22 +848,21 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                     cy = px * ay - by
                     g3 = (cx * cx + cy * cy) / (cz * cz)
                     dx = mx - px
-                    g2 = LOWPASS_INV_SQUARE * (dx * dx + dy * dy)
+                    g2 = LOWPASS_INV_SQUARE * dx * dx + row_g2
                     sigma = 0.5 * min(g3, g2)
                     if sigma > smax or sigma < 0:  # alpha < 1/255 for sure: skip the exp
                         continue
                     alpha = min(MAX_ALPHA, o * math.exp(-sigma))
                     if alpha < ALPHA_THRESHOLD:
                         continue
-                    Tp = T[p]
                     next_T = Tp * (1.0 - alpha)
                     if next_T <= MIN_TRANSMITTANCE:
-                        done[p] = True
+                        T[p] = -Tp
                         n_live -= 1
                         continue
                     vis = alpha * Tp
                     for k in range(D + 3):
-                        acc[p, k] += vis * g[N_GEOM_2D + k]
+                        acc[p, k] += vis * feat[k]
                     dist_t[p] += 2.0 * (vis * depth * (1.0 - Tp) - vis * wd[p])
                     wd[p] += vis * depth
                     if Tp > 0.5:
@@ -889,7 +878,7 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                     features[cam, y, x, k] = acc[p, k]
                 for k in range(3):
                     normals[cam, y, x, k] = acc[p, D + k]
-                T_final[cam, y, x] = T[p]
+                T_final[cam, y, x] = abs(T[p])
                 distort[cam, y, x] = dist_t[p]
                 median[cam, y, x] = med_t[p]
                 last[cam, y, x] = last_t[p]
