@@ -444,3 +444,230 @@ def test_default_strategy_densifies(kind, capsys):
     assert len(params["means"]) > n_start
     assert all(len(p) == len(params["means"]) for p in params.values())
     assert all(len(state[k]) == len(params["means"]) for k in ("grad2d", "count"))
+
+
+# ------------------------------------------------------------------------------------------------
+# The compiled kernels' own behaviour
+# ------------------------------------------------------------------------------------------------
+
+
+def _kernel_inputs_3dgs(scene, viewmats, Ks):
+    from gfbench.methods.core import rasterize_cpu as rc
+
+    C = viewmats.shape[0]
+    proj = rc.project_3d(
+        scene["means"], scene["quats"], scene["scales"], scene["opacities"], viewmats, Ks, W, H,
+        eps2d=0.3, near_plane=0.01, far_plane=1e10, radius_clip=0.0,
+    )
+    feats = torch.cat([scene["colors"][None].expand(C, -1, -1), proj.depths[..., None]], dim=-1)
+    opac = scene["opacities"][None].expand(C, -1)
+    bins = rc.bin_tiles(proj, W, H)
+    return rc.gaussian_rows(proj.means2d, proj.conics, opac, feats), bins
+
+
+def _kernel_inputs_2dgs(scene, viewmats, Ks):
+    from gfbench.methods.core import rasterize_cpu as rc
+    from gfbench.methods.core import rasterize_cpu_2dgs as rc2
+
+    C = viewmats.shape[0]
+    proj = rc2.project_2d(
+        scene["means"], scene["quats"], scene["scales"], viewmats, Ks, W, H,
+        near_plane=0.01, far_plane=1e10, radius_clip=0.0,
+    )
+    feats = torch.cat([scene["colors"][None].expand(C, -1, -1), proj.depths[..., None]], dim=-1)
+    opac = scene["opacities"][None].expand(C, -1)
+    bins = rc.bin_tiles(proj, W, H)
+    return rc.gaussian_rows(proj.means2d, proj.ray_transforms, opac, feats, proj.normals), bins
+
+
+def _edge_on_surfels(scene, n: int = 12):
+    """Turn the first n surfels (after the culled ones) so that camera 0 sees them edge-on or nearly."""
+    with torch.no_grad():
+        for i in range(7, 7 + n):
+            # rotation by 90 degrees about the camera's x or y axis puts the surfel normal across the view
+            half = math.pi / 4 + (i % 3) * 1e-3
+            axis = [1.0, 0.0, 0.0] if i % 2 else [0.0, 1.0, 0.0]
+            scene["quats"][i] = torch.tensor([math.cos(half), *(math.sin(half) * a for a in axis)], dtype=DT)
+            scene["scales"][i, :2] = torch.tensor([0.6, 0.4], dtype=DT)
+    return scene
+
+
+@pytest.mark.parametrize("kind", ["3dgs", "2dgs"])
+def test_pixel_spans_equal_whole_tiles(kind):
+    """Visiting only the solved rows/spans gives the outputs and gradients of visiting every pixel of every
+    tile (what gsplat's kernels do), on scenes with large, tiny and edge-on Gaussians: the same last and
+    median contributors, and values equal up to the rounding of the exp recurrence's different starting
+    pixel (a pair composited in one mode only would change T by at least a factor 1 - 1/255)."""
+    import numpy as np
+
+    from gfbench.methods.core import cpu_kernels as K
+
+    scene = make_scene(400, seed=11, size=2.0 if kind == "2dgs" else 1.0)
+    if kind == "2dgs":
+        scene = _edge_on_surfels(scene)
+    viewmats, Ks = make_cameras()
+    if kind == "3dgs":
+        params, bins = _kernel_inputs_3dgs(scene, viewmats, Ks)
+    else:
+        params, bins = _kernel_inputs_2dgs(scene, viewmats, Ks)
+    C, D = 2, 4
+    common = (params, bins.tile_offsets, bins.flatten_ids, bins.tile_width, bins.tile_height)
+
+    def forward(full_tile):
+        image = lambda *shape, dtype=np.float64: np.full((C, H, W) + shape, -7, dtype=dtype)  # noqa: E731
+        if kind == "3dgs":
+            out = [image(D), image(), image(dtype=np.int64)]
+            kernel = K.rasterize_3dgs_fwd
+        else:
+            out = [image(D), image(3), image(), image(), image(), image(dtype=np.int64), image(dtype=np.int64)]
+            kernel = K.rasterize_2dgs_fwd
+        pairs = np.zeros(bins.n_tiles, dtype=np.int64)
+        kernel(*common, full_tile, *out, pairs, 0, 1)
+        return out, pairs
+
+    def backward(full_tile, *upstream):
+        per_isect = np.zeros((bins.n_isects, params.shape[1]))
+        kernel = K.rasterize_3dgs_bwd if kind == "3dgs" else K.rasterize_2dgs_bwd
+        kernel(*common, full_tile, *upstream, per_isect, 0, 1)
+        return per_isect
+
+    (span, span_pairs), (full, full_pairs) = forward(False), forward(True)
+    for a, b in zip(span, full):
+        assert (a != -7).all()  # every pixel written
+        if a.dtype == np.int64:
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+    assert span_pairs.sum() < 0.5 * full_pairs.sum()  # and far fewer pairs evaluated
+
+    rng = np.random.default_rng(0)
+    if kind == "3dgs":
+        colors, T, last = span
+        upstream = (T, last, rng.random(colors.shape), rng.random(T.shape))
+    else:
+        feats, normals, T, distort, median, last, median_idx = span
+        grads = [rng.random(x.shape) for x in (feats, normals, T, distort, median)]
+        upstream = (T, last, median_idx, feats[..., -1].copy(), *grads)
+    span_grads, full_grads = backward(False, *upstream), backward(True, *upstream)
+    np.testing.assert_allclose(span_grads, full_grads, rtol=1e-10, atol=1e-12 * np.abs(full_grads).max())
+
+
+def test_projection_kernels_match_autograd():
+    """The hand-written projection backward against PyTorch autograd of the plain projection code."""
+    from gfbench.methods.core import rasterize_cpu as rc
+    from gfbench.methods.core import rasterize_cpu_2dgs as rc2
+    from gfbench.methods.core.projection import project_gaussians_3d, project_surfels_2d
+
+    scene = make_scene(300, seed=4)
+    viewmats, Ks = make_cameras()
+    args = (scene["means"], scene["quats"], scene["scales"])
+    for compiled, plain in [
+        (
+            rc.project_3d(*args, scene["opacities"], viewmats, Ks, W, H, eps2d=0.3, near_plane=0.01,
+                          far_plane=1e10, radius_clip=0.0),
+            project_gaussians_3d(*args, scene["opacities"], viewmats, Ks, W, H),
+        ),
+        (
+            rc2.project_2d(*args, viewmats, Ks, W, H, near_plane=0.01, far_plane=1e10, radius_clip=0.0),
+            project_surfels_2d(*args, viewmats, Ks, W, H),
+        ),
+    ]:
+        names = [f for f in ("means2d", "conics", "ray_transforms", "depths", "normals") if hasattr(plain, f)]
+        assert torch.equal(compiled.radii, plain.radii)
+        assert (compiled.radii > 0).any() and (compiled.radii == 0).any()
+        for name in names:
+            torch.testing.assert_close(getattr(compiled, name), getattr(plain, name), rtol=1e-10, atol=1e-10)
+        got = grads_of(weighted_loss([getattr(compiled, n) for n in names]), dict(zip(("means", "quats", "scales"), args)))
+        want = grads_of(weighted_loss([getattr(plain, n) for n in names]), dict(zip(("means", "quats", "scales"), args)))
+        assert_grads_close(got, want, rtol=1e-9)
+
+
+def test_tile_lists_match_brute_force():
+    """Per-tile lists: every Gaussian in each tile its box [mean - radius, mean + radius] overlaps, front to
+    back, with gsplat's isect_ids (camera | tile << 32 | depth bits) sorted ascending."""
+    scene = make_scene(300, seed=6)
+    viewmats, Ks = make_cameras()
+    _, _, info = rasterize_3dgs(*scene.values(), viewmats, Ks, W, H)
+    tw, th = info["tile_width"], info["tile_height"]
+    assert (tw, th) == (math.ceil(W / TILE), math.ceil(H / TILE))
+    means2d, radii, depths = info["means2d"].detach(), info["radii"], info["depths"].detach()
+    offsets = info["isect_offsets"].reshape(-1).tolist() + [len(info["flatten_ids"])]
+    flat = info["flatten_ids"].tolist()
+    N = means2d.shape[1]
+    for c in range(2):
+        for t in range(th * tw):
+            tx, ty = t % tw, t // tw
+            expected = []
+            for g in range(N):
+                if (radii[c, g] > 0).all():
+                    lo = torch.floor((means2d[c, g] - radii[c, g]) / TILE).clamp(min=0)
+                    hi = torch.ceil((means2d[c, g] + radii[c, g]) / TILE)
+                    if lo[0] <= tx < hi[0] and lo[1] <= ty < hi[1]:
+                        expected.append(c * N + g)
+            expected.sort(key=lambda i: (float(depths.reshape(-1)[i]), i))
+            k = c * th * tw + t
+            assert flat[offsets[k] : offsets[k + 1]] == expected, (c, t)
+    assert (info["isect_ids"][1:] >= info["isect_ids"][:-1]).all()
+    assert torch.equal(info["tiles_per_gauss"].reshape(-1).bincount(minlength=1).sum(), torch.tensor(2 * N))
+    assert int(info["tiles_per_gauss"].sum()) == len(flat)
+
+
+def test_empty_tiles_show_background():
+    """Tiles no Gaussian touches render the background with alpha 0; only the touched ones differ."""
+    scene = make_scene(60, seed=8)
+    with torch.no_grad():
+        scene["means"][:, 0] = scene["means"][:, 0].abs() * 0.1 + 1.0  # all to the right-hand side
+        scene["means"][:, 2] = 4.0
+        scene["scales"].mul_(0.3)
+    viewmats, Ks = make_cameras()
+    bg = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], dtype=DT)
+    colors, alphas, info = rasterize_3dgs(*scene.values(), viewmats, Ks, W, H, backgrounds=bg, render_mode="RGB")
+    counts = torch.diff(torch.cat([info["isect_offsets"].reshape(-1), torch.tensor([len(info["flatten_ids"])])]))
+    empty = (counts == 0).reshape(2, info["tile_height"], info["tile_width"])
+    assert empty.any() and (~empty).any()
+    pix_empty = empty.repeat_interleave(TILE, 1).repeat_interleave(TILE, 2)[:, :H, :W]
+    assert (alphas[pix_empty] == 0).all()
+    torch.testing.assert_close(colors[pix_empty], bg[:, None, None].expand(2, H, W, 3)[pix_empty])
+    ref_colors_, ref_alphas = ref_render_3dgs(scene, viewmats, Ks, backgrounds=bg)
+    torch.testing.assert_close(alphas, ref_alphas, rtol=0, atol=1e-5)
+
+
+def test_early_termination_stops_before_the_opaque_one():
+    """Three near-opaque Gaussians in a row: at the pixel on their centres T goes 1 -> 0.005, the second
+    would take it to 2.5e-5 <= 1e-4, so the pixel stops there; neither it nor the one behind contributes
+    colour or receives gradient from that pixel."""
+    means = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 3.0], [0.0, 0.0, 4.0]], dtype=DT, requires_grad=True)
+    quats = torch.tensor([[1.0, 0, 0, 0]] * 3, dtype=DT, requires_grad=True)
+    scales = torch.full((3, 3), 0.5, dtype=DT, requires_grad=True)
+    opacities = torch.full((3,), 0.995, dtype=DT, requires_grad=True)
+    colors = torch.eye(3, dtype=DT).requires_grad_()
+    viewmat = torch.eye(4, dtype=DT)[None]
+    cy, cx = 20, 37  # principal point on this pixel's centre: every alpha there is exactly 0.995
+    K = torch.tensor([[50.0, 0, cx + 0.5], [0, 50.0, cy + 0.5], [0, 0, 1]], dtype=DT)[None]
+    out, alphas, _ = rasterize_3dgs(means, quats, scales, opacities, colors, viewmat, K, W, H, render_mode="RGB")
+    assert alphas[0, cy, cx, 0].item() == pytest.approx(0.995, abs=1e-12)
+    torch.testing.assert_close(out[0, cy, cx], torch.tensor([0.995, 0.0, 0.0], dtype=DT), atol=1e-12, rtol=0)
+    out[0, cy, cx].sum().backward()
+    assert colors.grad[0, 0] > 0.98 and (colors.grad[1:] == 0).all()
+    assert (means.grad[1:] == 0).all() and (opacities.grad[1:] == 0).all()
+
+
+@pytest.mark.parametrize("render", [rasterize_3dgs, rasterize_2dgs])
+def test_same_results_on_any_thread_count_and_without_grad(render):
+    """Per-tile work and per-Gaussian gradient sums run in a fixed order: 1 or 2 threads give bit-identical
+    images and gradients; a no-grad render gives the same images."""
+    scene = make_scene(300, seed=9, size=2.0 if render is rasterize_2dgs else 1.0)
+    viewmats, Ks = make_cameras()
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        out = render(*scene.values(), viewmats, Ks, W, H)
+        grads = torch.autograd.grad(weighted_loss([out[0], out[1]]), list(scene.values()))
+        results.append(([o.detach() for o in out[:2]], grads))
+    torch.set_num_threads(1)
+    for a, b in zip(results[0][0] + list(results[0][1]), results[1][0] + list(results[1][1])):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        plain = render(*scene.values(), viewmats, Ks, W, H)
+    for a, b in zip(plain[:2], results[0][0]):
+        assert torch.equal(a, b)

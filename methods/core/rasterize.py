@@ -2,9 +2,9 @@
 
 :func:`rasterize_3dgs` and :func:`rasterize_2dgs` take and return exactly what gsplat 1.5.3's
 ``rasterization`` / ``rasterization_2dgs`` do with ``packed=False``, so gsplat's ``DefaultStrategy`` can
-densify from their ``info`` dict. On CUDA tensors they call gsplat's fused kernels; otherwise the pure
-PyTorch tile rasterizer in :mod:`.rasterize_cpu` / :mod:`.rasterize_cpu_2dgs`, which matches those
-kernels' maths and culling rules (see those modules for the details).
+densify from their ``info`` dict. On CUDA tensors they call gsplat's fused kernels; otherwise the CPU
+tile rasterizer in :mod:`.rasterize_cpu` / :mod:`.rasterize_cpu_2dgs` (compiled numba kernels), which
+matches those kernels' maths and culling rules (see those modules for the details).
 
 One deliberate difference from gsplat: ``rasterization_2dgs`` returns ``surf_normals`` with the camera
 axis squeezed away when there is a single camera; here it is always [C, H, W, 3] (or None when the

@@ -1,46 +1,117 @@
-"""Forward+backward timing of the CPU tile rasterizer against a straightforward dense rasterizer.
+"""The CPU rasterizer against gsplat 1.5.3's own PyTorch reference rasterizer, side by side in one process.
 
-Run:  OMP_NUM_THREADS=2 .venv/bin/python tests/perf/bench_rasterizer.py [--gaussians 20000] [--repeats 3]
-      [--threads 2] [--dense-fraction 1.0]
+Run (from the repository root; the reference shim lives beside the checkout in ``../shared/perf``):
 
-Both sides share the projection (``gfbench.methods.core.projection``) and differ in rasterization only.
-The straightforward side is what gsplat's PyTorch reference code does minus the tiling: every pixel chunk
-is composited against the full depth-sorted list of visible Gaussians with plain autograd
-(``torch.utils.checkpoint`` per chunk, since keeping the [pixels, Gaussians] graph of a whole image would
-need tens of GB; checkpointing re-runs each chunk's forward during backward, so forward-only times are
-printed too). Both are timed side by side in one process on 2 threads; the two sides' images are compared
-to show they compute the same thing (3DGS: identical up to float32 rounding; 2DGS: a fraction of a percent
-of pixels differ because gsplat's tiling, which the tiled side reproduces, cuts off surfels whose
-low-pass or perspective footprint pokes out of their 3.33-sigma bounding box). The dense side's cost is
-exactly proportional to the pixel count (every chunk does the same work), so ``--dense-fraction 0.1``
-times it on the first tenth of the pixel chunks and scales up, for quick runs; the default times it in
-full.
+    OMP_NUM_THREADS=2 .venv/bin/python tests/perf/bench_rasterizer.py \
+        [--kinds 3dgs 2dgs] [--gaussians 20000 100000 300000] [--sizes 256x160 512x320 960x540] \
+        [--threads 2] [--repeats 3] [--reference-limit 900]
+
+The baseline is what a user would otherwise reach for on a CPU: gsplat's ``_rasterization`` (3DGS) and its
+``_torch_impl_2dgs`` pieces (2DGS), made to run on the CPU by ``gsplat_reference_cpu.py`` (which swaps in
+vectorized torch code for the few CUDA-only helpers). Both sides take the same random Gaussians filling a
+60-degree view at depths 2..8 (the same 3D scene at every image size), render RGB + expected depth for one
+camera and backpropagate a random linear loss of colours and alphas (and normals for 2DGS).
+
+Per grid point it prints: forward+backward time of the reference (once) and of gfbench (best of
+``--repeats``), their ratio, gfbench's render-only (no-grad) time, the peak memory of each side (the
+process's RSS high-water mark, reset before the side runs, minus the RSS at that moment: what the side
+adds), and the largest difference between the two sides' RGB, alpha (and 2DGS normals) images.
+Differences come from float32 (reference) against float64 (gfbench) arithmetic deciding the alpha >= 1/255
+and T > 1e-4 tests differently for a few pairs (each worth at most ~1/255 of a colour), and for 2DGS
+from bounding-box radii that round to a different integer for a few surfels (their tile lists differ).
+gsplat's torch 2DGS projection composites normals scaled by the third scale (its CUDA kernel, which
+gfbench follows, uses unit normals), so the 2DGS scene has third scales of 1, which surfels otherwise
+ignore.
+
+Compute bound: gfbench counts the Gaussian-pixel pairs its forward evaluates (those whose exact alpha test
+runs; backward evaluates at most the same pairs, from each pixel's last contributor back), multiplies by
+the flops per pair of forward + backward (counted from the kernels' arithmetic below, an exp counted as the
+20 flops of its polynomial) plus the projection's flops per Gaussian, and divides by the machine's
+float64 throughput on ``--threads`` cores, measured at start-up and again after the grid as the best
+rate of a BLAS matrix product (dgemm, the classic peak-flops probe: vectorized FMAs on cached data).
+``x bound`` is gfbench's forward+backward time over that bound.
+
+The reference's cost grows with the pairs it materializes; ``--reference-limit`` (seconds) skips it at the
+points where the previous size's time, scaled by gfbench's pair count, predicts more than that.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import time
+from pathlib import Path
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
-from gfbench.methods.core.projection import ALPHA_THRESHOLD, project_gaussians_3d, project_surfels_2d
+from gfbench.methods.core import rasterize_cpu as rc
+from gfbench.methods.core import rasterize_cpu_2dgs as rc2
 from gfbench.methods.core.rasterize import rasterize_2dgs, rasterize_3dgs
 
-WIDTH, HEIGHT = 256, 160
-PIXEL_CHUNK = 1024  # [1024, N] pair tensors per autograd chunk (~75 MB each at 18k visible)
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_SHIM = REPO.parent / "shared" / "perf" / "gsplat_reference_cpu.py"
+
+# Flops per evaluated Gaussian-pixel pair, forward + backward, counted from cpu_kernels with D = 4 features
+# (RGB + depth), an FMA as 2 and exp as 20:
+#   3DGS forward 40 + 2D (offset 2, sigma 9, tests 6, exp 20, compositing 3 + 2D),
+#        backward 73 + 4D (sigma and alpha again 36, transmittance 4, colour terms 4D, alpha, opacity,
+#        sigma gradients 11, mean 10 and conic 12 gradients)
+#   2DGS forward 58 + 2 (D + 3) (ray-splat c 6, g3 5, low-pass 5, exp 20, compositing, distortion 10),
+#        backward 128 (recompute 44, distortion terms 18, features and normals 4 (D + 3), the rest ~40)
+FLOPS_PER_PAIR = {"3dgs": 40 + 8 + 73 + 16, "2dgs": 58 + 14 + 128}
+# per Gaussian and camera, projection forward + backward (rotation, covariance, Jacobian, their gradients)
+FLOPS_PER_GAUSSIAN = {"3dgs": 650, "2dgs": 500}
 
 
-def make_scene(n: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """n Gaussians filling the view frustum at depths 2..8, typical trained-scene sizes (1-10 px)."""
+# ----------------------------------------------------------------------------------------------------
+# Machine
+# ----------------------------------------------------------------------------------------------------
+
+
+def machine_gflops(threads: int, size: int = 768, repeats: int = 10) -> float:
+    """Float64 throughput of ``threads`` cores in Gflop/s: the best rate of a size^3 dgemm."""
+    torch.set_num_threads(threads)
+    a = torch.rand(size, size, dtype=torch.float64)
+    b = torch.rand(size, size, dtype=torch.float64)
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> float:
+    """Reset the RSS high-water mark to the current RSS (Linux) and return that RSS in MB."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    return _status_mb("VmHWM")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scene and the two sides
+# ----------------------------------------------------------------------------------------------------
+
+
+def make_scene(n: int, width: int, height: int, seed: int = 0, unit_third_scale: bool = False):
+    """n Gaussians filling a 60-degree view at depths 2..8; at 256 px wide they are 0.1-5 px (1 sigma)."""
     g = torch.Generator().manual_seed(seed)
     rand = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+    f = 220.0 * width / 256
     z = 2.0 + 6.0 * rand(n)
-    f = 220.0
-    x = (rand(n) - 0.5) * WIDTH / f * z * 1.1
-    y = (rand(n) - 0.5) * HEIGHT / f * z * 1.1
+    x = (rand(n) - 0.5) * width / f * z * 1.1
+    y = (rand(n) - 0.5) * height / f * z * 1.1
     params = {
         "means": torch.stack([x, y, z], dim=-1),
         "quats": torch.randn(n, 4, generator=g),
@@ -48,177 +119,171 @@ def make_scene(n: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Te
         "opacities": 0.1 + 0.85 * rand(n),
         "colors": rand(n, 3),
     }
+    if unit_third_scale:
+        params["scales"][:, 2] = 1.0
     params = {k: v.requires_grad_() for k, v in params.items()}
     viewmats = torch.eye(4)[None]
-    Ks = torch.tensor([[f, 0.0, WIDTH / 2], [0.0, f, HEIGHT / 2], [0.0, 0.0, 1.0]])[None]
+    Ks = torch.tensor([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]])[None]
     return params, viewmats, Ks
 
 
-DENSE_FRACTION = 1.0  # share of the pixel chunks the dense side renders (set from the command line)
+def load_reference(shim: Path):
+    if not shim.is_file():
+        raise SystemExit(f"--reference-shim: {shim} does not exist (gsplat_reference_cpu.py from shared/perf)")
+    spec = importlib.util.spec_from_file_location("gsplat_reference_cpu", shim)
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    ref.install()
+    from gsplat.rendering import _rasterization
+
+    def reference_3dgs(p, viewmats, Ks, W, H):
+        colors, alphas, _ = _rasterization(*p.values(), viewmats, Ks, W, H, render_mode="RGB+ED")
+        return colors[0, ..., :3], alphas[0]
+
+    def reference_2dgs(p, viewmats, Ks, W, H):
+        colors, alphas, normals, _ = ref.rasterization_2dgs_torch(
+            *p.values(), viewmats, Ks, W, H, render_mode="RGB+ED"
+        )
+        return colors[0, ..., :3], alphas[0], normals[0]
+
+    return {"3dgs": reference_3dgs, "2dgs": reference_2dgs}
 
 
-def _pixel_chunks(dtype) -> list[torch.Tensor]:
-    ys, xs = torch.meshgrid(torch.arange(HEIGHT), torch.arange(WIDTH), indexing="ij")
-    chunks = (torch.stack([xs, ys], dim=-1).reshape(-1, 2).to(dtype) + 0.5).split(PIXEL_CHUNK)
-    return list(chunks[: max(1, round(DENSE_FRACTION * len(chunks)))])
+def gfbench_3dgs(p, viewmats, Ks, W, H):
+    colors, alphas, _ = rasterize_3dgs(*p.values(), viewmats, Ks, W, H, render_mode="RGB+ED")
+    return colors[0, ..., :3], alphas[0]
 
 
-def _as_image(x: torch.Tensor) -> torch.Tensor:
-    """[n_pixels, D] -> [H, W, D], zero-padded when only a fraction of the pixels was rendered."""
-    full = x.new_zeros((HEIGHT * WIDTH, x.shape[-1]))
-    full = torch.cat([x, full[x.shape[0]:]])
-    return full.reshape(HEIGHT, WIDTH, -1)
+def gfbench_2dgs(p, viewmats, Ks, W, H):
+    colors, alphas, normals, *_ = rasterize_2dgs(*p.values(), viewmats, Ks, W, H, render_mode="RGB+ED")
+    return colors[0, ..., :3], alphas[0], normals[0]  # identity view: world normals are camera normals
 
 
-def _front_to_back(alpha: torch.Tensor, skip: torch.Tensor):
-    """gsplat's compositing rules on [P, K] depth-sorted alphas: weights and final transmittance."""
+GFBENCH = {"3dgs": gfbench_3dgs, "2dgs": gfbench_2dgs}
+
+
+def pairs_evaluated(kind: str, p, viewmats, Ks, W, H) -> tuple[int, int]:
+    """(Gaussian-pixel pairs the forward evaluates, Gaussian-tile intersections), through the same pieces."""
     with torch.no_grad():
-        keep = (alpha >= ALPHA_THRESHOLD) & ~skip
-        T_incl = torch.cumprod(torch.where(keep, 1 - alpha, torch.ones_like(alpha)), dim=-1)
-        keep &= T_incl > 1e-4
-    alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-    T = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], dim=-1), dim=-1)
-    return alpha * T, T[:, -1:] * (1 - alpha[:, -1:]), keep, T
+        opac = p["opacities"][None]
+        if kind == "3dgs":
+            proj = rc.project_3d(p["means"], p["quats"], p["scales"], p["opacities"], viewmats, Ks, W, H,
+                                 eps2d=0.3, near_plane=0.01, far_plane=1e10, radius_clip=0.0)
+            bins = rc.bin_tiles(proj, W, H)
+            feats = torch.cat([p["colors"][None], proj.depths[..., None]], -1)
+            rc.RasterizeTiles3D.apply(proj.means2d, proj.conics, opac, feats, bins, W, H, proj.host)
+        else:
+            proj = rc2.project_2d(p["means"], p["quats"], p["scales"], viewmats, Ks, W, H,
+                                  near_plane=0.01, far_plane=1e10, radius_clip=0.0)
+            bins = rc.bin_tiles(proj, W, H)
+            feats = torch.cat([p["colors"][None], proj.depths[..., None]], -1)
+            densify = torch.zeros(proj.means2d.shape)
+            rc2.RasterizeTiles2D.apply(proj.means2d, proj.ray_transforms, opac, feats, proj.normals, densify, bins,
+                                       W, H, proj.host)
+    return bins.pairs_evaluated, bins.n_isects
 
 
-def naive_rasterize_3dgs(params, viewmats, Ks):
-    """Dense 3DGS: RGB + expected depth [H, W, 4] and alpha [H, W, 1] for one camera."""
-    proj = project_gaussians_3d(params["means"], params["quats"], params["scales"], params["opacities"],
-                                viewmats, Ks, WIDTH, HEIGHT)
-    vis = torch.nonzero((proj.radii[0] > 0).all(-1))[:, 0]
-    vis = vis[torch.argsort(proj.depths[0, vis])]
-    means2d, conics = proj.means2d[0, vis], proj.conics[0, vis]
-    opac = params["opacities"][vis]
-    feats = torch.cat([params["colors"][vis], proj.depths[0, vis, None]], dim=-1)
-
-    def chunk(pix, means2d, conics, opac, feats):
-        dx = means2d[None, :, 0] - pix[:, None, 0]
-        dy = means2d[None, :, 1] - pix[:, None, 1]
-        sigma = 0.5 * (conics[None, :, 0] * dx * dx + conics[None, :, 2] * dy * dy) + conics[None, :, 1] * dx * dy
-        alpha = (opac[None] * torch.exp(-sigma)).clamp_max(0.999)
-        w, T_final, _, _ = _front_to_back(alpha, sigma < 0)
-        return torch.cat([w @ feats, T_final], dim=-1)
-
-    out = torch.cat([
-        checkpoint(chunk, pix, means2d, conics, opac, feats, use_reentrant=False)
-        for pix in _pixel_chunks(means2d.dtype)
-    ])
-    alpha = 1 - out[:, -1:]
-    rgbd = torch.cat([out[:, :3], out[:, 3:4] / alpha.clamp(min=1e-10)], dim=-1)
-    return _as_image(rgbd), _as_image(alpha)
-
-
-def naive_rasterize_2dgs(params, viewmats, Ks):
-    """Dense 2DGS: RGB+ED, alpha, camera-space normals, distortion and median depth for one camera."""
-    proj = project_surfels_2d(params["means"], params["quats"], params["scales"], viewmats, Ks, WIDTH, HEIGHT)
-    vis = torch.nonzero((proj.radii[0] > 0).all(-1))[:, 0]
-    vis = vis[torch.argsort(proj.depths[0, vis])]
-    means2d, M = proj.means2d[0, vis], proj.ray_transforms[0, vis]
-    opac = params["opacities"][vis]
-    feats = torch.cat([params["colors"][vis], proj.normals[0, vis], proj.depths[0, vis, None]], dim=-1)
-
-    def chunk(pix, means2d, M, opac, feats):
-        px, py = pix[:, :1, None], pix[:, 1:, None]
-        h_u = px * M[None, :, 2, :] - M[None, :, 0, :]  # [P, K, 3]
-        h_v = py * M[None, :, 2, :] - M[None, :, 1, :]
-        cross = torch.cross(h_u, h_v, dim=-1)
-        degenerate = cross[..., 2] == 0
-        cz = torch.where(degenerate, torch.ones_like(cross[..., 2]), cross[..., 2])
-        g3 = (cross[..., 0] / cz) ** 2 + (cross[..., 1] / cz) ** 2
-        g2 = 2.0 * ((means2d[None] - pix[:, None]) ** 2).sum(-1)
-        sigma = 0.5 * torch.where(g3 <= g2, g3, g2)
-        alpha = (opac[None] * torch.exp(-sigma)).clamp_max(0.999)
-        w, T_final, keep, T = _front_to_back(alpha, degenerate | (sigma < 0))
-        depth = feats[None, :, -1]
-        wd = w * depth
-        distort = (2 * (wd * (1 - T) - w * (torch.cumsum(wd, -1) - wd))).sum(-1, keepdim=True)
-        with torch.no_grad():
-            half = keep & (T > 0.5)
-            idx = (half * torch.arange(1, half.shape[1] + 1)).argmax(-1, keepdim=True)
-        median = torch.gather(depth.expand_as(w), 1, idx) * half.any(-1, keepdim=True)
-        return torch.cat([w @ feats, T_final, distort, median], dim=-1)
-
-    out = torch.cat([
-        checkpoint(chunk, pix, means2d, M, opac, feats, use_reentrant=False)
-        for pix in _pixel_chunks(means2d.dtype)
-    ])
-    alpha = 1 - out[:, 7:8]
-    rgbd = torch.cat([out[:, :3], out[:, 6:7] / alpha.clamp(min=1e-10)], dim=-1)
-    return _as_image(rgbd), _as_image(alpha), _as_image(out[:, 3:6]), _as_image(out[:, 8:9]), _as_image(out[:, 9:10])
-
-
-def tiled_3dgs(params, viewmats, Ks):
-    colors, alphas, _ = rasterize_3dgs(*params.values(), viewmats, Ks, WIDTH, HEIGHT, render_mode="RGB+ED")
-    return colors[0], alphas[0]
-
-
-def tiled_2dgs(params, viewmats, Ks):
-    colors, alphas, normals, _, distort, median, _ = rasterize_2dgs(
-        *params.values(), viewmats, Ks, WIDTH, HEIGHT, render_mode="RGB+ED"
-    )
-    # camera-space normals to compare with the dense version (viewmat is the identity here)
-    return colors[0], alphas[0], normals[0], distort[0], median[0]
-
-
-def _loss(outputs) -> torch.Tensor:
+def random_loss(outputs) -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return sum((torch.rand(o.shape, generator=g) * o).sum() for o in outputs)
 
 
-def time_fwd_bwd(fn, params, viewmats, Ks, repeats: int) -> tuple[float, float, list[torch.Tensor]]:
-    """Best-of-n milliseconds for forward only (no grad) and forward+backward."""
-    fwd, both = [], []
+def time_side(render, p, viewmats, Ks, W, H, repeats: int):
+    """Best forward+backward seconds, best no-grad seconds, peak added RSS (MB) and the last outputs."""
+    rss_before = reset_peak_rss()
+    both, fwd = [], []
     for _ in range(repeats):
+        for t in p.values():
+            t.grad = None
+        start = time.perf_counter()
+        outputs = render(p, viewmats, Ks, W, H)
+        random_loss(outputs).backward()
+        both.append(time.perf_counter() - start)
+    rss = peak_rss_mb() - rss_before
+    for _ in range(repeats if render in GFBENCH.values() else 0):
         with torch.no_grad():
-            t = time.perf_counter()
-            fn(params, viewmats, Ks)
-            fwd.append(time.perf_counter() - t)
-        for p in params.values():
-            p.grad = None
-        t = time.perf_counter()
-        outputs = fn(params, viewmats, Ks)
-        _loss(outputs).backward()
-        both.append(time.perf_counter() - t)
-    return 1e3 * min(fwd), 1e3 * min(both), [o.detach() for o in outputs]
+            start = time.perf_counter()
+            render(p, viewmats, Ks, W, H)
+            fwd.append(time.perf_counter() - start)
+    return min(both), (min(fwd) if fwd else float("nan")), rss, [o.detach() for o in outputs]
+
+
+def first_call_seconds() -> float:
+    """One tiny forward+backward of each kind: the JIT compile on a fresh machine, else the cache load."""
+    start = time.perf_counter()
+    for kind in ("3dgs", "2dgs"):
+        p, viewmats, Ks = make_scene(50, 64, 48, unit_third_scale=kind == "2dgs")
+        random_loss(GFBENCH[kind](p, viewmats, Ks, 64, 48)).backward()
+    return time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, got {text!r}") from None
+    return w, h
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gaussians", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=3, help="tiled runs; the dense side runs once")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dense-fraction", type=float, default=1.0,
-                        help="time the dense side on this share of the pixels and scale up")
+    parser.add_argument("--kinds", nargs="+", choices=["3dgs", "2dgs"], default=["3dgs", "2dgs"],
+                        help="which rasterizers to compare")
+    parser.add_argument("--gaussians", nargs="+", type=int, default=[20_000, 100_000, 300_000],
+                        help="Gaussian counts of the grid")
+    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(256, 160), (512, 320), (960, 540)],
+                        help="image sizes of the grid, WIDTHxHEIGHT")
+    parser.add_argument("--threads", type=int, default=2, help="torch and numba threads for both sides")
+    parser.add_argument("--repeats", type=int, default=3, help="gfbench timings are the best of this many")
+    parser.add_argument("--reference-limit", type=float, default=900.0,
+                        help="skip the reference where its predicted forward+backward time exceeds this (s)")
+    parser.add_argument("--reference-shim", type=Path, default=DEFAULT_SHIM,
+                        help="path to gsplat_reference_cpu.py")
     args = parser.parse_args()
-    global DENSE_FRACTION
-    DENSE_FRACTION = args.dense_fraction
     torch.set_num_threads(args.threads)
-    params, viewmats, Ks = make_scene(args.gaussians)
-    print(f"{args.gaussians} Gaussians, {WIDTH}x{HEIGHT}, 1 camera, {torch.get_num_threads()} threads")
-    print(f"{'':6s} {'tiled fwd':>10s} {'tiled f+b':>10s} {'dense fwd':>10s} {'dense f+b':>10s} "
-          f"{'f+b ratio':>9s} {'max |diff|':>10s} {'px >1e-3':>8s}")
-    for name, tiled, dense in [("3DGS", tiled_3dgs, naive_rasterize_3dgs), ("2DGS", tiled_2dgs, naive_rasterize_2dgs)]:
-        tiled(params, viewmats, Ks)  # warm-up
-        t_fwd, t_both, out_t = time_fwd_bwd(tiled, params, viewmats, Ks, args.repeats)
-        grads_t = {k: v.grad.clone() for k, v in params.items()}
-        d_fwd, d_both, out_d = time_fwd_bwd(dense, params, viewmats, Ks, 1)
-        n_rendered = min(HEIGHT * WIDTH, len(_pixel_chunks(torch.float32)) * PIXEL_CHUNK)
-        scale = HEIGHT * WIDTH / n_rendered
-        d_fwd, d_both = d_fwd * scale, d_both * scale
-        rows = n_rendered // WIDTH  # compare the fully rendered rows only
-        diff = max((a[:rows] - b[:rows]).abs().max().item() for a, b in zip(out_t, out_d))
-        differing = torch.stack([((a[:rows] - b[:rows]).abs() > 1e-3).any(-1) for a, b in zip(out_t, out_d)])
-        share = 100 * differing.any(0).float().mean().item()
-        note = ""
-        if scale == 1.0:
-            grads_d = {k: v.grad.clone() for k, v in params.items()}
-            grad_err = max(((grads_t[k] - grads_d[k]).norm() / grads_d[k].norm().clamp_min(1e-12)).item()
-                           for k in grads_d)
-            note = f"   (grad rel. diff {grad_err:.1e})"
-        else:
-            note = f"   (dense timed on {100 / scale:.0f}% of the pixels, scaled x{scale:.1f})"
-        print(f"{name:6s} {t_fwd:8.0f}ms {t_both:8.0f}ms {d_fwd:8.0f}ms {d_both:8.0f}ms "
-              f"{d_both / t_both:8.1f}x {diff:10.1e} {share:7.2f}%{note}", flush=True)
+    references = load_reference(args.reference_shim)
+
+    first = first_call_seconds()
+    gflops = machine_gflops(args.threads)
+    print(f"{args.threads} threads; gfbench first call (JIT compile, or load from numba's cache) {first:.1f} s; "
+          f"machine float64 throughput (dgemm) {gflops:.1f} Gflop/s on {args.threads} cores")
+    header = (f"{'kind':5s} {'N':>7s} {'size':>8s} | {'ref f+b':>8s} {'gfb f+b':>8s} {'ratio':>7s} | "
+              f"{'gfb fwd':>8s} | {'ref mem':>8s} {'gfb mem':>8s} | {'max|dRGB|':>9s} {'max|dA|':>8s} "
+              f"{'max|dN|':>8s} | {'isects':>8s} {'pairs':>9s} {'bound':>7s} {'x bound':>7s}")
+    print(header)
+    print("-" * len(header))
+    ref_seconds_per_pair: dict[str, float] = {}  # from the last reference run, to predict the next
+    for kind in args.kinds:
+        for n in args.gaussians:
+            for W, H in args.sizes:
+                run_point(kind, n, W, H, args, references[kind], gflops, ref_seconds_per_pair)
+    print(f"machine float64 throughput (dgemm) after the grid: {machine_gflops(args.threads):.1f} Gflop/s")
+
+
+def run_point(kind, n, W, H, args, reference, gflops, ref_seconds_per_pair) -> None:
+    p, viewmats, Ks = make_scene(n, W, H, unit_third_scale=kind == "2dgs")
+    render = GFBENCH[kind]
+    render(p, viewmats, Ks, W, H)  # warm-up
+    g_both, g_fwd, g_rss, g_out = time_side(render, p, viewmats, Ks, W, H, args.repeats)
+    pairs, isects = pairs_evaluated(kind, p, viewmats, Ks, W, H)
+    bound = (pairs * FLOPS_PER_PAIR[kind] + n * FLOPS_PER_GAUSSIAN[kind]) / (gflops * 1e9)
+
+    predicted = ref_seconds_per_pair.get(kind, 0.0) * pairs
+    if predicted > args.reference_limit:
+        ref_text, ratio_text, rss_text, diffs = f"~{predicted:6.0f}s", f"{'skip':>7s}", f"{'':>8s}", ["", "", ""]
+    else:
+        r_both, _, r_rss, r_out = time_side(reference, p, viewmats, Ks, W, H, 1)
+        ref_seconds_per_pair[kind] = r_both / max(pairs, 1)
+        ref_text, ratio_text, rss_text = f"{r_both:7.2f}s", f"{r_both / g_both:6.1f}x", f"{r_rss:6.0f}MB"
+        diffs = [f"{(a - b).abs().max().item():.1e}" for a, b in zip(g_out, r_out)] + [""]
+    print(f"{kind:5s} {n:7d} {W:4d}x{H:<3d} | {ref_text} {g_both:7.3f}s {ratio_text} | {g_fwd:7.3f}s | "
+          f"{rss_text} {g_rss:6.0f}MB | {diffs[0]:>9s} {diffs[1]:>8s} {diffs[2]:>8s} | {isects:8d} {pairs:9d} "
+          f"{bound * 1e3:5.0f}ms {g_both / bound:6.1f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1021 @@
+"""Compiled (numba) kernels of the CPU rasterizer: projection, tile binning, and 3DGS / 2DGS compositing,
+forward and backward. PyTorch glue lives in :mod:`.rasterize_cpu` and :mod:`.rasterize_cpu_2dgs`.
+
+All jitted code is in this one module on purpose: numba's on-disk cache (``cache=True``, so the JIT compile
+is paid once per machine) is invalidated only when the file defining a function changes, not when a helper
+it inlines from another file does; one file keeps the cache exact.
+
+Every kernel works on float64 NumPy arrays whatever the caller's dtype: one compiled specialisation per
+kernel, scalar float64 arithmetic costs the same as float32 on a CPU, and the float64 tolerance tests
+measure the algorithm rather than rounding. The heavy kernels release the GIL and take a share of the
+work, ``worker`` of ``n_workers`` (every n-th tile for rasterization, a contiguous block of Gaussians
+otherwise), writing into output arrays the caller allocated; :func:`.rasterize_cpu.run_workers` runs the
+shares on a thread pool. (Plain threads instead of ``parallel=True``: numba's parallel compilation took
+three times as long to JIT, and this way torch's thread count is the one knob.)
+
+Sections:
+
+* Projection (as :mod:`.projection`, itself gsplat 1.5.3's ``ProjectionEWA3DGSFused.cu`` and
+  ``Projection2DGSFused.cu``, step for step); the backward passes are the hand-derived vector-Jacobian
+  products of those formulas, checked against PyTorch autograd of :mod:`.projection` in the tests.
+  Gradients flow to means, quats and scales (not to the cameras); culled pairs get zero outputs and zero
+  gradients.
+* Binning, as gsplat's ``isect_tiles`` + ``isect_offset_encode`` with ``packed=False``: every visible
+  Gaussian is listed in each 16x16 tile its bounding box [mean - radius, mean + radius] touches, and each
+  tile's list is sorted front to back (by depth, ties by Gaussian index, as gsplat's stable radix sort of
+  (camera, tile, depth) keys gives).
+* 3DGS compositing, as ``RasterizeToPixels3DGSFwd.cu`` / ``...Bwd.cu``, one tile per parallel iteration.
+  Forward: walk the tile's list front to back; alpha = min(0.999, o exp(-sigma)) with sigma =
+  0.5 (a dx^2 + c dy^2) + b dx dy, (dx, dy) = mean - pixel centre; skip alpha < 1/255; a
+  pixel is done at the first Gaussian that would take its transmittance T to <= 1e-4 (that one excluded),
+  and the tile stops when all its pixels are done. Saved for backward: final T and the index of the last
+  Gaussian composited, per pixel (nothing per pair). Backward: walk back to front from the last
+  contributor, recovering T before each Gaussian by dividing by (1 - alpha) as the CUDA kernel does, with
+  the closed-form compositing gradients. Per-Gaussian sums of one tile go to that intersection's row of an
+  [M, F] buffer, which :func:`reduce_per_gaussian` adds per Gaussian in a fixed order: no two threads
+  write the same memory and results do not depend on the thread count.
+  Along a pixel row sigma is a parabola in x with curvature a, so exp(-sigma) needs no exp per pixel:
+  from the span's first pixel, E(x + 1) = E(x) r with r <- r exp(-a) (forward differencing of the
+  exponent), two exps per row and a relative error of a few 1e-16 over a 16-pixel row. The conic must be
+  positive definite (the projection adds eps2d to the 2D covariance, so it always is; any other Gaussian
+  is skipped), which also makes gsplat's "sigma < 0: skip" moot.
+* 2DGS compositing, as ``RasterizeToPixels2DGSFwd.cu`` / ``...Bwd.cu``: per pixel and surfel the ray meets
+  the surfel plane in homogeneous coordinates; with the rows u, v, w of the splat-to-pixel transform M,
+  the planes h_u = x w - u and h_v = y w - v meet at c = h_u x h_v, whose (c_x / c_z, c_y / c_z) is the
+  splat-space point. sigma = 0.5 min(g3, g2) with g3 = |c_xy / c_z|^2 and the low-pass
+  g2 = 2 |mean2d - pixel|^2; pairs with c_z = 0 are skipped. On top of colours the kernel composites
+  camera-space normals, gsplat's depth distortion (depth read from the last feature channel) and the
+  median depth (the last surfel entered while T > 0.5). Along a pixel row h_v is fixed, so
+  c = x (w x h_v) - (u x h_v) is linear in x: three multiply-adds per pixel in the forward, and the
+  backward sums dL/dc over a row and applies the cross-product rule once per row.
+
+Only the pixels where a Gaussian can reach alpha >= 1/255 are visited: for 3DGS sigma <= ln(255 o) is an
+ellipse, whose rows and per-row spans are solved in closed form; for 2DGS the image of the splat disk
+(rows from its dual conic, per-row spans from a quadratic in x) united with the low-pass disk, with the
+whole row or tile whenever the image is not a bounded ellipse. Limits get a relative and a sub-pixel
+slack, and the exact test still decides each pixel, so the result equals visiting every pixel of the tile
+(``full_tile=True``, which the tests compare against) at a fraction of the pairs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+TILE_SIZE = 16
+TILE_PIXELS = TILE_SIZE * TILE_SIZE
+ALPHA_THRESHOLD = 1.0 / 255.0  # gsplat's: fainter contributions are skipped
+MAX_ALPHA = 0.999  # gsplat clamps per-Gaussian alpha here (its CUDA kernels use 0.999, not 0.99)
+MIN_TRANSMITTANCE = 1e-4  # a pixel is done before a Gaussian that would take T to <= this
+
+# LLVM may fuse multiply-adds and turn divisions by the same value into reciprocal multiplies; no
+# assumptions about NaN/inf (fastmath's "nnan"/"ninf"), which would change gsplat's skip rules.
+FASTMATH = {"contract", "arcp", "nsz"}
+
+
+@njit(cache=True)
+def block_share(n, worker, n_workers):
+    """[start, stop) of ``worker``'s contiguous share of n items."""
+    return n * worker // n_workers, n * (worker + 1) // n_workers
+
+
+# ----------------------------------------------------------------------------------------------------
+# Binning (driven by rasterize_cpu.TileBins)
+# ----------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _tile_rect(mx, my, rx, ry, tile_w, tile_h):
+    """Tiles [x0, x1) x [y0, y1) that the box [m - r, m + r] overlaps (gsplat's rounding and clamping)."""
+    x0 = min(max(math.floor((mx - rx) / TILE_SIZE), 0), tile_w)
+    x1 = min(max(math.ceil((mx + rx) / TILE_SIZE), 0), tile_w)
+    y0 = min(max(math.floor((my - ry) / TILE_SIZE), 0), tile_h)
+    y1 = min(max(math.ceil((my + ry) / TILE_SIZE), 0), tile_h)
+    return int(x0), int(x1), int(y0), int(y1)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def tiles_per_gaussian(means2d, radii, tile_w, tile_h):
+    """[C * N] number of tiles each (camera, Gaussian) touches; 0 where culled."""
+    n = means2d.shape[0]
+    counts = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        if radii[i, 0] > 0 and radii[i, 1] > 0:
+            x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
+            counts[i] = (x1 - x0) * (y1 - y0)
+    return counts
+
+
+@njit(cache=True)
+def scatter_to_tiles(means2d, radii, order, counts, gauss_offsets, n_per_camera, tile_w, tile_h, depth_bits):
+    """Fill per-tile lists in depth order (a stable counting sort by tile).
+
+    Returns ``tile_offsets`` [C * TH * TW + 1], ``flatten_ids`` [M] (c * N + g, tile-major, front to
+    back), ``slot_of`` [M] (for the k-th tile of Gaussian i in row-major tile order, its position in
+    ``flatten_ids`` is ``slot_of[gauss_offsets[i] + k]``, which lets gradients be reduced per Gaussian)
+    and gsplat's ``isect_ids`` [M]: camera and tile id in the high word, ``depth_bits`` (the float32
+    depth's bit pattern) in the low word.
+    """
+    tiles_per_camera = tile_w * tile_h
+    tile_bits = 0
+    while (1 << tile_bits) <= tiles_per_camera:  # Python's int.bit_length()
+        tile_bits += 1
+    n_tiles = (means2d.shape[0] // n_per_camera) * tiles_per_camera
+    tile_offsets = np.zeros(n_tiles + 1, dtype=np.int64)
+    for i in range(means2d.shape[0]):
+        if counts[i] == 0:
+            continue
+        base = (i // n_per_camera) * tiles_per_camera
+        x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
+        for ty in range(y0, y1):
+            for tx in range(x0, x1):
+                tile_offsets[base + ty * tile_w + tx + 1] += 1
+    for t in range(n_tiles):
+        tile_offsets[t + 1] += tile_offsets[t]
+    cursor = tile_offsets[:-1].copy()
+    n_isects = tile_offsets[-1]
+    flatten_ids = np.empty(n_isects, dtype=np.int64)
+    slot_of = np.empty(n_isects, dtype=np.int64)
+    isect_ids = np.empty(n_isects, dtype=np.int64)
+    for i in order:  # (camera, depth) order: each tile's list comes out front to back
+        if counts[i] == 0:
+            continue
+        cam = i // n_per_camera
+        base = cam * tiles_per_camera
+        x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
+        k = gauss_offsets[i]
+        for ty in range(y0, y1):
+            for tx in range(x0, x1):
+                local = ty * tile_w + tx
+                slot = cursor[base + local]
+                cursor[base + local] = slot + 1
+                flatten_ids[slot] = i
+                isect_ids[slot] = (((cam << tile_bits) | local) << 32) | depth_bits[i]
+                slot_of[k] = slot
+                k += 1
+    return tile_offsets, flatten_ids, slot_of, isect_ids
+
+
+# ----------------------------------------------------------------------------------------------------
+# Gradient reduction
+# ----------------------------------------------------------------------------------------------------
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def reduce_per_gaussian(per_isect, gauss_offsets, slot_of, out, worker, n_workers):
+    """Sum per-intersection gradient rows [M, F] into per-Gaussian rows ``out`` [C * N, F] (zeroed).
+
+    Each Gaussian sums its own tiles in a fixed (row-major tile) order, so the result does not depend on
+    the thread count.
+    """
+    F = per_isect.shape[1]
+    start, stop = block_share(gauss_offsets.shape[0] - 1, worker, n_workers)
+    for i in range(start, stop):
+        for k in range(gauss_offsets[i], gauss_offsets[i + 1]):
+            slot = slot_of[k]
+            for f in range(F):
+                out[i, f] += per_isect[slot, f]
+
+
+MAX_EXTENT_SIGMAS = 3.33  # gsplat's bounding-box half-size in standard deviations
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _rotmat(q, R):
+    """Fill R [3, 3] from a wxyz quaternion; returns the normalised quaternion and the norm."""
+    norm = math.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
+    inv = 1.0 / max(norm, 1e-12)  # F.normalize's eps
+    w, x, y, z = q[0] * inv, q[1] * inv, q[2] * inv, q[3] * inv
+    R[0, 0] = 1 - 2 * (y * y + z * z)
+    R[0, 1] = 2 * (x * y - w * z)
+    R[0, 2] = 2 * (x * z + w * y)
+    R[1, 0] = 2 * (x * y + w * z)
+    R[1, 1] = 1 - 2 * (x * x + z * z)
+    R[1, 2] = 2 * (y * z - w * x)
+    R[2, 0] = 2 * (x * z - w * y)
+    R[2, 1] = 2 * (y * z + w * x)
+    R[2, 2] = 1 - 2 * (x * x + y * y)
+    return w, x, y, z, max(norm, 1e-12)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _quat_grad(G, w, x, y, z, norm, out):
+    """dL/dq [4] from dL/dR = G [3, 3], through the normalisation q / |q|."""
+    gw = 2 * (-z * G[0, 1] + y * G[0, 2] + z * G[1, 0] - x * G[1, 2] - y * G[2, 0] + x * G[2, 1])
+    gx = 2 * (y * G[0, 1] + z * G[0, 2] + y * G[1, 0] - 2 * x * G[1, 1] - w * G[1, 2] + z * G[2, 0]
+              + w * G[2, 1] - 2 * x * G[2, 2])
+    gy = 2 * (-2 * y * G[0, 0] + x * G[0, 1] + w * G[0, 2] + x * G[1, 0] + z * G[1, 2] - w * G[2, 0]
+              + z * G[2, 1] - 2 * y * G[2, 2])
+    gz = 2 * (-2 * z * G[0, 0] - w * G[0, 1] + x * G[0, 2] + w * G[1, 0] - 2 * z * G[1, 1] + y * G[1, 2]
+              + x * G[2, 0] + y * G[2, 1])
+    dot = w * gw + x * gx + y * gy + z * gz
+    out[0] += (gw - w * dot) / norm
+    out[1] += (gx - x * dot) / norm
+    out[2] += (gy - y * dot) / norm
+    out[3] += (gz - z * dot) / norm
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _inside_image(mx, my, rx, ry, width, height):
+    return mx + rx > 0 and mx - rx < width and my + ry > 0 and my - ry < height
+
+
+# ----------------------------------------------------------------------------------------------------
+# Projection: 3D Gaussians (EWA splatting)
+# ----------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _camera_covariance(q, s, V, R, A, Sc):
+    """Fill R = R(q), A = R_cw R S and Sc = A A^T; returns the normalised quaternion and its norm."""
+    w, x, y, z, norm = _rotmat(q, R)
+    for i in range(3):
+        for j in range(3):
+            A[i, j] = (V[i, 0] * R[0, j] + V[i, 1] * R[1, j] + V[i, 2] * R[2, j]) * s[j]
+    for i in range(3):
+        for j in range(3):
+            Sc[i, j] = A[i, 0] * A[j, 0] + A[i, 1] * A[j, 1] + A[i, 2] * A[j, 2]
+    return w, x, y, z, norm
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _fov_limits(K, width, height):
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    lim_x_pos = (width - cx) / fx + 0.3 * (0.5 * width / fx)
+    lim_x_neg = cx / fx + 0.3 * (0.5 * width / fx)
+    lim_y_pos = (height - cy) / fy + 0.3 * (0.5 * height / fy)
+    lim_y_neg = cy / fy + 0.3 * (0.5 * height / fy)
+    return lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def project_3dgs_fwd(means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near, far,
+                     radius_clip, means2d, conics, depths, radii, worker, n_workers):
+    """Fill means2d [C, N, 2], conics [C, N, 3], depths [C, N], radii [C, N, 2] int32 (all zeroed; they
+    stay 0 where culled)."""
+    C, N = viewmats.shape[0], means.shape[0]
+    start, stop = block_share(C * N, worker, n_workers)
+    R, A, Sc = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))  # scratch
+    for k in range(start, stop):
+        c, n = k // N, k % N
+        V, K = viewmats[c], Ks[c]
+        x = V[0, 0] * means[n, 0] + V[0, 1] * means[n, 1] + V[0, 2] * means[n, 2] + V[0, 3]
+        y = V[1, 0] * means[n, 0] + V[1, 1] * means[n, 1] + V[1, 2] * means[n, 2] + V[1, 3]
+        z = V[2, 0] * means[n, 0] + V[2, 1] * means[n, 1] + V[2, 2] * means[n, 2] + V[2, 3]
+        if not (z >= near and z <= far):
+            continue
+        o = opacities[n]
+        if not (o >= ALPHA_THRESHOLD):
+            continue
+        _camera_covariance(quats[n], scales[n], V, R, A, Sc)
+        fx, fy = K[0, 0], K[1, 1]
+        lxp, lxn, lyp, lyn = _fov_limits(K, width, height)
+        tx = z * min(max(x / z, -lxn), lxp)
+        ty = z * min(max(y / z, -lyn), lyp)
+        # J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]];  cov2d = J Sc J^T
+        j00, j02 = fx / z, -fx * tx / (z * z)
+        j11, j12 = fy / z, -fy * ty / (z * z)
+        a = j00 * j00 * Sc[0, 0] + 2 * j00 * j02 * Sc[0, 2] + j02 * j02 * Sc[2, 2] + eps2d
+        b = j00 * (j11 * Sc[0, 1] + j12 * Sc[0, 2]) + j02 * (j11 * Sc[2, 1] + j12 * Sc[2, 2])
+        cc = j11 * j11 * Sc[1, 1] + 2 * j11 * j12 * Sc[1, 2] + j12 * j12 * Sc[2, 2] + eps2d
+        det = a * cc - b * b
+        if not (det > 0):
+            continue
+        extend = min(math.sqrt(2.0 * math.log(max(o, ALPHA_THRESHOLD) / ALPHA_THRESHOLD)), MAX_EXTENT_SIGMAS)
+        rx = math.ceil(extend * math.sqrt(max(a, 0.0)))
+        ry = math.ceil(extend * math.sqrt(max(cc, 0.0)))
+        if not (rx > radius_clip or ry > radius_clip):
+            continue
+        mx = fx * x / z + K[0, 2]
+        my = fy * y / z + K[1, 2]
+        if not _inside_image(mx, my, rx, ry, width, height):
+            continue
+        means2d[c, n, 0], means2d[c, n, 1] = mx, my
+        conics[c, n, 0], conics[c, n, 1], conics[c, n, 2] = cc / det, -b / det, a / det
+        depths[c, n] = z
+        radii[c, n, 0], radii[c, n, 1] = int(rx), int(ry)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def project_3dgs_bwd(means, quats, scales, viewmats, Ks, width, height, eps2d, radii, conics,
+                     v_means2d, v_conics, v_depths, v_means, v_quats, v_scales, worker, n_workers):
+    """Add dL/dmeans [N, 3], dL/dquats [N, 4], dL/dscales [N, 3] (summed over cameras) to the zeroed
+    ``v_means``, ``v_quats``, ``v_scales``."""
+    C, N = viewmats.shape[0], means.shape[0]
+    start, stop = block_share(N, worker, n_workers)
+    R, A, Sc, G, dA = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))
+    for n in range(start, stop):
+        for c in range(C):
+            if radii[c, n, 0] <= 0 or radii[c, n, 1] <= 0:
+                continue
+            V, K = viewmats[c], Ks[c]
+            x = V[0, 0] * means[n, 0] + V[0, 1] * means[n, 1] + V[0, 2] * means[n, 2] + V[0, 3]
+            y = V[1, 0] * means[n, 0] + V[1, 1] * means[n, 1] + V[1, 2] * means[n, 2] + V[1, 3]
+            z = V[2, 0] * means[n, 0] + V[2, 1] * means[n, 1] + V[2, 2] * means[n, 2] + V[2, 3]
+            w, qx, qy, qz, norm = _camera_covariance(quats[n], scales[n], V, R, A, Sc)
+            fx, fy = K[0, 0], K[1, 1]
+            lxp, lxn, lyp, lyn = _fov_limits(K, width, height)
+            sx, sy = x / z, y / z
+            x_free = sx >= -lxn and sx <= lxp  # the clamp passes gradient to x (else tx = z * limit)
+            y_free = sy >= -lyn and sy <= lyp
+            tx = z * min(max(sx, -lxn), lxp)
+            ty = z * min(max(sy, -lyn), lyp)
+            j00, j02 = fx / z, -fx * tx / (z * z)
+            j11, j12 = fy / z, -fy * ty / (z * z)
+
+            # conic = inverse(cov2d + eps2d I): dL/dcov2d = -conic Gs conic, Gs the symmetric dL/dconic
+            c0, c1, c2 = conics[c, n, 0], conics[c, n, 1], conics[c, n, 2]
+            g0, g1, g2 = v_conics[c, n, 0], 0.5 * v_conics[c, n, 1], v_conics[c, n, 2]
+            # P = Gs conic
+            p00, p01 = g0 * c0 + g1 * c1, g0 * c1 + g1 * c2
+            p10, p11 = g1 * c0 + g2 * c1, g1 * c1 + g2 * c2
+            v00 = -(c0 * p00 + c1 * p10)
+            v01 = -(c0 * p01 + c1 * p11)
+            v11 = -(c1 * p01 + c2 * p11)
+            # cov2d = J Sc J^T: dL/dJ = 2 V2 J Sc, dL/dSc = J^T V2 J (V2 = [[v00, v01], [v01, v11]])
+            # J Sc rows (J has zeros at [0, 1] and [1, 0])
+            js00 = j00 * Sc[0, 0] + j02 * Sc[2, 0]
+            js01 = j00 * Sc[0, 1] + j02 * Sc[2, 1]
+            js02 = j00 * Sc[0, 2] + j02 * Sc[2, 2]
+            js10 = j11 * Sc[1, 0] + j12 * Sc[2, 0]
+            js11 = j11 * Sc[1, 1] + j12 * Sc[2, 1]
+            js12 = j11 * Sc[1, 2] + j12 * Sc[2, 2]
+            vj00 = 2 * (v00 * js00 + v01 * js10)
+            vj02 = 2 * (v00 * js02 + v01 * js12)
+            vj11 = 2 * (v01 * js01 + v11 * js11)
+            vj12 = 2 * (v01 * js02 + v11 * js12)
+            # dL/dSc = J^T V2 J, J columns: col0 = (j00, 0), col1 = (0, j11), col2 = (j02, j12)
+            a0, a1 = v00 * j00, v01 * j00  # V2 col0 * j00
+            b0, b1 = v01 * j11, v11 * j11  # V2 col1 * j11
+            e0, e1 = v00 * j02 + v01 * j12, v01 * j02 + v11 * j12  # V2 J col2
+            G[0, 0] = j00 * a0
+            G[0, 1] = j00 * b0
+            G[0, 2] = j00 * e0
+            G[1, 0] = j11 * a1
+            G[1, 1] = j11 * b1
+            G[1, 2] = j11 * e1
+            G[2, 0] = j02 * a0 + j12 * a1
+            G[2, 1] = j02 * b0 + j12 * b1
+            G[2, 2] = j02 * e0 + j12 * e1
+
+            # position: means2d, depth, and the Jacobian's dependence on (x, y, z)
+            vmx, vmy = v_means2d[c, n, 0], v_means2d[c, n, 1]
+            vx = fx / z * vmx
+            vy = fy / z * vmy
+            vz = -(fx * x * vmx + fy * y * vmy) / (z * z) + v_depths[c, n]
+            vz += -fx / (z * z) * vj00 + 2 * fx * tx / (z * z * z) * vj02
+            vz += -fy / (z * z) * vj11 + 2 * fy * ty / (z * z * z) * vj12
+            vtx = -fx / (z * z) * vj02
+            vty = -fy / (z * z) * vj12
+            if x_free:
+                vx += vtx
+            else:
+                vz += min(max(sx, -lxn), lxp) * vtx
+            if y_free:
+                vy += vty
+            else:
+                vz += min(max(sy, -lyn), lyp) * vty
+            for i in range(3):
+                v_means[n, i] += V[0, i] * vx + V[1, i] * vy + V[2, i] * vz
+
+            # Sc = A A^T with A = R_cw R S: dL/dA = 2 G A (G symmetric); dL/d(R S) = R_cw^T dL/dA
+            for i in range(3):
+                for j in range(3):
+                    dA[i, j] = 2 * (G[i, 0] * A[0, j] + G[i, 1] * A[1, j] + G[i, 2] * A[2, j])
+            s = scales[n]
+            for i in range(3):
+                for j in range(3):
+                    dRS = V[0, i] * dA[0, j] + V[1, i] * dA[1, j] + V[2, i] * dA[2, j]
+                    v_scales[n, j] += dRS * R[i, j]
+                    G[i, j] = dRS * s[j]  # G is now dL/dR
+            _quat_grad(G, w, qx, qy, qz, norm, v_quats[n])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Projection: 2D surfels
+# ----------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _surfel_transform(mean, q, s, V, K, R, Rc, H):
+    """Fill Rc = R_cw R(q) and H = K [s_u t_u, s_v t_v, mu_c]; returns (quaternion, norm, camera centre)."""
+    w, x, y, z, norm = _rotmat(q, R)
+    for i in range(3):
+        for j in range(3):
+            Rc[i, j] = V[i, 0] * R[0, j] + V[i, 1] * R[1, j] + V[i, 2] * R[2, j]
+    mc0 = V[0, 0] * mean[0] + V[0, 1] * mean[1] + V[0, 2] * mean[2] + V[0, 3]
+    mc1 = V[1, 0] * mean[0] + V[1, 1] * mean[1] + V[1, 2] * mean[2] + V[1, 3]
+    mc2 = V[2, 0] * mean[0] + V[2, 1] * mean[1] + V[2, 2] * mean[2] + V[2, 3]
+    for i in range(3):
+        for j in range(3):
+            if j == 2:
+                col = K[i, 0] * mc0 + K[i, 1] * mc1 + K[i, 2] * mc2
+            else:
+                col = (K[i, 0] * Rc[0, j] + K[i, 1] * Rc[1, j] + K[i, 2] * Rc[2, j]) * s[j]
+            H[i, j] = col
+    return w, x, y, z, norm, mc0, mc1, mc2
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def project_2dgs_fwd(means, quats, scales, viewmats, Ks, width, height, near, far, radius_clip,
+                     means2d, transforms, depths, normals, radii, worker, n_workers):
+    """Fill means2d [C, N, 2], ray_transforms [C, N, 3, 3], depths [C, N], normals [C, N, 3] and radii
+    [C, N, 2] int32 (all zeroed; they stay 0 where culled)."""
+    C, N = viewmats.shape[0], means.shape[0]
+    start, stop = block_share(C * N, worker, n_workers)
+    R, Rc, H = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))  # scratch
+    for k in range(start, stop):
+        c, n = k // N, k % N
+        _, _, _, _, _, mc0, mc1, mc2 = _surfel_transform(means[n], quats[n], scales[n], viewmats[c], Ks[c],
+                                                         R, Rc, H)
+        # bounding box of the 1-sigma ellipse in closed form, with signs (1, 1, -1)
+        dist = H[2, 0] * H[2, 0] + H[2, 1] * H[2, 1] - H[2, 2] * H[2, 2]
+        if dist == 0:
+            continue
+        mx = (H[0, 0] * H[2, 0] + H[0, 1] * H[2, 1] - H[0, 2] * H[2, 2]) / dist
+        my = (H[1, 0] * H[2, 0] + H[1, 1] * H[2, 1] - H[1, 2] * H[2, 2]) / dist
+        sx = (H[0, 0] * H[0, 0] + H[0, 1] * H[0, 1] - H[0, 2] * H[0, 2]) / dist
+        sy = (H[1, 0] * H[1, 0] + H[1, 1] * H[1, 1] - H[1, 2] * H[1, 2]) / dist
+        rx = math.ceil(MAX_EXTENT_SIGMAS * math.sqrt(max(mx * mx - sx, 1e-4)))
+        ry = math.ceil(MAX_EXTENT_SIGMAS * math.sqrt(max(my * my - sy, 1e-4)))
+        if not (mc2 > near and mc2 < far):
+            continue
+        if not (rx > radius_clip or ry > radius_clip):
+            continue
+        if not _inside_image(mx, my, rx, ry, width, height):
+            continue
+        facing = -(Rc[0, 2] * mc0 + Rc[1, 2] * mc1 + Rc[2, 2] * mc2) > 0
+        sign = 1.0 if facing else -1.0
+        means2d[c, n, 0], means2d[c, n, 1] = mx, my
+        for i in range(3):
+            normals[c, n, i] = sign * Rc[i, 2]
+            for j in range(3):
+                transforms[c, n, i, j] = H[i, j]
+        depths[c, n] = mc2
+        radii[c, n, 0], radii[c, n, 1] = int(rx), int(ry)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def project_2dgs_bwd(means, quats, scales, viewmats, Ks, radii, v_means2d, v_transforms, v_depths,
+                     v_normals, v_means, v_quats, v_scales, worker, n_workers):
+    """Add dL/dmeans [N, 3], dL/dquats [N, 4], dL/dscales [N, 3] (the third scale gets none) to the
+    zeroed ``v_means``, ``v_quats``, ``v_scales``."""
+    C, N = viewmats.shape[0], means.shape[0]
+    start, stop = block_share(N, worker, n_workers)
+    R, Rc, H, vH = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))  # scratch
+    vWH, vRc, G = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))
+    for n in range(start, stop):
+        for c in range(C):
+            if radii[c, n, 0] <= 0 or radii[c, n, 1] <= 0:
+                continue
+            V, K = viewmats[c], Ks[c]
+            w, x, y, z, norm, mc0, mc1, mc2 = _surfel_transform(means[n], quats[n], scales[n], V, K, R, Rc, H)
+            for i in range(3):
+                for j in range(3):
+                    vH[i, j] = v_transforms[c, n, i, j]
+            # means2d = (sum_k s_k H0k H2k, sum_k s_k H1k H2k) / dist, dist = sum_k s_k H2k^2, s = (1, 1, -1)
+            dist = H[2, 0] * H[2, 0] + H[2, 1] * H[2, 1] - H[2, 2] * H[2, 2]
+            mx = (H[0, 0] * H[2, 0] + H[0, 1] * H[2, 1] - H[0, 2] * H[2, 2]) / dist
+            my = (H[1, 0] * H[2, 0] + H[1, 1] * H[2, 1] - H[1, 2] * H[2, 2]) / dist
+            vmx, vmy = v_means2d[c, n, 0], v_means2d[c, n, 1]
+            for k in range(3):
+                sk = -1.0 if k == 2 else 1.0
+                vH[0, k] += vmx * sk * H[2, k] / dist
+                vH[1, k] += vmy * sk * H[2, k] / dist
+                vH[2, k] += (vmx * sk * H[0, k] + vmy * sk * H[1, k] - 2 * (vmx * mx + vmy * my) * sk * H[2, k]) / dist
+            # H = K WH: dL/dWH = K^T dL/dH
+            for i in range(3):
+                for j in range(3):
+                    vWH[i, j] = K[0, i] * vH[0, j] + K[1, i] * vH[1, j] + K[2, i] * vH[2, j]
+            s = scales[n]
+            for i in range(3):
+                vRc[i, 0] = vWH[i, 0] * s[0]
+                vRc[i, 1] = vWH[i, 1] * s[1]
+            v_scales[n, 0] += Rc[0, 0] * vWH[0, 0] + Rc[1, 0] * vWH[1, 0] + Rc[2, 0] * vWH[2, 0]
+            v_scales[n, 1] += Rc[0, 1] * vWH[0, 1] + Rc[1, 1] * vWH[1, 1] + Rc[2, 1] * vWH[2, 1]
+            facing = -(Rc[0, 2] * mc0 + Rc[1, 2] * mc1 + Rc[2, 2] * mc2) > 0
+            sign = 1.0 if facing else -1.0
+            for i in range(3):
+                vRc[i, 2] = sign * v_normals[c, n, i]
+            vmc0, vmc1, vmc2 = vWH[0, 2], vWH[1, 2], vWH[2, 2] + v_depths[c, n]
+            for i in range(3):
+                v_means[n, i] += V[0, i] * vmc0 + V[1, i] * vmc1 + V[2, i] * vmc2
+                for j in range(3):  # Rc = R_cw R: dL/dR = R_cw^T dL/dRc
+                    G[i, j] = V[0, i] * vRc[0, j] + V[1, i] * vRc[1, j] + V[2, i] * vRc[2, j]
+            _quat_grad(G, w, x, y, z, norm, v_quats[n])
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3DGS compositing
+# ----------------------------------------------------------------------------------------------------
+
+N_GEOM_3D = 6  # per-Gaussian row: mean x, mean y, conic a, b, c, opacity; then the D features
+SPAN_MARGIN = 1e-6  # relative slack on the ellipse's sigma bound, so rounding never shrinks a span
+PIXEL_MARGIN = 1e-3  # and slack in pixels on the solved row and column limits
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def tile_origin(tile, tile_w, tile_h, width, height):
+    """Camera index, first pixel (x0, y0) and one-past-last pixel (x1, y1) of a global tile id."""
+    per_camera = tile_w * tile_h
+    cam = tile // per_camera
+    local = tile - cam * per_camera
+    x0 = (local % tile_w) * TILE_SIZE
+    y0 = (local // tile_w) * TILE_SIZE
+    return cam, x0, y0, min(x0 + TILE_SIZE, width), min(y0 + TILE_SIZE, height)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def sigma_bound(o):
+    """Largest sigma at which o exp(-sigma) can still reach 1/255 (negative: never), with slack."""
+    if o < ALPHA_THRESHOLD:
+        return -1.0
+    s = math.log(o / ALPHA_THRESHOLD)
+    return s + SPAN_MARGIN * (1.0 + s)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def positive_definite(a, b, c):
+    """Whether the conic (a, b, c) is positive definite: the projection only makes such (its 2D covariance
+    has eps2d added), and the kernels skip any other Gaussian rather than handle sigma < 0."""
+    return a > 0 and a * c - b * b > 0
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile):
+    """Rows [lo, hi) of the tile that the ellipse sigma <= smax reaches."""
+    if full_tile:
+        return y0, y1
+    ey = math.sqrt(2.0 * smax * a / (a * c - b * b))  # max |dy| on the ellipse
+    return pixel_range(my - ey, my + ey, y0, y1)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def pixel_range(lo_f, hi_f, start, stop):
+    """Pixels [lo, hi) within [start, stop) whose centre (index + 0.5) lies in [lo_f, hi_f], with slack."""
+    lo = max(start, int(math.ceil(lo_f - 0.5 - PIXEL_MARGIN)))
+    hi = min(stop, int(math.floor(hi_f - 0.5 + PIXEL_MARGIN)) + 1)
+    return lo, max(lo, hi)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile):
+    """Columns [lo, hi) of a row (at offset dy = my - pixel y) where sigma <= smax can hold."""
+    if full_tile:
+        return x0, x1
+    # 0.5 a dx^2 + b dy dx + 0.5 c dy^2 <= smax  <=>  (a dx + b dy)^2 <= 2 a smax - det dy^2
+    disc = 2.0 * a * smax - (a * c - b * b) * dy * dy
+    if disc < 0:
+        return x0, x0
+    half = math.sqrt(disc) / a
+    centre = mx + b * dy / a  # pixel x at the row's sigma minimum (dx = mx - x = -b dy / a)
+    return pixel_range(centre - half, centre + half, x0, x1)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, colors, T_final, last,
+                       pairs, worker, n_workers):
+    """Fill colours [C, H, W, D], final transmittance [C, H, W], last composited index [C, H, W] (into
+    ``flatten_ids``, -1 if none) and the number of Gaussian-pixel pairs evaluated per tile [n_tiles]."""
+    D = params.shape[1] - N_GEOM_3D
+    height, width = T_final.shape[1], T_final.shape[2]
+    n_tiles = tile_offsets.shape[0] - 1
+    for tile in range(worker, n_tiles, n_workers):
+        cam, x0, y0, x1, y1 = tile_origin(tile, tile_w, tile_h, width, height)
+        T = np.ones(TILE_PIXELS)
+        acc = np.zeros((TILE_PIXELS, D))
+        last_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
+        n_live = (x1 - x0) * (y1 - y0)
+        n_pairs = 0
+        for j in range(tile_offsets[tile], tile_offsets[tile + 1]):
+            if n_live == 0:
+                break
+            g = params[flatten_ids[j]]
+            mx, my, a, b, c, o = g[0], g[1], g[2], g[3], g[4], g[5]
+            smax = sigma_bound(o)
+            if smax < 0 or not positive_definite(a, b, c):
+                continue
+            feat = g[N_GEOM_3D:]
+            ha = 0.5 * a
+            q = math.exp(-a)  # the ratio E(x + 1) / E(x) shrinks by this factor per pixel
+            ylo, yhi = ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile)
+            for y in range(ylo, yhi):
+                dy = my - (y + 0.5)
+                row_c = 0.5 * c * dy * dy
+                row_b = b * dy
+                xlo, xhi = ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile)
+                if xlo >= xhi:
+                    continue
+                p0 = (y - y0) * TILE_SIZE - x0
+                dx = mx - (xlo + 0.5)
+                E = math.exp(-(row_c + dx * (ha * dx + row_b)))  # exp(-sigma) at xlo
+                r = math.exp(a * dx + row_b - ha)  # E(xlo + 1) / E(xlo)
+                for x in range(xlo, xhi):
+                    p = p0 + x
+                    Ex = E
+                    E *= r
+                    r *= q
+                    Tp = T[p]
+                    if Tp < 0:  # done: T is kept negated
+                        continue
+                    n_pairs += 1
+                    alpha = min(MAX_ALPHA, o * Ex)
+                    if alpha < ALPHA_THRESHOLD:
+                        continue
+                    next_T = Tp * (1.0 - alpha)
+                    if next_T <= MIN_TRANSMITTANCE:
+                        T[p] = -Tp
+                        n_live -= 1
+                        continue
+                    vis = alpha * Tp
+                    for k in range(D):
+                        acc[p, k] += vis * feat[k]
+                    last_t[p] = j
+                    T[p] = next_T
+        pairs[tile] = n_pairs
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                p = (y - y0) * TILE_SIZE + (x - x0)
+                T_final[cam, y, x] = abs(T[p])
+                last[cam, y, x] = last_t[p]
+                for k in range(D):
+                    colors[cam, y, x, k] = acc[p, k]
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, T_final, last, v_colors,
+                       v_T, per_isect, worker, n_workers):
+    """Fill per-intersection gradient rows ``per_isect`` [M, 6 + D] (zeroed): dL/d(mean x, mean y, conic a,
+    b, c, opacity, features). ``v_colors`` [C, H, W, D] and ``v_T`` [C, H, W] are the gradients of the
+    forward's outputs."""
+    D = params.shape[1] - N_GEOM_3D
+    height, width = T_final.shape[1], T_final.shape[2]
+    n_tiles = tile_offsets.shape[0] - 1
+    for tile in range(worker, n_tiles, n_workers):
+        start, end = tile_offsets[tile], tile_offsets[tile + 1]
+        if start == end:
+            continue
+        cam, x0, y0, x1, y1 = tile_origin(tile, tile_w, tile_h, width, height)
+        T = np.ones(TILE_PIXELS)
+        later = np.zeros(TILE_PIXELS)  # dL/dT_final T_final + sum over later Gaussians of w dL/dw
+        last_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
+        g_out = np.zeros((TILE_PIXELS, D))
+        newest = -1
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                p = (y - y0) * TILE_SIZE + (x - x0)
+                T[p] = T_final[cam, y, x]
+                later[p] = v_T[cam, y, x] * T[p]
+                last_t[p] = last[cam, y, x]
+                newest = max(newest, last_t[p])
+                for k in range(D):
+                    g_out[p, k] = v_colors[cam, y, x, k]
+        grad = np.zeros(N_GEOM_3D + D)
+        for j in range(newest, start - 1, -1):
+            g = params[flatten_ids[j]]
+            mx, my, a, b, c, o = g[0], g[1], g[2], g[3], g[4], g[5]
+            smax = sigma_bound(o)
+            if smax < 0 or not positive_definite(a, b, c):
+                continue
+            grad[:] = 0.0
+            ha = 0.5 * a
+            q = math.exp(-a)
+            ylo, yhi = ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile)
+            for y in range(ylo, yhi):
+                dy = my - (y + 0.5)
+                row_c = 0.5 * c * dy * dy
+                row_b = b * dy
+                xlo, xhi = ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile)
+                if xlo >= xhi:
+                    continue
+                p0 = (y - y0) * TILE_SIZE - x0
+                dx = mx - (xlo + 0.5)
+                vis = math.exp(-(row_c + dx * (ha * dx + row_b)))  # as in the forward
+                r = math.exp(a * dx + row_b - ha)
+                for x in range(xlo, xhi):
+                    p = p0 + x
+                    e = vis
+                    d = dx
+                    vis *= r
+                    r *= q
+                    dx -= 1.0
+                    if j > last_t[p]:
+                        continue
+                    alpha = min(MAX_ALPHA, o * e)
+                    if alpha < ALPHA_THRESHOLD:
+                        continue
+                    inv_one_minus = 1.0 / (1.0 - alpha)
+                    T_k = T[p] * inv_one_minus  # transmittance in front of this Gaussian
+                    w = alpha * T_k
+                    qf = 0.0  # dL/dw = feature . dL/dcolour
+                    for k in range(D):
+                        qf += g[N_GEOM_3D + k] * g_out[p, k]
+                        grad[N_GEOM_3D + k] += w * g_out[p, k]
+                    v_alpha = T_k * qf - later[p] * inv_one_minus
+                    if o * e <= MAX_ALPHA:  # clamped alphas pass no gradient (gsplat)
+                        grad[5] += e * v_alpha
+                        v_sigma = -alpha * v_alpha
+                        grad[0] += v_sigma * (a * d + b * dy)
+                        grad[1] += v_sigma * (b * d + c * dy)
+                        grad[2] += v_sigma * 0.5 * d * d
+                        grad[3] += v_sigma * d * dy
+                        grad[4] += v_sigma * 0.5 * dy * dy
+                    later[p] += w * qf
+                    T[p] = T_k
+            for f in range(N_GEOM_3D + D):
+                per_isect[j, f] = grad[f]
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2DGS compositing
+# ----------------------------------------------------------------------------------------------------
+
+N_GEOM_2D = 12  # per-surfel row: mean x, mean y, M (9, row-major), opacity; then D features, then 3 normals
+LOWPASS_INV_SQUARE = 2.0  # gsplat's FILTER_INV_SQUARE_2DGS
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def surfel_rows(g, smax, y0, y1, full_tile):
+    """Rows [lo, hi) that the splat disk's image or the low-pass disk can reach."""
+    if full_tile:
+        return y0, y1
+    my = g[1]
+    half = math.sqrt(smax)  # low-pass: |d|^2 <= smax
+    lo_f, hi_f = my - half, my + half
+    r2 = 2.0 * smax
+    # dual conic of the disk's image, C* = M diag(r2, r2, -1) M^T; tangents y = k solve
+    # C*_22 k^2 - 2 C*_12 k + C*_11 = 0 (indices 1 = v row, 2 = w row)
+    c11 = r2 * (g[5] * g[5] + g[6] * g[6]) - g[7] * g[7]
+    c12 = r2 * (g[5] * g[8] + g[6] * g[9]) - g[7] * g[10]
+    c22 = r2 * (g[8] * g[8] + g[9] * g[9]) - g[10] * g[10]
+    disc = c12 * c12 - c11 * c22
+    if not (c22 < 0 and disc >= 0):
+        return y0, y1  # not a bounded ellipse: every row
+    root = math.sqrt(disc)
+    k1, k2 = (c12 + root) / c22, (c12 - root) / c22
+    return pixel_range(min(lo_f, min(k1, k2)), max(hi_f, max(k1, k2)), y0, y1)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def surfel_span(g, dy, ax, ay, az, bx, by, bz, smax, x0, x1, full_tile):
+    """Columns [lo, hi) of a row where min(g3, g2) <= 2 smax can hold; c = x (ax, ay, az) - (bx, by, bz)."""
+    if full_tile:
+        return x0, x1
+    r2 = 2.0 * smax
+    # |c_xy|^2 - r2 c_z^2 <= 0 as a quadratic A x^2 + B x + C in the pixel centre x
+    A = ax * ax + ay * ay - r2 * az * az
+    if not (A > 0):
+        return x0, x1
+    B = -2.0 * (ax * bx + ay * by - r2 * az * bz)
+    C = bx * bx + by * by - r2 * bz * bz
+    disc = B * B - 4.0 * A * C
+    have_splat = disc >= 0
+    lo_f, hi_f = 1e300, -1e300
+    if have_splat:
+        root = math.sqrt(disc)
+        lo_f, hi_f = (-B - root) / (2.0 * A), (-B + root) / (2.0 * A)
+    rem = smax - dy * dy  # low-pass disk on this row: dx^2 <= smax - dy^2
+    if rem >= 0:
+        half = math.sqrt(rem)
+        lo_f, hi_f = min(lo_f, g[0] - half), max(hi_f, g[0] + half)
+    elif not have_splat:
+        return x0, x0
+    return pixel_range(lo_f, hi_f, x0, x1)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def row_planes(g, py):
+    """a = w x h_v and b = u x h_v for the row at pixel centre py (h_v = py w - v): c = x a - b."""
+    ux, uy, uz = g[2], g[3], g[4]
+    wx, wy, wz = g[8], g[9], g[10]
+    hx, hy, hz = py * wx - g[5], py * wy - g[6], py * wz - g[7]
+    ax, ay, az = wy * hz - wz * hy, wz * hx - wx * hz, wx * hy - wy * hx
+    bx, by, bz = uy * hz - uz * hy, uz * hx - ux * hz, ux * hy - uy * hx
+    return ax, ay, az, bx, by, bz, hx, hy, hz
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, features, normals,
+                       T_final, distort, median, last, median_idx, pairs, worker, n_workers):
+    """Fill features [C, H, W, D], normals [C, H, W, 3], final T, distortion, median depth (each
+    [C, H, W]), the last composited index and the median's index [C, H, W] (into ``flatten_ids``, -1 if
+    none) and the pairs evaluated per tile [n_tiles]."""
+    D = params.shape[1] - N_GEOM_2D - 3
+    height, width = T_final.shape[1], T_final.shape[2]
+    n_tiles = tile_offsets.shape[0] - 1
+    for tile in range(worker, n_tiles, n_workers):
+        cam, x0, y0, x1, y1 = tile_origin(tile, tile_w, tile_h, width, height)
+        T = np.ones(TILE_PIXELS)
+        acc = np.zeros((TILE_PIXELS, D + 3))
+        dist_t = np.zeros(TILE_PIXELS)
+        wd = np.zeros(TILE_PIXELS)  # sum of w * depth so far
+        med_t = np.zeros(TILE_PIXELS)
+        last_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
+        med_idx_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
+        n_live = (x1 - x0) * (y1 - y0)
+        n_pairs = 0
+        for j in range(tile_offsets[tile], tile_offsets[tile + 1]):
+            if n_live == 0:
+                break
+            g = params[flatten_ids[j]]
+            mx, my, o = g[0], g[1], g[11]
+            depth = g[N_GEOM_2D + D - 1]
+            smax = sigma_bound(o)
+            if smax < 0:
+                continue
+            feat = g[N_GEOM_2D:]
+            ylo, yhi = surfel_rows(g, smax, y0, y1, full_tile)
+            for y in range(ylo, yhi):
+                py = y + 0.5
+                dy = my - py
+                row_g2 = LOWPASS_INV_SQUARE * dy * dy
+                ax, ay, az, bx, by, bz, _, _, _ = row_planes(g, py)
+                xlo, xhi = surfel_span(g, dy, ax, ay, az, bx, by, bz, smax, x0, x1, full_tile)
+                p0 = (y - y0) * TILE_SIZE - x0
+                for x in range(xlo, xhi):
+                    p = p0 + x
+                    Tp = T[p]
+                    if Tp < 0:  # done: T is kept negated
+                        continue
+                    n_pairs += 1
+                    px = x + 0.5
+                    cz = px * az - bz
+                    if cz == 0:
+                        continue
+                    cx = px * ax - bx
+                    cy = px * ay - by
+                    g3 = (cx * cx + cy * cy) / (cz * cz)
+                    dx = mx - px
+                    g2 = LOWPASS_INV_SQUARE * dx * dx + row_g2
+                    sigma = 0.5 * min(g3, g2)
+                    if sigma > smax or sigma < 0:  # alpha < 1/255 for sure: skip the exp
+                        continue
+                    alpha = min(MAX_ALPHA, o * math.exp(-sigma))
+                    if alpha < ALPHA_THRESHOLD:
+                        continue
+                    next_T = Tp * (1.0 - alpha)
+                    if next_T <= MIN_TRANSMITTANCE:
+                        T[p] = -Tp
+                        n_live -= 1
+                        continue
+                    vis = alpha * Tp
+                    for k in range(D + 3):
+                        acc[p, k] += vis * feat[k]
+                    dist_t[p] += 2.0 * (vis * depth * (1.0 - Tp) - vis * wd[p])
+                    wd[p] += vis * depth
+                    if Tp > 0.5:
+                        med_t[p] = depth
+                        med_idx_t[p] = j
+                    last_t[p] = j
+                    T[p] = next_T
+        pairs[tile] = n_pairs
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                p = (y - y0) * TILE_SIZE + (x - x0)
+                for k in range(D):
+                    features[cam, y, x, k] = acc[p, k]
+                for k in range(3):
+                    normals[cam, y, x, k] = acc[p, D + k]
+                T_final[cam, y, x] = abs(T[p])
+                distort[cam, y, x] = dist_t[p]
+                median[cam, y, x] = med_t[p]
+                last[cam, y, x] = last_t[p]
+                median_idx[cam, y, x] = med_idx_t[p]
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, T_final, last,
+                       median_idx, depth_total, v_features, v_normals, v_T, v_distort, v_median, per_isect,
+                       worker, n_workers):
+    """Fill per-intersection gradient rows ``per_isect`` [M, 12 + D + 3] (zeroed) in the layout of
+    ``params``. ``depth_total`` [C, H, W] is the forward's sum of w * depth (its last feature channel)."""
+    D = params.shape[1] - N_GEOM_2D - 3
+    F = params.shape[1]
+    height, width = T_final.shape[1], T_final.shape[2]
+    n_tiles = tile_offsets.shape[0] - 1
+    for tile in range(worker, n_tiles, n_workers):
+        start, end = tile_offsets[tile], tile_offsets[tile + 1]
+        if start == end:
+            continue
+        cam, x0, y0, x1, y1 = tile_origin(tile, tile_w, tile_h, width, height)
+        T = np.ones(TILE_PIXELS)
+        Tf = np.ones(TILE_PIXELS)
+        later = np.zeros(TILE_PIXELS)  # dL/dT_final T_final + sum over later surfels of w dL/dw
+        behind_wd = np.zeros(TILE_PIXELS)  # sum over later surfels of w * depth
+        wd_total = np.zeros(TILE_PIXELS)
+        last_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
+        med_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
+        g_out = np.zeros((TILE_PIXELS, D + 3))
+        g_dist = np.zeros(TILE_PIXELS)
+        g_med = np.zeros(TILE_PIXELS)
+        newest = -1
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                p = (y - y0) * TILE_SIZE + (x - x0)
+                T[p] = Tf[p] = T_final[cam, y, x]
+                later[p] = v_T[cam, y, x] * T[p]
+                wd_total[p] = depth_total[cam, y, x]
+                last_t[p] = last[cam, y, x]
+                med_t[p] = median_idx[cam, y, x]
+                newest = max(newest, last_t[p])
+                for k in range(D):
+                    g_out[p, k] = v_features[cam, y, x, k]
+                for k in range(3):
+                    g_out[p, D + k] = v_normals[cam, y, x, k]
+                g_dist[p] = v_distort[cam, y, x]
+                g_med[p] = v_median[cam, y, x]
+        grad = np.zeros(F)
+        for j in range(newest, start - 1, -1):
+            g = params[flatten_ids[j]]
+            mx, my, o = g[0], g[1], g[11]
+            depth = g[N_GEOM_2D + D - 1]
+            smax = sigma_bound(o)
+            if smax < 0:
+                continue
+            grad[:] = 0.0
+            ylo, yhi = surfel_rows(g, smax, y0, y1, full_tile)
+            for y in range(ylo, yhi):
+                py = y + 0.5
+                dy = my - py
+                ax, ay, az, bx, by, bz, hx, hy, hz = row_planes(g, py)
+                xlo, xhi = surfel_span(g, dy, ax, ay, az, bx, by, bz, smax, x0, x1, full_tile)
+                # sums over the row of dL/dc and x dL/dc
+                s0x = s0y = s0z = s1x = s1y = s1z = 0.0
+                for x in range(xlo, xhi):
+                    p = (y - y0) * TILE_SIZE + (x - x0)
+                    if j > last_t[p]:
+                        continue
+                    px = x + 0.5
+                    cz = px * az - bz
+                    if cz == 0:
+                        continue
+                    cx = px * ax - bx
+                    cy = px * ay - by
+                    g3 = (cx * cx + cy * cy) / (cz * cz)
+                    dx = mx - px
+                    g2 = LOWPASS_INV_SQUARE * (dx * dx + dy * dy)
+                    sigma = 0.5 * min(g3, g2)
+                    if sigma > smax or sigma < 0:
+                        continue
+                    vis = math.exp(-sigma)
+                    alpha = min(MAX_ALPHA, o * vis)
+                    if alpha < ALPHA_THRESHOLD:
+                        continue
+                    inv_one_minus = 1.0 / (1.0 - alpha)
+                    T_k = T[p] * inv_one_minus
+                    w = alpha * T_k
+                    # distortion D = sum_i 2 w_i (d_i (1 - T_i) - A_i), A_i = sum_{j<i} w_j d_j
+                    after = T[p] - Tf[p]  # sum of w over later surfels
+                    front_wd = wd_total[p] - behind_wd[p] - w * depth
+                    dD_dw = 2.0 * (depth * (1.0 - T_k) - front_wd + behind_wd[p] - depth * after)
+                    q = 0.0
+                    for k in range(D + 3):
+                        q += g[N_GEOM_2D + k] * g_out[p, k]
+                        grad[N_GEOM_2D + k] += w * g_out[p, k]
+                    v_w = q + g_dist[p] * dD_dw
+                    grad[N_GEOM_2D + D - 1] += g_dist[p] * 2.0 * w * ((1.0 - T_k) - after)
+                    if j == med_t[p]:
+                        grad[N_GEOM_2D + D - 1] += g_med[p]
+                    v_alpha = T_k * v_w - later[p] * inv_one_minus
+                    if o * vis <= MAX_ALPHA:  # clamped alphas pass no gradient (gsplat)
+                        grad[11] += vis * v_alpha
+                        v_sigma = -alpha * v_alpha
+                        if g3 <= g2:  # ray-splat branch (gsplat's choice on ties)
+                            inv_cz = 1.0 / cz
+                            vcx = v_sigma * cx * inv_cz * inv_cz
+                            vcy = v_sigma * cy * inv_cz * inv_cz
+                            vcz = -v_sigma * g3 * inv_cz
+                            s0x += vcx
+                            s0y += vcy
+                            s0z += vcz
+                            s1x += px * vcx
+                            s1y += px * vcy
+                            s1z += px * vcz
+                        else:  # low-pass branch: sigma = |mean - pixel|^2
+                            grad[0] += 2.0 * v_sigma * dx
+                            grad[1] += 2.0 * v_sigma * dy
+                    later[p] += w * v_w
+                    behind_wd[p] += w * depth
+                    T[p] = T_k
+                # c = h_u x h_v with h_u = x w - u, h_v = py w - v: dL/dh_u = h_v x vc, dL/dh_v = vc x h_u
+                # sum_x dL/dh_u = h_v x S0, sum_x x dL/dh_u = h_v x S1, sum_x dL/dh_v = S1 x w - S0 x u
+                wx, wy, wz = g[8], g[9], g[10]
+                ux, uy, uz = g[2], g[3], g[4]
+                hu0x, hu0y, hu0z = hy * s0z - hz * s0y, hz * s0x - hx * s0z, hx * s0y - hy * s0x
+                hu1x, hu1y, hu1z = hy * s1z - hz * s1y, hz * s1x - hx * s1z, hx * s1y - hy * s1x
+                hvx = (s1y * wz - s1z * wy) - (s0y * uz - s0z * uy)
+                hvy = (s1z * wx - s1x * wz) - (s0z * ux - s0x * uz)
+                hvz = (s1x * wy - s1y * wx) - (s0x * uy - s0y * ux)
+                grad[2] -= hu0x
+                grad[3] -= hu0y
+                grad[4] -= hu0z
+                grad[5] -= hvx
+                grad[6] -= hvy
+                grad[7] -= hvz
+                grad[8] += hu1x + py * hvx
+                grad[9] += hu1y + py * hvy
+                grad[10] += hu1z + py * hvz
+            for f in range(F):
+                per_isect[j, f] = grad[f]
