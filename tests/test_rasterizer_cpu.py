@@ -584,7 +584,8 @@ def test_projection_kernels_match_autograd():
 
 def test_tile_lists_match_brute_force():
     """Per-tile lists: every Gaussian in each tile its box [mean - radius, mean + radius] overlaps, front to
-    back, with gsplat's isect_ids (camera | tile << 32 | depth bits) sorted ascending."""
+    back by float32 depth with ties by Gaussian index (gsplat's stable radix sort), with gsplat's isect_ids
+    (camera | tile << 32 | depth bits) sorted ascending."""
     scene = make_scene(300, seed=6)
     viewmats, Ks = make_cameras()
     _, _, info = rasterize_3dgs(*scene.values(), viewmats, Ks, W, H)
@@ -604,7 +605,7 @@ def test_tile_lists_match_brute_force():
                     hi = torch.ceil((means2d[c, g] + radii[c, g]) / TILE)
                     if lo[0] <= tx < hi[0] and lo[1] <= ty < hi[1]:
                         expected.append(c * N + g)
-            expected.sort(key=lambda i: (float(depths.reshape(-1)[i]), i))
+            expected.sort(key=lambda i: (float(depths.reshape(-1)[i].float()), i))
             k = c * th * tw + t
             assert flat[offsets[k] : offsets[k + 1]] == expected, (c, t)
     assert (info["isect_ids"][1:] >= info["isect_ids"][:-1]).all()

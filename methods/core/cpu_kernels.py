@@ -96,52 +96,42 @@ def _tile_rect(mx, my, rx, ry, tile_w, tile_h):
     return int(x0), int(x1), int(y0), int(y1)
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def tiles_per_gaussian(means2d, radii, tile_w, tile_h):
-    """[C * N] number of tiles each (camera, Gaussian) touches; 0 where culled."""
-    n = means2d.shape[0]
-    counts = np.zeros(n, dtype=np.int64)
-    for i in range(n):
-        if radii[i, 0] > 0 and radii[i, 1] > 0:
-            x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
-            counts[i] = (x1 - x0) * (y1 - y0)
-    return counts
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def count_tiles(means2d, radii, order, tile_w, tile_h, n_per_camera, tiles_per_gauss, hist, worker, n_workers):
+    """First pass of the binning's counting sort, over ``worker``'s contiguous share of ``order`` (the
+    visible (camera, Gaussian) ids front to back): each one's number of tiles into ``tiles_per_gauss``
+    [C * N], and how many of the share land in each tile into ``hist[worker]`` [n_tiles]."""
+    tiles_per_camera = tile_w * tile_h
+    start, stop = block_share(order.shape[0], worker, n_workers)
+    for k in range(start, stop):
+        i = order[k]
+        x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
+        tiles_per_gauss[i] = (x1 - x0) * (y1 - y0)
+        base = (i // n_per_camera) * tiles_per_camera
+        for ty in range(y0, y1):
+            for tx in range(x0, x1):
+                hist[worker, base + ty * tile_w + tx] += 1
 
 
-@njit(cache=True)
-def scatter_to_tiles(means2d, radii, order, counts, gauss_offsets, n_per_camera, tile_w, tile_h, depth_bits):
-    """Fill per-tile lists in depth order (a stable counting sort by tile).
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def fill_tiles(means2d, radii, order, tile_w, tile_h, n_per_camera, gauss_offsets, depth_bits, cursors,
+               flatten_ids, slot_of, isect_ids, worker, n_workers):
+    """Second pass: write ``worker``'s share into the tile lists from its own cursors ``cursors[worker]``
+    [n_tiles] (where its entries of each tile begin). Shares are contiguous in depth order and earlier shares' entries come
+    first in every tile, so each list is front to back (a stable counting sort by tile).
 
-    Returns ``tile_offsets`` [C * TH * TW + 1], ``flatten_ids`` [M] (c * N + g, tile-major, front to
-    back), ``slot_of`` [M] (for the k-th tile of Gaussian i in row-major tile order, its position in
-    ``flatten_ids`` is ``slot_of[gauss_offsets[i] + k]``, which lets gradients be reduced per Gaussian)
-    and gsplat's ``isect_ids`` [M]: camera and tile id in the high word, ``depth_bits`` (the float32
-    depth's bit pattern) in the low word.
-    """
+    Fills ``flatten_ids`` [M] (c * N + g), ``slot_of`` [M] (for the k-th tile of Gaussian i in row-major
+    tile order, its position in ``flatten_ids`` is ``slot_of[gauss_offsets[i] + k]``, so that gradients
+    can be summed per Gaussian) and gsplat's ``isect_ids`` [M]: camera and tile id in the high word,
+    ``depth_bits`` (the float32 depth's bit pattern) in the low word."""
     tiles_per_camera = tile_w * tile_h
     tile_bits = 0
     while (1 << tile_bits) <= tiles_per_camera:  # Python's int.bit_length()
         tile_bits += 1
-    n_tiles = (means2d.shape[0] // n_per_camera) * tiles_per_camera
-    tile_offsets = np.zeros(n_tiles + 1, dtype=np.int64)
-    for i in range(means2d.shape[0]):
-        if counts[i] == 0:
-            continue
-        base = (i // n_per_camera) * tiles_per_camera
-        x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
-        for ty in range(y0, y1):
-            for tx in range(x0, x1):
-                tile_offsets[base + ty * tile_w + tx + 1] += 1
-    for t in range(n_tiles):
-        tile_offsets[t + 1] += tile_offsets[t]
-    cursor = tile_offsets[:-1].copy()
-    n_isects = tile_offsets[-1]
-    flatten_ids = np.empty(n_isects, dtype=np.int64)
-    slot_of = np.empty(n_isects, dtype=np.int64)
-    isect_ids = np.empty(n_isects, dtype=np.int64)
-    for i in order:  # (camera, depth) order: each tile's list comes out front to back
-        if counts[i] == 0:
-            continue
+    cursor = cursors[worker]
+    start, stop = block_share(order.shape[0], worker, n_workers)
+    for n in range(start, stop):
+        i = order[n]
         cam = i // n_per_camera
         base = cam * tiles_per_camera
         x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
@@ -155,7 +145,6 @@ def scatter_to_tiles(means2d, radii, order, counts, gauss_offsets, n_per_camera,
                 isect_ids[slot] = (((cam << tile_bits) | local) << 32) | depth_bits[i]
                 slot_of[k] = slot
                 k += 1
-    return tile_offsets, flatten_ids, slot_of, isect_ids
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -38,12 +38,16 @@ RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 _pool: Optional[ThreadPoolExecutor] = None
 
 
-def run_workers(kernel, *args) -> None:
-    """Run ``kernel(*args, worker, n_workers)`` for every worker, on as many threads as PyTorch uses.
+def worker_count() -> int:
+    """Threads the kernels use: as many as PyTorch does."""
+    return max(1, torch.get_num_threads())
 
-    The kernels release the GIL and each fills its own share of the preallocated outputs."""
+
+def run_workers(kernel, *args, n_workers: Optional[int] = None) -> None:
+    """Run ``kernel(*args, worker, n_workers)`` for every worker, on ``n_workers`` threads (default
+    :func:`worker_count`). The kernels release the GIL and each fills its own share of the outputs."""
     global _pool
-    n_workers = max(1, torch.get_num_threads())
+    n_workers = n_workers or worker_count()
     if n_workers == 1:
         kernel(*args, 0, 1)
         return
@@ -75,13 +79,26 @@ def to_torch(x: np.ndarray, dtype: torch.dtype) -> Tensor:
 # ----------------------------------------------------------------------------------------------------
 
 
+def front_to_back(depth_bits: np.ndarray, visible: np.ndarray, C: int, N: int) -> np.ndarray:
+    """Visible (camera, Gaussian) ids c * N + g, by camera, then depth, then Gaussian index: the order of
+    gsplat's radix sort of (camera, tile, float32 depth bits) keys, which is stable over Gaussian index.
+    (Depths of visible Gaussians are positive, so their float32 bits sort as integers.)"""
+    ids = np.flatnonzero(visible)
+    parts = []
+    for c in range(C):
+        cam_ids = ids[(ids >= c * N) & (ids < (c + 1) * N)]
+        key = (depth_bits[cam_ids] << 32) | (cam_ids - c * N)
+        parts.append(cam_ids[np.argsort(key)])
+    return np.concatenate(parts) if parts else ids
+
+
 class TileBins:
     """Gaussian-tile intersections sorted by (camera, tile, depth), like gsplat's ``isect_tiles``.
 
     Arrays are NumPy int64: ``flatten_ids`` [M] (c * N + g), ``tile_offsets`` [C * TH * TW + 1] (tile t
     owns ``flatten_ids[tile_offsets[t]:tile_offsets[t + 1]]``), ``tiles_per_gauss`` [C * N],
     ``gauss_offsets`` [C * N + 1], ``slot_of`` [M] and ``isect_ids`` [M] (see
-    :func:`.cpu_kernels.scatter_to_tiles`). ``pairs_evaluated`` is set by the forward rasterization.
+    :func:`.cpu_kernels.fill_tiles`). ``pairs_evaluated`` is set by the forward rasterization.
     """
 
     def __init__(self, means2d: np.ndarray, radii: np.ndarray, depths: np.ndarray, width: int, height: int):
@@ -89,22 +106,28 @@ class TileBins:
         self.n_cameras, self.n_gaussians = C, N
         self.tile_width = math.ceil(width / K.TILE_SIZE)
         self.tile_height = math.ceil(height / K.TILE_SIZE)
-        means2d = means2d.reshape(C * N, 2)
-        radii = radii.reshape(C * N, 2)
-        self.tiles_per_gauss = K.tiles_per_gaussian(means2d, radii, self.tile_width, self.tile_height)
+        n_tiles = C * self.tile_width * self.tile_height
+        means2d, radii = means2d.reshape(C * N, 2), radii.reshape(C * N, 2)
+        depth_bits = depths.reshape(-1).astype(np.float32).view(np.uint32).astype(np.int64)
+        order = front_to_back(depth_bits, (radii > 0).all(axis=1), C, N)
+        geometry = (means2d, radii, order, self.tile_width, self.tile_height, max(N, 1))
+
+        # a counting sort by tile over the depth order, each worker taking a contiguous share of it
+        n_workers = worker_count()
+        self.tiles_per_gauss = np.zeros(C * N, dtype=np.int64)
+        hist = np.zeros((n_workers, n_tiles), dtype=np.int64)
+        run_workers(K.count_tiles, *geometry, self.tiles_per_gauss, hist, n_workers=n_workers)
         self.gauss_offsets = np.zeros(C * N + 1, dtype=np.int64)
         np.cumsum(self.tiles_per_gauss, out=self.gauss_offsets[1:])
-        # front to back within each camera; stable, so equal depths keep Gaussian order (as gsplat)
-        flat_depths = depths.reshape(-1)
-        if C == 1:
-            order = np.argsort(flat_depths, kind="stable")
-        else:
-            order = np.lexsort((flat_depths, np.repeat(np.arange(C), N)))
-        depth_bits = flat_depths.astype(np.float32).view(np.uint32).astype(np.int64)
-        self.tile_offsets, self.flatten_ids, self.slot_of, self.isect_ids = K.scatter_to_tiles(
-            means2d, radii, order, self.tiles_per_gauss, self.gauss_offsets, max(N, 1),
-            self.tile_width, self.tile_height, depth_bits,
-        )
+        self.tile_offsets = np.zeros(n_tiles + 1, dtype=np.int64)
+        np.cumsum(hist.sum(axis=0), out=self.tile_offsets[1:])
+        cursors = self.tile_offsets[:-1] + np.cumsum(hist, axis=0) - hist  # where each worker starts per tile
+        M = int(self.tile_offsets[-1])
+        self.flatten_ids = np.empty(M, dtype=np.int64)
+        self.slot_of = np.empty(M, dtype=np.int64)
+        self.isect_ids = np.empty(M, dtype=np.int64)
+        run_workers(K.fill_tiles, *geometry, self.gauss_offsets, depth_bits, cursors, self.flatten_ids,
+                    self.slot_of, self.isect_ids, n_workers=n_workers)
         self.pairs_evaluated = 0
 
     @property

@@ -31,13 +31,17 @@ float64 throughput on ``--threads`` cores, measured at start-up and again after 
 rate of a BLAS matrix product (dgemm, the classic peak-flops probe: vectorized FMAs on cached data).
 ``x bound`` is gfbench's forward+backward time over that bound.
 
-The reference's cost grows with the pairs it materializes; ``--reference-limit`` (seconds) skips it at the
-points where the previous size's time, scaled by gfbench's pair count, predicts more than that.
+The reference's cost grows with the pairs it materializes (it needed 11 GB at 300k Gaussians, 512x320):
+it is skipped where its time or memory, predicted from the points already run, would exceed
+``--reference-limit`` seconds or ``--reference-memory`` GB. Each prediction scales an earlier point by the
+larger of the Gaussian-count and pair-count ratios (a conservative guess), and the smallest guess counts.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import importlib.util
 import math
 import time
@@ -90,7 +94,10 @@ def _status_mb(key: str) -> float:
 
 
 def reset_peak_rss() -> float:
-    """Reset the RSS high-water mark to the current RSS (Linux) and return that RSS in MB."""
+    """Hand freed heap back to the OS, reset the RSS high-water mark to the current RSS (Linux) and return
+    that RSS in MB, so that the next peak measures what the next piece of work adds."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
     return _status_mb("VmRSS")
 
@@ -242,6 +249,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="gfbench timings are the best of this many")
     parser.add_argument("--reference-limit", type=float, default=900.0,
                         help="skip the reference where its predicted forward+backward time exceeds this (s)")
+    parser.add_argument("--reference-memory", type=float, default=12.0,
+                        help="skip the reference where its predicted peak memory exceeds this (GB)")
     parser.add_argument("--reference-shim", type=Path, default=DEFAULT_SHIM,
                         help="path to gsplat_reference_cpu.py")
     args = parser.parse_args()
@@ -257,15 +266,21 @@ def main() -> None:
               f"{'max|dN|':>8s} | {'isects':>8s} {'pairs':>9s} {'bound':>7s} {'x bound':>7s}")
     print(header)
     print("-" * len(header))
-    ref_seconds_per_pair: dict[str, float] = {}  # from the last reference run, to predict the next
+    reference_runs: dict[str, list] = {kind: [] for kind in args.kinds}  # (N, pairs, seconds, MB)
     for kind in args.kinds:
         for n in args.gaussians:
             for W, H in args.sizes:
-                run_point(kind, n, W, H, args, references[kind], gflops, ref_seconds_per_pair)
+                run_point(kind, n, W, H, args, references[kind], gflops, reference_runs[kind])
     print(f"machine float64 throughput (dgemm) after the grid: {machine_gflops(args.threads):.1f} Gflop/s")
 
 
-def run_point(kind, n, W, H, args, reference, gflops, ref_seconds_per_pair) -> None:
+def predict_reference(runs, n: int, pairs: int) -> tuple[float, float]:
+    """(seconds, MB) of the reference at (n, pairs), from earlier runs; 0 when there are none."""
+    guesses = [(s * max(n / n0, pairs / p0), mb * max(n / n0, pairs / p0)) for n0, p0, s, mb in runs]
+    return (min(g[0] for g in guesses), min(g[1] for g in guesses)) if guesses else (0.0, 0.0)
+
+
+def run_point(kind, n, W, H, args, reference, gflops, reference_runs) -> None:
     p, viewmats, Ks = make_scene(n, W, H, unit_third_scale=kind == "2dgs")
     render = GFBENCH[kind]
     render(p, viewmats, Ks, W, H)  # warm-up
@@ -273,12 +288,13 @@ def run_point(kind, n, W, H, args, reference, gflops, ref_seconds_per_pair) -> N
     pairs, isects = pairs_evaluated(kind, p, viewmats, Ks, W, H)
     bound = (pairs * FLOPS_PER_PAIR[kind] + n * FLOPS_PER_GAUSSIAN[kind]) / (gflops * 1e9)
 
-    predicted = ref_seconds_per_pair.get(kind, 0.0) * pairs
-    if predicted > args.reference_limit:
-        ref_text, ratio_text, rss_text, diffs = f"~{predicted:6.0f}s", f"{'skip':>7s}", f"{'':>8s}", ["", "", ""]
+    seconds, megabytes = predict_reference(reference_runs, n, pairs)
+    if seconds > args.reference_limit or megabytes > 1024 * args.reference_memory:
+        ref_text, ratio_text, diffs = f"~{seconds:6.0f}s", f"{'skip':>7s}", ["", "", ""]
+        rss_text = f"~{megabytes / 1024:5.0f}GB"
     else:
         r_both, _, r_rss, r_out = time_side(reference, p, viewmats, Ks, W, H, 1)
-        ref_seconds_per_pair[kind] = r_both / max(pairs, 1)
+        reference_runs.append((n, max(pairs, 1), r_both, r_rss))
         ref_text, ratio_text, rss_text = f"{r_both:7.2f}s", f"{r_both / g_both:6.1f}x", f"{r_rss:6.0f}MB"
         diffs = [f"{(a - b).abs().max().item():.1e}" for a, b in zip(g_out, r_out)] + [""]
     print(f"{kind:5s} {n:7d} {W:4d}x{H:<3d} | {ref_text} {g_both:7.3f}s {ratio_text} | {g_fwd:7.3f}s | "
