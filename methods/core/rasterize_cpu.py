@@ -11,8 +11,10 @@ Pipeline, mirroring gsplat 1.5.3 with ``packed=False``, each stage a numba kerne
    would take its transmittance to <= 1e-4); backward walks back to front from each pixel's last
    contributor, as gsplat's CUDA backward does (:mod:`.cpu_kernels`).
 
-Memory: per-pixel outputs plus, in backward, one gradient row per Gaussian-tile intersection; nothing
-per Gaussian-pixel pair is stored. Gradients reach means, quats, scales, opacities and colours; with
+Memory, all float64 whatever the caller's dtype: a row per (camera, Gaussian) of its screen-space
+parameters and features (6 + D values), per-pixel outputs and the per-pixel state backward needs (final T
+and last contributor), the tile lists (4 int64 per Gaussian-tile intersection) and, during backward, one
+gradient row per intersection (6 + D values); nothing per Gaussian-pixel pair. Gradients reach means, quats, scales, opacities and colours; with
 camera tensors that require grad the projection falls back to the pure-PyTorch
 :func:`.projection.project_gaussians_3d` so that cameras get gradients too. ``means2d`` in ``info``
 receives the screen-space gradient that gsplat's ``DefaultStrategy`` reads.
@@ -21,6 +23,7 @@ receives the screen-space gradient that gsplat's ``DefaultStrategy`` reads.
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
@@ -36,6 +39,8 @@ RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 
 
 _pool: Optional[ThreadPoolExecutor] = None
+_pool_size = 0
+_pool_lock = threading.Lock()
 
 
 def worker_count() -> int:
@@ -43,17 +48,24 @@ def worker_count() -> int:
     return max(1, torch.get_num_threads())
 
 
+def _helpers(count: int) -> ThreadPoolExecutor:
+    """A pool with at least ``count`` helper threads (the calling thread is the other worker)."""
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < count:
+            _pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="gfbench-raster")
+            _pool_size = count
+        return _pool
+
+
 def run_workers(kernel, *args, n_workers: Optional[int] = None) -> None:
     """Run ``kernel(*args, worker, n_workers)`` for every worker, on ``n_workers`` threads (default
     :func:`worker_count`). The kernels release the GIL and each fills its own share of the outputs."""
-    global _pool
     n_workers = n_workers or worker_count()
     if n_workers == 1:
         kernel(*args, 0, 1)
         return
-    if _pool is None or _pool._max_workers < n_workers - 1:
-        _pool = ThreadPoolExecutor(max_workers=n_workers - 1, thread_name_prefix="gfbench-raster")
-    others = [_pool.submit(kernel, *args, worker, n_workers) for worker in range(1, n_workers)]
+    others = [_helpers(n_workers - 1).submit(kernel, *args, worker, n_workers) for worker in range(1, n_workers)]
     kernel(*args, 0, n_workers)
     for future in others:
         future.result()

@@ -2,7 +2,7 @@
 
 Run (from the repository root; the reference shim lives beside the checkout in ``../shared/perf``):
 
-    OMP_NUM_THREADS=2 .venv/bin/python tests/perf/bench_rasterizer.py \
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python tests/perf/bench_rasterizer.py \
         [--kinds 3dgs 2dgs] [--gaussians 20000 100000 300000] [--sizes 256x160 512x320 960x540] \
         [--threads 2] [--repeats 3] [--reference-limit 900]
 
