@@ -257,7 +257,7 @@ def gaussian_rows(*per_camera: Tensor | np.ndarray) -> np.ndarray:
     """Concatenate [C, N, ...] (or [C, N]) tensors / float64 arrays into one float64 row per (camera,
     Gaussian)."""
     cols = [x if isinstance(x, np.ndarray) else as_f64(x) for x in per_camera]
-    return np.concatenate([x.reshape(x.shape[0] * x.shape[1], -1) for x in cols], axis=1)
+    return np.concatenate([x.reshape(x.shape[0] * x.shape[1], math.prod(x.shape[2:])) for x in cols], axis=1)
 
 
 def split_rows(rows: np.ndarray, shapes: list[tuple], dtype: torch.dtype) -> list[Tensor]:
