@@ -567,7 +567,8 @@ def ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile):
 def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, colors, T_final, last,
                        pairs, worker, n_workers):
     """Fill colours [C, H, W, D], final transmittance [C, H, W], last composited index [C, H, W] (into
-    ``flatten_ids``, -1 if none) and the number of Gaussian-pixel pairs evaluated per tile [n_tiles]."""
+    ``flatten_ids``, -1 if none) and, per tile, the Gaussian-pixel pairs evaluated and the Gaussian-rows
+    set up [n_tiles, 2] (the work counts behind the benchmark's compute bound)."""
     D = params.shape[1] - N_GEOM_3D
     height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
@@ -577,7 +578,7 @@ def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
         acc = np.zeros((TILE_PIXELS, D))
         last_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
         n_live = (x1 - x0) * (y1 - y0)
-        n_pairs = 0
+        n_pairs = n_rows = 0
         for j in range(tile_offsets[tile], tile_offsets[tile + 1]):
             if n_live == 0:
                 break
@@ -590,6 +591,7 @@ def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             ha = 0.5 * a
             q = math.exp(-a)  # the ratio E(x + 1) / E(x) shrinks by this factor per pixel
             ylo, yhi = ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile)
+            n_rows += yhi - ylo
             for y in range(ylo, yhi):
                 dy = my - (y + 0.5)
                 row_c = 0.5 * c * dy * dy
@@ -623,7 +625,8 @@ def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                         acc[p, k] += vis * feat[k]
                     last_t[p] = j
                     T[p] = next_T
-        pairs[tile] = n_pairs
+        pairs[tile, 0] = n_pairs
+        pairs[tile, 1] = n_rows
         for y in range(y0, y1):
             for x in range(x0, x1):
                 p = (y - y0) * TILE_SIZE + (x - x0)
@@ -790,7 +793,7 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                        T_final, distort, median, last, median_idx, pairs, worker, n_workers):
     """Fill features [C, H, W, D], normals [C, H, W, 3], final T, distortion, median depth (each
     [C, H, W]), the last composited index and the median's index [C, H, W] (into ``flatten_ids``, -1 if
-    none) and the pairs evaluated per tile [n_tiles]."""
+    none) and the pairs evaluated and rows set up per tile [n_tiles, 2]."""
     D = params.shape[1] - N_GEOM_2D - 3
     height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
@@ -804,7 +807,7 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
         last_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
         med_idx_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
         n_live = (x1 - x0) * (y1 - y0)
-        n_pairs = 0
+        n_pairs = n_rows = 0
         for j in range(tile_offsets[tile], tile_offsets[tile + 1]):
             if n_live == 0:
                 break
@@ -816,6 +819,7 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                 continue
             feat = g[N_GEOM_2D:]
             ylo, yhi = surfel_rows(g, smax, y0, y1, full_tile)
+            n_rows += yhi - ylo
             for y in range(ylo, yhi):
                 py = y + 0.5
                 dy = my - py
@@ -859,7 +863,8 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                         med_idx_t[p] = j
                     last_t[p] = j
                     T[p] = next_T
-        pairs[tile] = n_pairs
+        pairs[tile, 0] = n_pairs
+        pairs[tile, 1] = n_rows
         for y in range(y0, y1):
             for x in range(x0, x1):
                 p = (y - y0) * TILE_SIZE + (x - x0)

@@ -110,7 +110,7 @@ class TileBins:
     Arrays are NumPy int64: ``flatten_ids`` [M] (c * N + g), ``tile_offsets`` [C * TH * TW + 1] (tile t
     owns ``flatten_ids[tile_offsets[t]:tile_offsets[t + 1]]``), ``tiles_per_gauss`` [C * N],
     ``gauss_offsets`` [C * N + 1], ``slot_of`` [M] and ``isect_ids`` [M] (see
-    :func:`.cpu_kernels.fill_tiles`). ``pairs_evaluated`` is set by the forward rasterization.
+    :func:`.cpu_kernels.fill_tiles`).
     """
 
     def __init__(self, means2d: np.ndarray, radii: np.ndarray, depths: np.ndarray, width: int, height: int):
@@ -140,7 +140,7 @@ class TileBins:
         self.isect_ids = np.empty(M, dtype=np.int64)
         run_workers(K.fill_tiles, *geometry, self.gauss_offsets, depth_bits, cursors, self.flatten_ids,
                     self.slot_of, self.isect_ids, n_workers=n_workers)
-        self.pairs_evaluated = 0
+        self.pairs_evaluated = self.rows_evaluated = 0  # set by the forward rasterization
 
     @property
     def n_isects(self) -> int:
@@ -281,14 +281,14 @@ class RasterizeTiles3D(torch.autograd.Function):
         params = gaussian_rows(host.get("means2d", means2d), host.get("conics", conics), opacities, features)
         C, D = bins.n_cameras, features.shape[-1]
         colors, T = np.empty((C, height, width, D)), np.empty((C, height, width))
-        last, pairs = np.empty((C, height, width), dtype=np.int64), np.zeros(bins.n_tiles, dtype=np.int64)
+        last, pairs = np.empty((C, height, width), dtype=np.int64), np.zeros((bins.n_tiles, 2), dtype=np.int64)
         run_workers(
             K.rasterize_3dgs_fwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
             bins.tile_height, False, colors, T, last, pairs,
         )
         ctx.bins, ctx.params, ctx.T, ctx.last = bins, params, T, last
         ctx.shapes = [tuple(t.shape) for t in (means2d, conics, opacities, features)]
-        bins.pairs_evaluated = int(pairs.sum())
+        bins.pairs_evaluated, bins.rows_evaluated = (int(v) for v in pairs.sum(axis=0))
         return to_torch(colors, means2d.dtype), to_torch(T[..., None], means2d.dtype)
 
     @staticmethod

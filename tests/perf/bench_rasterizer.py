@@ -23,13 +23,14 @@ gsplat's torch 2DGS projection composites normals scaled by the third scale (its
 gfbench follows, uses unit normals), so the 2DGS scene has third scales of 1, which surfels otherwise
 ignore.
 
-Compute bound: gfbench counts the Gaussian-pixel pairs its forward evaluates (those whose exact alpha test
-runs; backward evaluates at most the same pairs, from each pixel's last contributor back), multiplies by
-the flops per pair of forward + backward (counted from the kernels' arithmetic below, an exp counted as the
-20 flops of its polynomial) plus the projection's flops per Gaussian, and divides by the machine's
-float64 throughput on ``--threads`` cores, measured at start-up and again after the grid as the best
-rate of a BLAS matrix product (dgemm, the classic peak-flops probe: vectorized FMAs on cached data).
-``x bound`` is gfbench's forward+backward time over that bound.
+Compute bound: gfbench counts the work its forward does (Gaussian-pixel pairs whose alpha it evaluates,
+Gaussian-rows it sets up, Gaussian-tile intersections; backward revisits at most those), charges each the
+flops of forward + backward counted from the kernels' arithmetic (``FLOPS`` below), adds the projection's
+flops per Gaussian, and divides by the machine's float64 throughput on ``--threads`` cores, measured at
+start-up and again after the grid as the best rate of a BLAS matrix product (dgemm, the classic
+peak-flops probe: vectorized FMAs on cached data). ``x bound`` is gfbench's forward+backward time over
+that bound: how far the whole call (projection, binning, compositing, autograd glue) is from doing its
+arithmetic at the rate of a dgemm.
 
 The reference's cost grows with the pairs it materializes (it needed 11 GB at 300k Gaussians, 512x320):
 it is skipped where its time or memory, predicted from the points already run, would exceed
@@ -56,16 +57,23 @@ from gfbench.methods.core.rasterize import rasterize_2dgs, rasterize_3dgs
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_SHIM = REPO.parent / "shared" / "perf" / "gsplat_reference_cpu.py"
 
-# Flops per evaluated Gaussian-pixel pair, forward + backward, counted from cpu_kernels with D = 4 features
-# (RGB + depth), an FMA as 2 and exp as 20:
-#   3DGS forward 40 + 2D (offset 2, sigma 9, tests 6, exp 20, compositing 3 + 2D),
-#        backward 73 + 4D (sigma and alpha again 36, transmittance 4, colour terms 4D, alpha, opacity,
-#        sigma gradients 11, mean 10 and conic 12 gradients)
-#   2DGS forward 58 + 2 (D + 3) (ray-splat c 6, g3 5, low-pass 5, exp 20, compositing, distortion 10),
-#        backward 128 (recompute 44, distortion terms 18, features and normals 4 (D + 3), the rest ~40)
-FLOPS_PER_PAIR = {"3dgs": 40 + 8 + 73 + 16, "2dgs": 58 + 14 + 128}
-# per Gaussian and camera, projection forward + backward (rotation, covariance, Jacobian, their gradients)
-FLOPS_PER_GAUSSIAN = {"3dgs": 650, "2dgs": 500}
+# Work counted from cpu_kernels line by line (an FMA as 2, an add, multiply, divide, square root, compare or
+# min as 1, exp as 20, the usual cost of its polynomial; D = 4 features), forward + backward, for each
+# evaluated Gaussian-pixel pair, each Gaussian-row set up, each Gaussian-tile intersection and each
+# (camera, Gaussian) projected:
+#   3DGS pair: forward 10 + 2D (exp(-sigma) by the row recurrence: 2 multiplies), backward 42 + 4D
+#        row: forward 78 (span: 16, two exps with their arguments: 48, the rest 14), backward the same
+#   2DGS pair: forward 60 + 2 (D + 3) (ray-splat c, g3 with its division, low-pass, exp, compositing of
+#        D + 3 channels, distortion 9), backward 129 (the forward's 45 again, distortion 17, channels
+#        4 (D + 3), dL/dc 19, ...); row: forward 76 (planes 24, span 48), backward 130 (+ row gradients 54)
+#   intersection: about 60 each way (opacity bound with its log, row range); projection: about 650 (3DGS)
+#   and 500 (2DGS) forward + backward.
+# Backward revisits at most the forward's pairs and rows (each pixel stops at its last contributor), so
+# charging it the forward's counts slightly overstates the work.
+FLOPS = {
+    "3dgs": {"pair": 76, "row": 156, "isect": 120, "gaussian": 650},
+    "2dgs": {"pair": 203, "row": 206, "isect": 120, "gaussian": 500},
+}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -169,8 +177,9 @@ def gfbench_2dgs(p, viewmats, Ks, W, H):
 GFBENCH = {"3dgs": gfbench_3dgs, "2dgs": gfbench_2dgs}
 
 
-def pairs_evaluated(kind: str, p, viewmats, Ks, W, H) -> tuple[int, int]:
-    """(Gaussian-pixel pairs the forward evaluates, Gaussian-tile intersections), through the same pieces."""
+def work_counts(kind: str, p, viewmats, Ks, W, H) -> dict[str, int]:
+    """Gaussian-pixel pairs and Gaussian-rows the forward evaluates and Gaussian-tile intersections,
+    through the same pieces as the renderer."""
     with torch.no_grad():
         opac = p["opacities"][None]
         if kind == "3dgs":
@@ -187,7 +196,8 @@ def pairs_evaluated(kind: str, p, viewmats, Ks, W, H) -> tuple[int, int]:
             densify = torch.zeros(proj.means2d.shape)
             rc2.RasterizeTiles2D.apply(proj.means2d, proj.ray_transforms, opac, feats, proj.normals, densify, bins,
                                        W, H, proj.host)
-    return bins.pairs_evaluated, bins.n_isects
+    return {"pair": bins.pairs_evaluated, "row": bins.rows_evaluated, "isect": bins.n_isects,
+            "gaussian": p["means"].shape[0]}
 
 
 def random_loss(outputs) -> torch.Tensor:
@@ -263,7 +273,7 @@ def main() -> None:
           f"machine float64 throughput (dgemm) {gflops:.1f} Gflop/s on {args.threads} cores")
     header = (f"{'kind':5s} {'N':>7s} {'size':>8s} | {'ref f+b':>8s} {'gfb f+b':>8s} {'ratio':>7s} | "
               f"{'gfb fwd':>8s} | {'ref mem':>8s} {'gfb mem':>8s} | {'max|dRGB|':>9s} {'max|dA|':>8s} "
-              f"{'max|dN|':>8s} | {'isects':>8s} {'pairs':>9s} {'bound':>7s} {'x bound':>7s}")
+              f"{'max|dN|':>8s} | {'isects':>8s} {'rows':>8s} {'pairs':>9s} {'bound':>7s} {'x bound':>7s}")
     print(header)
     print("-" * len(header))
     reference_runs: dict[str, list] = {kind: [] for kind in args.kinds}  # (N, pairs, seconds, MB)
@@ -285,8 +295,9 @@ def run_point(kind, n, W, H, args, reference, gflops, reference_runs) -> None:
     render = GFBENCH[kind]
     render(p, viewmats, Ks, W, H)  # warm-up
     g_both, g_fwd, g_rss, g_out = time_side(render, p, viewmats, Ks, W, H, args.repeats)
-    pairs, isects = pairs_evaluated(kind, p, viewmats, Ks, W, H)
-    bound = (pairs * FLOPS_PER_PAIR[kind] + n * FLOPS_PER_GAUSSIAN[kind]) / (gflops * 1e9)
+    work = work_counts(kind, p, viewmats, Ks, W, H)
+    pairs = work["pair"]
+    bound = sum(work[k] * FLOPS[kind][k] for k in work) / (gflops * 1e9)
 
     seconds, megabytes = predict_reference(reference_runs, n, pairs)
     if seconds > args.reference_limit or megabytes > 1024 * args.reference_memory:
@@ -298,8 +309,8 @@ def run_point(kind, n, W, H, args, reference, gflops, reference_runs) -> None:
         ref_text, ratio_text, rss_text = f"{r_both:7.2f}s", f"{r_both / g_both:6.1f}x", f"{r_rss:6.0f}MB"
         diffs = [f"{(a - b).abs().max().item():.1e}" for a, b in zip(g_out, r_out)] + [""]
     print(f"{kind:5s} {n:7d} {W:4d}x{H:<3d} | {ref_text} {g_both:7.3f}s {ratio_text} | {g_fwd:7.3f}s | "
-          f"{rss_text} {g_rss:6.0f}MB | {diffs[0]:>9s} {diffs[1]:>8s} {diffs[2]:>8s} | {isects:8d} {pairs:9d} "
-          f"{bound * 1e3:5.0f}ms {g_both / bound:6.1f}x", flush=True)
+          f"{rss_text} {g_rss:6.0f}MB | {diffs[0]:>9s} {diffs[1]:>8s} {diffs[2]:>8s} | {work['isect']:8d} "
+          f"{work['row']:8d} {pairs:9d} {bound * 1e3:5.0f}ms {g_both / bound:6.1f}x", flush=True)
 
 
 if __name__ == "__main__":
