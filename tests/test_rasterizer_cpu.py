@@ -579,8 +579,9 @@ def test_projection_kernels_match_autograd():
         assert (compiled.radii > 0).any() and (compiled.radii == 0).any()
         for name in names:
             torch.testing.assert_close(getattr(compiled, name), getattr(plain, name), rtol=1e-10, atol=1e-10)
-        got = grads_of(weighted_loss([getattr(compiled, n) for n in names]), dict(zip(("means", "quats", "scales"), args)))
-        want = grads_of(weighted_loss([getattr(plain, n) for n in names]), dict(zip(("means", "quats", "scales"), args)))
+        inputs = dict(zip(("means", "quats", "scales"), args))
+        got = grads_of(weighted_loss([getattr(compiled, n) for n in names]), inputs)
+        want = grads_of(weighted_loss([getattr(plain, n) for n in names]), inputs)
         assert_grads_close(got, want, rtol=1e-9)
 
 

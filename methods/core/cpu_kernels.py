@@ -117,8 +117,8 @@ def count_tiles(means2d, radii, order, tile_w, tile_h, n_per_camera, tiles_per_g
 def fill_tiles(means2d, radii, order, tile_w, tile_h, n_per_camera, gauss_offsets, depth_bits, cursors,
                flatten_ids, slot_of, isect_ids, worker, n_workers):
     """Second pass: write ``worker``'s share into the tile lists from its own cursors ``cursors[worker]``
-    [n_tiles] (where its entries of each tile begin). Shares are contiguous in depth order and earlier shares' entries come
-    first in every tile, so each list is front to back (a stable counting sort by tile).
+    [n_tiles] (where its entries of each tile begin). Shares are contiguous in depth order and earlier
+    shares' entries come first in every tile, so each list is front to back (a stable counting sort).
 
     Fills ``flatten_ids`` [M] (c * N + g), ``slot_of`` [M] (for the k-th tile of Gaussian i in row-major
     tile order, its position in ``flatten_ids`` is ``slot_of[gauss_offsets[i] + k]``, so that gradients
