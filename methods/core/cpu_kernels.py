@@ -96,52 +96,42 @@ def _tile_rect(mx, my, rx, ry, tile_w, tile_h):
     return int(x0), int(x1), int(y0), int(y1)
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def tiles_per_gaussian(means2d, radii, tile_w, tile_h):
-    """[C * N] number of tiles each (camera, Gaussian) touches; 0 where culled."""
-    n = means2d.shape[0]
-    counts = np.zeros(n, dtype=np.int64)
-    for i in range(n):
-        if radii[i, 0] > 0 and radii[i, 1] > 0:
-            x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
-            counts[i] = (x1 - x0) * (y1 - y0)
-    return counts
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def count_tiles(means2d, radii, order, tile_w, tile_h, n_per_camera, tiles_per_gauss, hist, worker, n_workers):
+    """First pass of the binning's counting sort, over ``worker``'s contiguous share of ``order`` (the
+    visible (camera, Gaussian) ids front to back): each one's number of tiles into ``tiles_per_gauss``
+    [C * N], and how many of the share land in each tile into ``hist[worker]`` [n_tiles]."""
+    tiles_per_camera = tile_w * tile_h
+    start, stop = block_share(order.shape[0], worker, n_workers)
+    for k in range(start, stop):
+        i = order[k]
+        x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
+        tiles_per_gauss[i] = (x1 - x0) * (y1 - y0)
+        base = (i // n_per_camera) * tiles_per_camera
+        for ty in range(y0, y1):
+            for tx in range(x0, x1):
+                hist[worker, base + ty * tile_w + tx] += 1
 
 
-@njit(cache=True)
-def scatter_to_tiles(means2d, radii, order, counts, gauss_offsets, n_per_camera, tile_w, tile_h, depth_bits):
-    """Fill per-tile lists in depth order (a stable counting sort by tile).
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def fill_tiles(means2d, radii, order, tile_w, tile_h, n_per_camera, gauss_offsets, depth_bits, cursors,
+               flatten_ids, slot_of, isect_ids, worker, n_workers):
+    """Second pass: write ``worker``'s share into the tile lists from its own cursors ``cursors[worker]``
+    [n_tiles] (where its entries of each tile begin). Shares are contiguous in depth order and earlier
+    shares' entries come first in every tile, so each list is front to back (a stable counting sort).
 
-    Returns ``tile_offsets`` [C * TH * TW + 1], ``flatten_ids`` [M] (c * N + g, tile-major, front to
-    back), ``slot_of`` [M] (for the k-th tile of Gaussian i in row-major tile order, its position in
-    ``flatten_ids`` is ``slot_of[gauss_offsets[i] + k]``, which lets gradients be reduced per Gaussian)
-    and gsplat's ``isect_ids`` [M]: camera and tile id in the high word, ``depth_bits`` (the float32
-    depth's bit pattern) in the low word.
-    """
+    Fills ``flatten_ids`` [M] (c * N + g), ``slot_of`` [M] (for the k-th tile of Gaussian i in row-major
+    tile order, its position in ``flatten_ids`` is ``slot_of[gauss_offsets[i] + k]``, so that gradients
+    can be summed per Gaussian) and gsplat's ``isect_ids`` [M]: camera and tile id in the high word,
+    ``depth_bits`` (the float32 depth's bit pattern) in the low word."""
     tiles_per_camera = tile_w * tile_h
     tile_bits = 0
     while (1 << tile_bits) <= tiles_per_camera:  # Python's int.bit_length()
         tile_bits += 1
-    n_tiles = (means2d.shape[0] // n_per_camera) * tiles_per_camera
-    tile_offsets = np.zeros(n_tiles + 1, dtype=np.int64)
-    for i in range(means2d.shape[0]):
-        if counts[i] == 0:
-            continue
-        base = (i // n_per_camera) * tiles_per_camera
-        x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
-        for ty in range(y0, y1):
-            for tx in range(x0, x1):
-                tile_offsets[base + ty * tile_w + tx + 1] += 1
-    for t in range(n_tiles):
-        tile_offsets[t + 1] += tile_offsets[t]
-    cursor = tile_offsets[:-1].copy()
-    n_isects = tile_offsets[-1]
-    flatten_ids = np.empty(n_isects, dtype=np.int64)
-    slot_of = np.empty(n_isects, dtype=np.int64)
-    isect_ids = np.empty(n_isects, dtype=np.int64)
-    for i in order:  # (camera, depth) order: each tile's list comes out front to back
-        if counts[i] == 0:
-            continue
+    cursor = cursors[worker]
+    start, stop = block_share(order.shape[0], worker, n_workers)
+    for n in range(start, stop):
+        i = order[n]
         cam = i // n_per_camera
         base = cam * tiles_per_camera
         x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
@@ -155,7 +145,6 @@ def scatter_to_tiles(means2d, radii, order, counts, gauss_offsets, n_per_camera,
                 isect_ids[slot] = (((cam << tile_bits) | local) << 32) | depth_bits[i]
                 slot_of[k] = slot
                 k += 1
-    return tile_offsets, flatten_ids, slot_of, isect_ids
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -578,7 +567,8 @@ def ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile):
 def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, colors, T_final, last,
                        pairs, worker, n_workers):
     """Fill colours [C, H, W, D], final transmittance [C, H, W], last composited index [C, H, W] (into
-    ``flatten_ids``, -1 if none) and the number of Gaussian-pixel pairs evaluated per tile [n_tiles]."""
+    ``flatten_ids``, -1 if none) and, per tile, the Gaussian-pixel pairs evaluated and the Gaussian-rows
+    set up [n_tiles, 2] (the work counts behind the benchmark's compute bound)."""
     D = params.shape[1] - N_GEOM_3D
     height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
@@ -588,7 +578,7 @@ def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
         acc = np.zeros((TILE_PIXELS, D))
         last_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
         n_live = (x1 - x0) * (y1 - y0)
-        n_pairs = 0
+        n_pairs = n_rows = 0
         for j in range(tile_offsets[tile], tile_offsets[tile + 1]):
             if n_live == 0:
                 break
@@ -601,6 +591,7 @@ def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             ha = 0.5 * a
             q = math.exp(-a)  # the ratio E(x + 1) / E(x) shrinks by this factor per pixel
             ylo, yhi = ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile)
+            n_rows += yhi - ylo
             for y in range(ylo, yhi):
                 dy = my - (y + 0.5)
                 row_c = 0.5 * c * dy * dy
@@ -634,7 +625,8 @@ def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                         acc[p, k] += vis * feat[k]
                     last_t[p] = j
                     T[p] = next_T
-        pairs[tile] = n_pairs
+        pairs[tile, 0] = n_pairs
+        pairs[tile, 1] = n_rows
         for y in range(y0, y1):
             for x in range(x0, x1):
                 p = (y - y0) * TILE_SIZE + (x - x0)
@@ -801,7 +793,7 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                        T_final, distort, median, last, median_idx, pairs, worker, n_workers):
     """Fill features [C, H, W, D], normals [C, H, W, 3], final T, distortion, median depth (each
     [C, H, W]), the last composited index and the median's index [C, H, W] (into ``flatten_ids``, -1 if
-    none) and the pairs evaluated per tile [n_tiles]."""
+    none) and the pairs evaluated and rows set up per tile [n_tiles, 2]."""
     D = params.shape[1] - N_GEOM_2D - 3
     height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
@@ -815,7 +807,7 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
         last_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
         med_idx_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
         n_live = (x1 - x0) * (y1 - y0)
-        n_pairs = 0
+        n_pairs = n_rows = 0
         for j in range(tile_offsets[tile], tile_offsets[tile + 1]):
             if n_live == 0:
                 break
@@ -827,6 +819,7 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                 continue
             feat = g[N_GEOM_2D:]
             ylo, yhi = surfel_rows(g, smax, y0, y1, full_tile)
+            n_rows += yhi - ylo
             for y in range(ylo, yhi):
                 py = y + 0.5
                 dy = my - py
@@ -870,7 +863,8 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                         med_idx_t[p] = j
                     last_t[p] = j
                     T[p] = next_T
-        pairs[tile] = n_pairs
+        pairs[tile, 0] = n_pairs
+        pairs[tile, 1] = n_rows
         for y in range(y0, y1):
             for x in range(x0, x1):
                 p = (y - y0) * TILE_SIZE + (x - x0)

@@ -11,16 +11,19 @@ Pipeline, mirroring gsplat 1.5.3 with ``packed=False``, each stage a numba kerne
    would take its transmittance to <= 1e-4); backward walks back to front from each pixel's last
    contributor, as gsplat's CUDA backward does (:mod:`.cpu_kernels`).
 
-Memory: per-pixel outputs plus, in backward, one gradient row per Gaussian-tile intersection; nothing
-per Gaussian-pixel pair is stored. Gradients reach means, quats, scales, opacities and colours; with
-camera tensors that require grad the projection falls back to the pure-PyTorch
-:func:`.projection.project_gaussians_3d` so that cameras get gradients too. ``means2d`` in ``info``
-receives the screen-space gradient that gsplat's ``DefaultStrategy`` reads.
+Memory, all float64 whatever the caller's dtype: a row per (camera, Gaussian) of its screen-space
+parameters and features (6 + D values), per-pixel outputs and the per-pixel state backward needs (final T
+and last contributor), the tile lists (4 int64 per Gaussian-tile intersection) and, during backward, one
+gradient row per intersection (6 + D values); nothing per Gaussian-pixel pair. Gradients reach means,
+quats, scales, opacities and colours; with camera tensors that require grad the projection falls back to
+the pure-PyTorch :func:`.projection.project_gaussians_3d` so that cameras get gradients too. ``means2d``
+in ``info`` receives the screen-space gradient that gsplat's ``DefaultStrategy`` reads.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
@@ -36,20 +39,33 @@ RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 
 
 _pool: Optional[ThreadPoolExecutor] = None
+_pool_size = 0
+_pool_lock = threading.Lock()
 
 
-def run_workers(kernel, *args) -> None:
-    """Run ``kernel(*args, worker, n_workers)`` for every worker, on as many threads as PyTorch uses.
+def worker_count() -> int:
+    """Threads the kernels use: as many as PyTorch does."""
+    return max(1, torch.get_num_threads())
 
-    The kernels release the GIL and each fills its own share of the preallocated outputs."""
-    global _pool
-    n_workers = max(1, torch.get_num_threads())
+
+def _helpers(count: int) -> ThreadPoolExecutor:
+    """A pool with at least ``count`` helper threads (the calling thread is the other worker)."""
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < count:
+            _pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="gfbench-raster")
+            _pool_size = count
+        return _pool
+
+
+def run_workers(kernel, *args, n_workers: Optional[int] = None) -> None:
+    """Run ``kernel(*args, worker, n_workers)`` for every worker, on ``n_workers`` threads (default
+    :func:`worker_count`). The kernels release the GIL and each fills its own share of the outputs."""
+    n_workers = n_workers or worker_count()
     if n_workers == 1:
         kernel(*args, 0, 1)
         return
-    if _pool is None or _pool._max_workers < n_workers - 1:
-        _pool = ThreadPoolExecutor(max_workers=n_workers - 1, thread_name_prefix="gfbench-raster")
-    others = [_pool.submit(kernel, *args, worker, n_workers) for worker in range(1, n_workers)]
+    others = [_helpers(n_workers - 1).submit(kernel, *args, worker, n_workers) for worker in range(1, n_workers)]
     kernel(*args, 0, n_workers)
     for future in others:
         future.result()
@@ -75,13 +91,26 @@ def to_torch(x: np.ndarray, dtype: torch.dtype) -> Tensor:
 # ----------------------------------------------------------------------------------------------------
 
 
+def front_to_back(depth_bits: np.ndarray, visible: np.ndarray, C: int, N: int) -> np.ndarray:
+    """Visible (camera, Gaussian) ids c * N + g, by camera, then depth, then Gaussian index: the order of
+    gsplat's radix sort of (camera, tile, float32 depth bits) keys, which is stable over Gaussian index.
+    (Depths of visible Gaussians are positive, so their float32 bits sort as integers.)"""
+    ids = np.flatnonzero(visible)
+    parts = []
+    for c in range(C):
+        cam_ids = ids[(ids >= c * N) & (ids < (c + 1) * N)]
+        key = (depth_bits[cam_ids] << 32) | (cam_ids - c * N)
+        parts.append(cam_ids[np.argsort(key)])
+    return np.concatenate(parts) if parts else ids
+
+
 class TileBins:
     """Gaussian-tile intersections sorted by (camera, tile, depth), like gsplat's ``isect_tiles``.
 
     Arrays are NumPy int64: ``flatten_ids`` [M] (c * N + g), ``tile_offsets`` [C * TH * TW + 1] (tile t
     owns ``flatten_ids[tile_offsets[t]:tile_offsets[t + 1]]``), ``tiles_per_gauss`` [C * N],
     ``gauss_offsets`` [C * N + 1], ``slot_of`` [M] and ``isect_ids`` [M] (see
-    :func:`.cpu_kernels.scatter_to_tiles`). ``pairs_evaluated`` is set by the forward rasterization.
+    :func:`.cpu_kernels.fill_tiles`).
     """
 
     def __init__(self, means2d: np.ndarray, radii: np.ndarray, depths: np.ndarray, width: int, height: int):
@@ -89,23 +118,29 @@ class TileBins:
         self.n_cameras, self.n_gaussians = C, N
         self.tile_width = math.ceil(width / K.TILE_SIZE)
         self.tile_height = math.ceil(height / K.TILE_SIZE)
-        means2d = means2d.reshape(C * N, 2)
-        radii = radii.reshape(C * N, 2)
-        self.tiles_per_gauss = K.tiles_per_gaussian(means2d, radii, self.tile_width, self.tile_height)
+        n_tiles = C * self.tile_width * self.tile_height
+        means2d, radii = means2d.reshape(C * N, 2), radii.reshape(C * N, 2)
+        depth_bits = depths.reshape(-1).astype(np.float32).view(np.uint32).astype(np.int64)
+        order = front_to_back(depth_bits, (radii > 0).all(axis=1), C, N)
+        geometry = (means2d, radii, order, self.tile_width, self.tile_height, max(N, 1))
+
+        # a counting sort by tile over the depth order, each worker taking a contiguous share of it
+        n_workers = worker_count()
+        self.tiles_per_gauss = np.zeros(C * N, dtype=np.int64)
+        hist = np.zeros((n_workers, n_tiles), dtype=np.int64)
+        run_workers(K.count_tiles, *geometry, self.tiles_per_gauss, hist, n_workers=n_workers)
         self.gauss_offsets = np.zeros(C * N + 1, dtype=np.int64)
         np.cumsum(self.tiles_per_gauss, out=self.gauss_offsets[1:])
-        # front to back within each camera; stable, so equal depths keep Gaussian order (as gsplat)
-        flat_depths = depths.reshape(-1)
-        if C == 1:
-            order = np.argsort(flat_depths, kind="stable")
-        else:
-            order = np.lexsort((flat_depths, np.repeat(np.arange(C), N)))
-        depth_bits = flat_depths.astype(np.float32).view(np.uint32).astype(np.int64)
-        self.tile_offsets, self.flatten_ids, self.slot_of, self.isect_ids = K.scatter_to_tiles(
-            means2d, radii, order, self.tiles_per_gauss, self.gauss_offsets, max(N, 1),
-            self.tile_width, self.tile_height, depth_bits,
-        )
-        self.pairs_evaluated = 0
+        self.tile_offsets = np.zeros(n_tiles + 1, dtype=np.int64)
+        np.cumsum(hist.sum(axis=0), out=self.tile_offsets[1:])
+        cursors = self.tile_offsets[:-1] + np.cumsum(hist, axis=0) - hist  # where each worker starts per tile
+        M = int(self.tile_offsets[-1])
+        self.flatten_ids = np.empty(M, dtype=np.int64)
+        self.slot_of = np.empty(M, dtype=np.int64)
+        self.isect_ids = np.empty(M, dtype=np.int64)
+        run_workers(K.fill_tiles, *geometry, self.gauss_offsets, depth_bits, cursors, self.flatten_ids,
+                    self.slot_of, self.isect_ids, n_workers=n_workers)
+        self.pairs_evaluated = self.rows_evaluated = 0  # set by the forward rasterization
 
     @property
     def n_isects(self) -> int:
@@ -222,7 +257,7 @@ def gaussian_rows(*per_camera: Tensor | np.ndarray) -> np.ndarray:
     """Concatenate [C, N, ...] (or [C, N]) tensors / float64 arrays into one float64 row per (camera,
     Gaussian)."""
     cols = [x if isinstance(x, np.ndarray) else as_f64(x) for x in per_camera]
-    return np.concatenate([x.reshape(x.shape[0] * x.shape[1], -1) for x in cols], axis=1)
+    return np.concatenate([x.reshape(x.shape[0] * x.shape[1], math.prod(x.shape[2:])) for x in cols], axis=1)
 
 
 def split_rows(rows: np.ndarray, shapes: list[tuple], dtype: torch.dtype) -> list[Tensor]:
@@ -246,14 +281,14 @@ class RasterizeTiles3D(torch.autograd.Function):
         params = gaussian_rows(host.get("means2d", means2d), host.get("conics", conics), opacities, features)
         C, D = bins.n_cameras, features.shape[-1]
         colors, T = np.empty((C, height, width, D)), np.empty((C, height, width))
-        last, pairs = np.empty((C, height, width), dtype=np.int64), np.zeros(bins.n_tiles, dtype=np.int64)
+        last, pairs = np.empty((C, height, width), dtype=np.int64), np.zeros((bins.n_tiles, 2), dtype=np.int64)
         run_workers(
             K.rasterize_3dgs_fwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
             bins.tile_height, False, colors, T, last, pairs,
         )
         ctx.bins, ctx.params, ctx.T, ctx.last = bins, params, T, last
         ctx.shapes = [tuple(t.shape) for t in (means2d, conics, opacities, features)]
-        bins.pairs_evaluated = int(pairs.sum())
+        bins.pairs_evaluated, bins.rows_evaluated = (int(v) for v in pairs.sum(axis=0))
         return to_torch(colors, means2d.dtype), to_torch(T[..., None], means2d.dtype)
 
     @staticmethod

@@ -5,7 +5,9 @@ Same pipeline as :mod:`.rasterize_cpu`: projection (:class:`ProjectSurfels`, the
 :func:`.projection.project_surfels_2d`), tile binning, then per-tile compositing (:mod:`.cpu_kernels`,
 whose docstring has the ray-splat intersection). Besides colours and alpha the kernel composites
 camera-space normals, gsplat's depth distortion and the median depth. With camera tensors that require
-grad the projection falls back to plain PyTorch so that cameras get gradients too.
+grad the projection falls back to plain PyTorch so that cameras get gradients too. Memory as for 3DGS,
+with rows of 15 + D values (means2d, the 3x3 transform, opacity, features, normals) and per-pixel
+normals, distortion, median depth and median index besides.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ class RasterizeTiles2D(torch.autograd.Function):
         feats, norms = np.empty((C, height, width, D)), np.empty((C, height, width, 3))
         T, distort, median = (np.empty((C, height, width)) for _ in range(3))
         last, median_idx = (np.empty((C, height, width), dtype=np.int64) for _ in range(2))
-        pairs = np.zeros(bins.n_tiles, dtype=np.int64)
+        pairs = np.zeros((bins.n_tiles, 2), dtype=np.int64)
         run_workers(
             K.rasterize_2dgs_fwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
             bins.tile_height, False, feats, norms, T, distort, median, last, median_idx, pairs,
@@ -118,7 +120,7 @@ class RasterizeTiles2D(torch.autograd.Function):
         ctx.bins, ctx.params, ctx.depths = bins, params, host["depths"]
         ctx.saved = (T, last, median_idx, feats[..., -1].copy())
         ctx.shapes = [tuple(t.shape) for t in (means2d, ray_transforms, opacities, features, normals)]
-        bins.pairs_evaluated = int(pairs.sum())
+        bins.pairs_evaluated, bins.rows_evaluated = (int(v) for v in pairs.sum(axis=0))
         dtype = means2d.dtype
         return (to_torch(feats, dtype), to_torch(norms, dtype),
                 *(to_torch(a[..., None], dtype) for a in (T, distort, median)))

@@ -2,7 +2,7 @@
 
 Run (from the repository root; the reference shim lives beside the checkout in ``../shared/perf``):
 
-    OMP_NUM_THREADS=2 .venv/bin/python tests/perf/bench_rasterizer.py \
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python tests/perf/bench_rasterizer.py \
         [--kinds 3dgs 2dgs] [--gaussians 20000 100000 300000] [--sizes 256x160 512x320 960x540] \
         [--threads 2] [--repeats 3] [--reference-limit 900]
 
@@ -23,21 +23,26 @@ gsplat's torch 2DGS projection composites normals scaled by the third scale (its
 gfbench follows, uses unit normals), so the 2DGS scene has third scales of 1, which surfels otherwise
 ignore.
 
-Compute bound: gfbench counts the Gaussian-pixel pairs its forward evaluates (those whose exact alpha test
-runs; backward evaluates at most the same pairs, from each pixel's last contributor back), multiplies by
-the flops per pair of forward + backward (counted from the kernels' arithmetic below, an exp counted as the
-20 flops of its polynomial) plus the projection's flops per Gaussian, and divides by the machine's
-float64 throughput on ``--threads`` cores, measured at start-up and again after the grid as the best
-rate of a BLAS matrix product (dgemm, the classic peak-flops probe: vectorized FMAs on cached data).
-``x bound`` is gfbench's forward+backward time over that bound.
+Compute bound: gfbench counts the work its forward does (Gaussian-pixel pairs whose alpha it evaluates,
+Gaussian-rows it sets up, Gaussian-tile intersections; backward revisits at most those), charges each the
+flops of forward + backward counted from the kernels' arithmetic (``FLOPS`` below), adds the projection's
+flops per Gaussian, and divides by the machine's float64 throughput on ``--threads`` cores, measured at
+start-up and again after the grid as the best rate of a BLAS matrix product (dgemm, the classic
+peak-flops probe: vectorized FMAs on cached data). ``x bound`` is gfbench's forward+backward time over
+that bound: how far the whole call (projection, binning, compositing, autograd glue) is from doing its
+arithmetic at the rate of a dgemm.
 
-The reference's cost grows with the pairs it materializes; ``--reference-limit`` (seconds) skips it at the
-points where the previous size's time, scaled by gfbench's pair count, predicts more than that.
+The reference's cost grows with the pairs it materializes (it needed 11 GB at 300k Gaussians, 512x320):
+it is skipped where its time or memory, predicted from the points already run, would exceed
+``--reference-limit`` seconds or ``--reference-memory`` GB. Each prediction scales an earlier point by the
+larger of the Gaussian-count and pair-count ratios (a conservative guess), and the smallest guess counts.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import importlib.util
 import math
 import time
@@ -52,16 +57,23 @@ from gfbench.methods.core.rasterize import rasterize_2dgs, rasterize_3dgs
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_SHIM = REPO.parent / "shared" / "perf" / "gsplat_reference_cpu.py"
 
-# Flops per evaluated Gaussian-pixel pair, forward + backward, counted from cpu_kernels with D = 4 features
-# (RGB + depth), an FMA as 2 and exp as 20:
-#   3DGS forward 40 + 2D (offset 2, sigma 9, tests 6, exp 20, compositing 3 + 2D),
-#        backward 73 + 4D (sigma and alpha again 36, transmittance 4, colour terms 4D, alpha, opacity,
-#        sigma gradients 11, mean 10 and conic 12 gradients)
-#   2DGS forward 58 + 2 (D + 3) (ray-splat c 6, g3 5, low-pass 5, exp 20, compositing, distortion 10),
-#        backward 128 (recompute 44, distortion terms 18, features and normals 4 (D + 3), the rest ~40)
-FLOPS_PER_PAIR = {"3dgs": 40 + 8 + 73 + 16, "2dgs": 58 + 14 + 128}
-# per Gaussian and camera, projection forward + backward (rotation, covariance, Jacobian, their gradients)
-FLOPS_PER_GAUSSIAN = {"3dgs": 650, "2dgs": 500}
+# Work counted from cpu_kernels line by line (an FMA as 2, an add, multiply, divide, square root, compare or
+# min as 1, exp as 20, the usual cost of its polynomial; D = 4 features), forward + backward, for each
+# evaluated Gaussian-pixel pair, each Gaussian-row set up, each Gaussian-tile intersection and each
+# (camera, Gaussian) projected:
+#   3DGS pair: forward 10 + 2D (exp(-sigma) by the row recurrence: 2 multiplies), backward 42 + 4D
+#        row: forward 78 (span: 16, two exps with their arguments: 48, the rest 14), backward the same
+#   2DGS pair: forward 60 + 2 (D + 3) (ray-splat c, g3 with its division, low-pass, exp, compositing of
+#        D + 3 channels, distortion 9), backward 129 (the forward's 45 again, distortion 17, channels
+#        4 (D + 3), dL/dc 19, ...); row: forward 76 (planes 24, span 48), backward 130 (+ row gradients 54)
+#   intersection: about 60 each way (opacity bound with its log, row range); projection: about 650 (3DGS)
+#   and 500 (2DGS) forward + backward.
+# Backward revisits at most the forward's pairs and rows (each pixel stops at its last contributor), so
+# charging it the forward's counts slightly overstates the work.
+FLOPS = {
+    "3dgs": {"pair": 76, "row": 156, "isect": 120, "gaussian": 650},
+    "2dgs": {"pair": 203, "row": 206, "isect": 120, "gaussian": 500},
+}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -90,7 +102,10 @@ def _status_mb(key: str) -> float:
 
 
 def reset_peak_rss() -> float:
-    """Reset the RSS high-water mark to the current RSS (Linux) and return that RSS in MB."""
+    """Hand freed heap back to the OS, reset the RSS high-water mark to the current RSS (Linux) and return
+    that RSS in MB, so that the next peak measures what the next piece of work adds."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
     return _status_mb("VmRSS")
 
@@ -162,8 +177,9 @@ def gfbench_2dgs(p, viewmats, Ks, W, H):
 GFBENCH = {"3dgs": gfbench_3dgs, "2dgs": gfbench_2dgs}
 
 
-def pairs_evaluated(kind: str, p, viewmats, Ks, W, H) -> tuple[int, int]:
-    """(Gaussian-pixel pairs the forward evaluates, Gaussian-tile intersections), through the same pieces."""
+def work_counts(kind: str, p, viewmats, Ks, W, H) -> dict[str, int]:
+    """Gaussian-pixel pairs and Gaussian-rows the forward evaluates and Gaussian-tile intersections,
+    through the same pieces as the renderer."""
     with torch.no_grad():
         opac = p["opacities"][None]
         if kind == "3dgs":
@@ -180,7 +196,8 @@ def pairs_evaluated(kind: str, p, viewmats, Ks, W, H) -> tuple[int, int]:
             densify = torch.zeros(proj.means2d.shape)
             rc2.RasterizeTiles2D.apply(proj.means2d, proj.ray_transforms, opac, feats, proj.normals, densify, bins,
                                        W, H, proj.host)
-    return bins.pairs_evaluated, bins.n_isects
+    return {"pair": bins.pairs_evaluated, "row": bins.rows_evaluated, "isect": bins.n_isects,
+            "gaussian": p["means"].shape[0]}
 
 
 def random_loss(outputs) -> torch.Tensor:
@@ -242,6 +259,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="gfbench timings are the best of this many")
     parser.add_argument("--reference-limit", type=float, default=900.0,
                         help="skip the reference where its predicted forward+backward time exceeds this (s)")
+    parser.add_argument("--reference-memory", type=float, default=12.0,
+                        help="skip the reference where its predicted peak memory exceeds this (GB)")
     parser.add_argument("--reference-shim", type=Path, default=DEFAULT_SHIM,
                         help="path to gsplat_reference_cpu.py")
     args = parser.parse_args()
@@ -254,36 +273,44 @@ def main() -> None:
           f"machine float64 throughput (dgemm) {gflops:.1f} Gflop/s on {args.threads} cores")
     header = (f"{'kind':5s} {'N':>7s} {'size':>8s} | {'ref f+b':>8s} {'gfb f+b':>8s} {'ratio':>7s} | "
               f"{'gfb fwd':>8s} | {'ref mem':>8s} {'gfb mem':>8s} | {'max|dRGB|':>9s} {'max|dA|':>8s} "
-              f"{'max|dN|':>8s} | {'isects':>8s} {'pairs':>9s} {'bound':>7s} {'x bound':>7s}")
+              f"{'max|dN|':>8s} | {'isects':>8s} {'rows':>8s} {'pairs':>9s} {'bound':>7s} {'x bound':>7s}")
     print(header)
     print("-" * len(header))
-    ref_seconds_per_pair: dict[str, float] = {}  # from the last reference run, to predict the next
+    reference_runs: dict[str, list] = {kind: [] for kind in args.kinds}  # (N, pairs, seconds, MB)
     for kind in args.kinds:
         for n in args.gaussians:
             for W, H in args.sizes:
-                run_point(kind, n, W, H, args, references[kind], gflops, ref_seconds_per_pair)
+                run_point(kind, n, W, H, args, references[kind], gflops, reference_runs[kind])
     print(f"machine float64 throughput (dgemm) after the grid: {machine_gflops(args.threads):.1f} Gflop/s")
 
 
-def run_point(kind, n, W, H, args, reference, gflops, ref_seconds_per_pair) -> None:
+def predict_reference(runs, n: int, pairs: int) -> tuple[float, float]:
+    """(seconds, MB) of the reference at (n, pairs), from earlier runs; 0 when there are none."""
+    guesses = [(s * max(n / n0, pairs / p0), mb * max(n / n0, pairs / p0)) for n0, p0, s, mb in runs]
+    return (min(g[0] for g in guesses), min(g[1] for g in guesses)) if guesses else (0.0, 0.0)
+
+
+def run_point(kind, n, W, H, args, reference, gflops, reference_runs) -> None:
     p, viewmats, Ks = make_scene(n, W, H, unit_third_scale=kind == "2dgs")
     render = GFBENCH[kind]
     render(p, viewmats, Ks, W, H)  # warm-up
     g_both, g_fwd, g_rss, g_out = time_side(render, p, viewmats, Ks, W, H, args.repeats)
-    pairs, isects = pairs_evaluated(kind, p, viewmats, Ks, W, H)
-    bound = (pairs * FLOPS_PER_PAIR[kind] + n * FLOPS_PER_GAUSSIAN[kind]) / (gflops * 1e9)
+    work = work_counts(kind, p, viewmats, Ks, W, H)
+    pairs = work["pair"]
+    bound = sum(work[k] * FLOPS[kind][k] for k in work) / (gflops * 1e9)
 
-    predicted = ref_seconds_per_pair.get(kind, 0.0) * pairs
-    if predicted > args.reference_limit:
-        ref_text, ratio_text, rss_text, diffs = f"~{predicted:6.0f}s", f"{'skip':>7s}", f"{'':>8s}", ["", "", ""]
+    seconds, megabytes = predict_reference(reference_runs, n, pairs)
+    if seconds > args.reference_limit or megabytes > 1024 * args.reference_memory:
+        ref_text, ratio_text, diffs = f"~{seconds:6.0f}s", f"{'skip':>7s}", ["", "", ""]
+        rss_text = f"~{megabytes / 1024:5.0f}GB"
     else:
         r_both, _, r_rss, r_out = time_side(reference, p, viewmats, Ks, W, H, 1)
-        ref_seconds_per_pair[kind] = r_both / max(pairs, 1)
+        reference_runs.append((n, max(pairs, 1), r_both, r_rss))
         ref_text, ratio_text, rss_text = f"{r_both:7.2f}s", f"{r_both / g_both:6.1f}x", f"{r_rss:6.0f}MB"
         diffs = [f"{(a - b).abs().max().item():.1e}" for a, b in zip(g_out, r_out)] + [""]
     print(f"{kind:5s} {n:7d} {W:4d}x{H:<3d} | {ref_text} {g_both:7.3f}s {ratio_text} | {g_fwd:7.3f}s | "
-          f"{rss_text} {g_rss:6.0f}MB | {diffs[0]:>9s} {diffs[1]:>8s} {diffs[2]:>8s} | {isects:8d} {pairs:9d} "
-          f"{bound * 1e3:5.0f}ms {g_both / bound:6.1f}x", flush=True)
+          f"{rss_text} {g_rss:6.0f}MB | {diffs[0]:>9s} {diffs[1]:>8s} {diffs[2]:>8s} | {work['isect']:8d} "
+          f"{work['row']:8d} {pairs:9d} {bound * 1e3:5.0f}ms {g_both / bound:6.1f}x", flush=True)
 
 
 if __name__ == "__main__":
