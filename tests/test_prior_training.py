@@ -3,9 +3,12 @@ uninterrupted one, and the output folder loads as a prior."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from diffusers import AutoencoderKL
 
 from gfbench.clips import Clip
 from gfbench.priors.training import PriorTrainer, TrainSettings, TrainingError, clip_tensors, split_by_scene
@@ -89,3 +92,82 @@ def test_a_resumed_run_reaches_the_state_of_an_uninterrupted_one(tmp_path):
     for key, value in _parameters(loaded).items():
         assert torch.equal(value, got[key]), key
     assert (tmp_path / "split" / "loss_curve.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- the autoencoder stage
+
+
+def test_the_autoencoder_stage_trains_the_vae_alone_and_calibrates_the_latent_scale(tmp_path):
+    from gfbench.priors.training import AUTOENCODER, load_trained_autoencoder
+
+    prior = build_video_prior("tiny", seed=0)
+    data = clip_tensors(synthetic_clips(1, scenes=1), prior)
+    frozen = _parameters(prior)
+    vae_before = {k: v.clone() for k, v in prior.vae.state_dict().items()}
+    stage = PriorTrainer(prior, data, None, settings(autoencoder_steps=30, autoencoder_learning_rate=3e-3,
+                                                     checkpoint_every=1000, validate_every=1000),
+                         tmp_path, device="cpu", stage=AUTOENCODER)
+
+    def fixed_loss() -> float:
+        with torch.no_grad():
+            return float(prior.autoencoder_loss(data.batch(torch.tensor([0]), torch.device("cpu")),
+                                                torch.Generator().manual_seed(7), 1e-4))
+
+    before = fixed_loss()
+    folder = stage.run()
+    assert fixed_loss() < 0.7 * before
+    assert folder == tmp_path / AUTOENCODER / "vae"
+    for key, value in _parameters(prior).items():  # the UNet and resampler are untouched
+        assert torch.equal(value, frozen[key]), key
+    assert any(not torch.equal(v, vae_before[k]) for k, v in prior.vae.state_dict().items())
+    assert not any(p.requires_grad for p in prior.vae.parameters())
+    # 1 / std of the latents of the clip's target video, computed independently:
+    video = prior._training_inputs(data.batch(torch.tensor([0]), torch.device("cpu")))[0].flatten(0, 1)
+    with torch.no_grad():
+        std = float(prior.vae.encode(video).latent_dist.mean.std())
+    assert prior.settings.latent_scale == pytest.approx(1.0 / std, rel=0.1)
+
+    fresh = build_video_prior("tiny", seed=0)
+    assert load_trained_autoencoder(fresh, tmp_path)
+    assert fresh.settings.latent_scale == prior.settings.latent_scale
+    for key, value in prior.vae.state_dict().items():
+        assert torch.equal(value, fresh.vae.state_dict()[key]), key
+    assert not load_trained_autoencoder(build_video_prior("tiny", seed=0), tmp_path / "elsewhere")
+
+
+def _clip_folder(folder, clips: list[Clip]) -> None:
+    from gfbench.clips import write_scene_clips
+
+    for scene in sorted({c.info["scene"] for c in clips}):
+        mine = [c for c in clips if c.info["scene"] == scene]
+        write_scene_clips(folder, scene, [
+            {"key": f"s0_c{i:05d}", "artifact_rgb": c.artifact_rgb, "artifact_depth": c.artifact_depth,
+             "target_rgb": c.target_rgb, "target_depth": c.target_depth, "reference": c.reference,
+             "info": c.info} for i, c in enumerate(mine)], {"method": "test"})
+
+
+def test_train_prior_command_trains_the_vae_then_the_diffusion_and_resumes(tmp_path):
+    from click.testing import CliRunner
+
+    from gfbench.cli import main
+
+    clips_dir = tmp_path / "clips"
+    _clip_folder(clips_dir, synthetic_clips(3, height=80, width=128))  # another size and aspect than the prior's
+    out = tmp_path / "trained"
+    args = ["train-prior", "--clips", str(clips_dir), "--out", str(out), "--init", "tiny", "--batch-size", "1",
+            "--autoencoder-steps", "2", "--checkpoint-every", "1", "--validate-every", "1", "--device", "cpu"]
+    first = CliRunner().invoke(main, [*args, "--steps", "1"])
+    assert first.exit_code == 0, first.output
+    assert "2 training clips, 1 validation clips" in first.output
+    scale = json.loads((out / "autoencoder" / "vae" / "latent_scale.json").read_text())["latent_scale"]
+    second = CliRunner().invoke(main, [*args, "--steps", "2"])
+    assert second.exit_code == 0, second.output
+    assert "diffusion: resumed at step 1" in second.output and "autoencoder: resumed" not in second.output
+    prior = DiffusionVideoPrior.from_pretrained(out / "prior")
+    assert prior.settings.latent_scale == scale and (prior.settings.width, prior.settings.height) == (64, 40)
+    trained_vae = AutoencoderKL.from_pretrained(out / "autoencoder" / "vae")
+    for key, value in trained_vae.state_dict().items():
+        assert torch.equal(value, prior.vae.state_dict()[key]), key
+    history = json.loads((out / "losses.json").read_text())
+    assert [step for step, _ in history["train"]] == [1, 2]
+    assert (out / "autoencoder" / "loss_curve.png").stat().st_size > 0

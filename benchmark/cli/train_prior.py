@@ -28,10 +28,15 @@ from tqdm import tqdm
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default=None,
               help="accelerate's mixed precision (GPU; default no). Several GPUs: launch with 'accelerate launch'.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
+@click.option("--autoencoder-steps", type=int, default=None,
+              help="VAE steps before the diffusion steps (default: video_presets/training.json's 1000 when --init "
+                   "is a preset, whose VAE is untrained; 0 for a prior folder, which keeps its VAE).")
+@click.option("--autoencoder-lr", "autoencoder_learning_rate", type=float, default=None,
+              help="AdamW learning rate of the autoencoder stage (default 1e-4).")
 def train_prior(clips_dir: Path, out: Path, init: str, steps: int | None, learning_rate: float | None,
                 batch_size: int | None, val_fraction: float | None, checkpoint_every: int | None,
                 validate_every: int | None, seed: int | None, mixed_precision: str | None,
-                device: str | None) -> None:
+                device: str | None, autoencoder_steps: int | None, autoencoder_learning_rate: float | None) -> None:
     """Train the RGB-D video prior (v-prediction, condition dropout, AdamW) with Hugging Face accelerate.
 
     \b
@@ -39,37 +44,50 @@ def train_prior(clips_dir: Path, out: Path, init: str, steps: int | None, learni
       gfbench build-data clips --suite synthetic-train-corner --out clips
       gfbench train-prior --clips clips --out trained --steps 2000
       gfbench run --method genfusion --suite synthetic-masked --prior trained/prior
+
+    A prior built from a preset first trains its VAE (the autoencoder stage, under OUT/autoencoder), then the
+    UNet and image resampler with the VAE frozen. Both stages resume from their newest checkpoint.
     """
     from gfbench.clips import ClipError, read_clip_folder
     from gfbench.priors import PriorError
-    from gfbench.priors.training import (PriorTrainer, TrainingError, TrainSettings, clip_tensors,
-                                         split_by_scene)
+    from gfbench.priors.training import (AUTOENCODER, PriorTrainer, TrainingError, TrainSettings, clip_tensors,
+                                         load_trained_autoencoder, split_by_scene)
     from gfbench.priors.video import PRESETS, DiffusionVideoPrior, build_video_prior
     from gfbench.shards import ShardError
 
+    from_preset = init in PRESETS
     try:
         settings = TrainSettings.defaults().with_overrides(
             steps=steps, learning_rate=learning_rate, batch_size=batch_size, val_fraction=val_fraction,
             checkpoint_every=checkpoint_every, validate_every=validate_every, seed=seed,
-            mixed_precision=mixed_precision)
-        prior = (build_video_prior(init, seed=settings.seed) if init in PRESETS
-                 else DiffusionVideoPrior.from_pretrained(init))
+            mixed_precision=mixed_precision, autoencoder_learning_rate=autoencoder_learning_rate,
+            autoencoder_steps=autoencoder_steps if autoencoder_steps is not None or from_preset else 0)
+        prior = build_video_prior(init, seed=settings.seed) if from_preset else DiffusionVideoPrior.from_pretrained(init)
         train, val = split_by_scene(read_clip_folder(clips_dir), settings.val_fraction)
-        trainer = PriorTrainer(prior, clip_tensors(train, prior), clip_tensors(val, prior) if val else None,
-                               settings, out, device=device)
+        train_clips, val_clips = clip_tensors(train, prior), clip_tensors(val, prior) if val else None
+        click.echo(f"{len(train_clips)} training clips, {len(val)} validation clips")
+        if settings.autoencoder_steps and not load_trained_autoencoder(prior, out):
+            stage = PriorTrainer(prior, train_clips, val_clips, settings, out, device=device, stage=AUTOENCODER)
+            _run_stage(stage, "autoencoder")
+            load_trained_autoencoder(prior, out)
+        trainer = PriorTrainer(prior, train_clips, val_clips, settings, out, device=device)
     except (ClipError, ShardError, TrainingError, PriorError) as exc:
         raise click.ClickException(str(exc)) from exc
+    folder = _run_stage(trainer, "diffusion")
+    click.echo(f"wrote {folder} (load it with --prior {folder}); loss curve {out / 'loss_curve.png'}")
+
+
+def _run_stage(trainer, name: str):
+    """Resume ``trainer`` from its newest checkpoint if any, train it to the end with a progress bar."""
     if trainer.resume():
-        click.echo(f"resumed at step {trainer.step} from {trainer.latest_checkpoint()}")
-    click.echo(f"{len(trainer.train)} training clips, {len(val)} validation clips; steps {settings.steps}")
-    bar = tqdm(total=settings.steps, initial=trainer.step, unit="step", desc="train-prior")
+        click.echo(f"{name}: resumed at step {trainer.step} from {trainer.latest_checkpoint()}")
+    bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", desc=f"train-prior {name}")
 
     def on_step(step: int, loss: float) -> None:
         bar.update()
         bar.set_postfix(loss=f"{loss:.4f}")
 
     try:
-        folder = trainer.run(on_step)
+        return trainer.run(on_step)
     finally:
         bar.close()
-    click.echo(f"wrote {folder} (load it with --prior {folder}); loss curve {out / 'loss_curve.png'}")

@@ -13,6 +13,12 @@ Output folder::
     <out>/checkpoints/step_<k>/    accelerate states, the newest one resumes a run
     <out>/losses.json              train loss per step, validation loss every ``validate_every`` steps
     <out>/loss_curve.png
+    <out>/autoencoder/             the autoencoder stage, when the prior's VAE is trained here first (a prior
+                                   built from a preset has no pretrained VAE): checkpoints/, losses.json,
+                                   loss_curve.png and vae/ (the trained VAE, its latent scale in latent_scale.json)
+
+Stages: ``autoencoder`` trains only the VAE (:meth:`DiffusionVideoPrior.autoencoder_loss`), ``diffusion`` only
+the UNet and the image resampler with the VAE frozen (the official recipe).
 """
 
 from __future__ import annotations
@@ -27,15 +33,18 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from gfbench.clips import Clip
+from gfbench.clips import Clip, fit_depth, fit_rgb
 from gfbench.priors.video import ClipBatch, DiffusionVideoPrior
 
 CHECKPOINTS = "checkpoints"
 PRIOR_FOLDER = "prior"
 LOSSES = "losses.json"
+LATENT_SCALE = "latent_scale.json"
 CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
+AUTOENCODER = "autoencoder"
+DIFFUSION = "diffusion"
+STAGES = (AUTOENCODER, DIFFUSION)
 
 
 class TrainingError(RuntimeError):
@@ -54,6 +63,9 @@ class TrainSettings:
     validate_every: int
     seed: int
     mixed_precision: str
+    autoencoder_steps: int = 0
+    autoencoder_learning_rate: float = 1e-4
+    autoencoder_kl_weight: float = 1e-4
 
     @classmethod
     def defaults(cls) -> "TrainSettings":
@@ -71,8 +83,12 @@ class TrainSettings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise TrainingError(f"training setting {name} must be >= 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise TrainingError(f"training setting learning_rate must be > 0, got {self.learning_rate}")
+        for name in ("learning_rate", "autoencoder_learning_rate"):
+            if not getattr(self, name) > 0:
+                raise TrainingError(f"training setting {name} must be > 0, got {getattr(self, name)}")
+        if self.autoencoder_steps < 0 or self.autoencoder_kl_weight < 0:
+            raise TrainingError(f"training settings autoencoder_steps and autoencoder_kl_weight must be >= 0, got "
+                                f"{self.autoencoder_steps} and {self.autoencoder_kl_weight}")
         if not 0 <= self.val_fraction < 1:
             raise TrainingError(f"training setting val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -80,15 +96,6 @@ class TrainSettings:
 
 
 # ---------------------------------------------------------------- clips as tensors
-
-
-def _resize(video: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """[N, C, H, W] resized to ``size``; area averaging when shrinking RGB, nearest for depth."""
-    if tuple(video.shape[-2:]) == size:
-        return video
-    if mode == "nearest":
-        return F.interpolate(video, size=size, mode="nearest")
-    return F.interpolate(video, size=size, mode="area" if video.shape[-1] >= size[1] else "bilinear")
 
 
 @dataclass
@@ -109,34 +116,30 @@ class ClipTensors:
 
 
 def clip_tensors(clips: list[Clip], prior: DiffusionVideoPrior) -> ClipTensors:
-    """Stack ``clips``, resized to the prior's height x width (same aspect ratio required: the clip builder
-    already cropped to it); a clip's frame count must be the prior's."""
+    """Stack ``clips`` at the prior's frame size: every frame centre-cropped to the prior's aspect ratio, then
+    resized (area-averaged RGB, nearest-neighbour depth), as the clip builder and the official loaders do; a
+    clip's frame count must be the prior's."""
     settings = prior.settings
-    size = (settings.height, settings.width)
     for clip in clips:
-        frames, height, width = clip.target_rgb.shape[:3]
+        frames = clip.target_rgb.shape[0]
         if frames != settings.num_frames:
             raise TrainingError(f"clip {clip.info.get('scene')}/{clip.info.get('frame_indices', ['?'])[0]} has {frames} "
                                 f"frames, the prior takes {settings.num_frames}")
-        if abs(width / height - settings.width / settings.height) > 0.02:
-            raise TrainingError(f"clips are {width}x{height}, the prior is {settings.width}x{settings.height}: "
-                                "aspect ratios differ (set the suite's protocol.clip to the prior's aspect)")
+    width, height = settings.width, settings.height
 
-    def rgb(name: str) -> torch.Tensor:
-        video = torch.from_numpy(np.stack([getattr(c, name) for c in clips])).float() / 255.0  # N T H W 3
-        n, t = video.shape[:2]
-        flat = _resize(video.flatten(0, 1).permute(0, 3, 1, 2), size, "area")
-        return flat.permute(0, 2, 3, 1).reshape(n, t, *size, 3).contiguous()
+    def rgb(frames: np.ndarray) -> np.ndarray:
+        return np.stack([fit_rgb(frame, width, height) for frame in frames])
 
-    def depth(name: str) -> torch.Tensor:
-        video = torch.from_numpy(np.stack([getattr(c, name) for c in clips])).float()
-        n, t = video.shape[:2]
-        return _resize(video.flatten(0, 1)[:, None], size, "nearest")[:, 0].reshape(n, t, *size).contiguous()
+    def depth(frames: np.ndarray) -> np.ndarray:
+        return np.stack([fit_depth(frame, width, height) for frame in frames])
 
-    reference = torch.from_numpy(np.stack([c.reference for c in clips])).float() / 255.0
-    reference = _resize(reference.permute(0, 3, 1, 2), size, "area").permute(0, 2, 3, 1).contiguous()
-    return ClipTensors(target_rgb=rgb("target_rgb"), target_depth=depth("target_depth"),
-                       artifact_rgb=rgb("artifact_rgb"), artifact_depth=depth("artifact_depth"), reference=reference)
+    def stacked(name: str, fit) -> torch.Tensor:
+        return torch.from_numpy(np.stack([fit(getattr(clip, name)) for clip in clips])).float()
+
+    return ClipTensors(target_rgb=stacked("target_rgb", rgb) / 255.0, target_depth=stacked("target_depth", depth),
+                       artifact_rgb=stacked("artifact_rgb", rgb) / 255.0,
+                       artifact_depth=stacked("artifact_depth", depth),
+                       reference=stacked("reference", lambda image: fit_rgb(image, width, height)) / 255.0)
 
 
 def split_by_scene(clips: list[Clip], val_fraction: float) -> tuple[list[Clip], list[Clip]]:
@@ -160,27 +163,46 @@ def step_generator(seed: int, step: int, device: torch.device, stream: int = 0) 
 
 
 class PriorTrainer:
-    """Train ``prior`` on ``train`` clips, validating on ``val``, writing under ``out`` (see the module doc)."""
+    """Train ``prior`` on ``train`` clips, validating on ``val``, writing under ``out`` (see the module doc).
+
+    ``stage``: ``diffusion`` (the UNet and resampler, VAE frozen; ``settings.steps`` at ``learning_rate``) or
+    ``autoencoder`` (the VAE alone, under ``out/autoencoder``; ``autoencoder_steps`` at
+    ``autoencoder_learning_rate``)."""
 
     def __init__(self, prior: DiffusionVideoPrior, train: ClipTensors, val: ClipTensors | None,
-                 settings: TrainSettings, out: Path, *, device: str | None = None):
+                 settings: TrainSettings, out: Path, *, device: str | None = None, stage: str = DIFFUSION):
         from accelerate import Accelerator
 
         settings.check()
+        if stage not in STAGES:
+            raise TrainingError(f"unknown training stage {stage!r} (stages: {', '.join(STAGES)})")
         if len(train) == 0:
             raise TrainingError("no training clips (every clip was held out for validation: lower val_fraction)")
-        self.settings, self.out, self.train, self.val = settings, Path(out), train, val
+        self.settings, self.stage, self.train, self.val = settings, stage, train, val
+        self.out = Path(out) / AUTOENCODER if stage == AUTOENCODER else Path(out)
         cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
         self.accelerator = Accelerator(cpu=cpu, mixed_precision=settings.mixed_precision,
                                        project_dir=str(self.out))
         self.prior = prior.to(self.accelerator.device, torch.float32)  # fp32 master weights; autocast does fp16
-        modules = list(prior.trainable_modules().values())
+        modules = [prior.vae] if stage == AUTOENCODER else list(prior.trainable_modules().values())
+        for module in modules:
+            module.requires_grad_(True)
         parameters = [p for module in modules for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay,
+        learning_rate = settings.autoencoder_learning_rate if stage == AUTOENCODER else settings.learning_rate
+        optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=settings.weight_decay,
                                       betas=tuple(settings.adam_betas))
         *self.modules, self.optimizer = self.accelerator.prepare(*modules, optimizer)
         self.step = 0
         self.history: dict[str, list] = {"train": [], "val": []}
+
+    @property
+    def total_steps(self) -> int:
+        return self.settings.autoencoder_steps if self.stage == AUTOENCODER else self.settings.steps
+
+    def loss(self, batch: ClipBatch, generator: torch.Generator) -> torch.Tensor:
+        if self.stage == AUTOENCODER:
+            return self.prior.autoencoder_loss(batch, generator, self.settings.autoencoder_kl_weight)
+        return self.prior.training_loss(batch, generator)
 
     # checkpoints
 
@@ -196,7 +218,7 @@ class PriorTrainer:
     def save_checkpoint(self) -> Path:
         path = self.checkpoint_dir(self.step)
         self.accelerator.save_state(str(path))
-        state = {"step": self.step, "history": self.history, "settings": asdict(self.settings)}
+        state = {"step": self.step, "stage": self.stage, "history": self.history, "settings": asdict(self.settings)}
         (path / "trainer.json").write_text(json.dumps(state))  # written last: a checkpoint without it is partial
         return path
 
@@ -225,7 +247,7 @@ class PriorTrainer:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
             with self.accelerator.autocast():
-                loss = self.prior.training_loss(batch, noise_generator)
+                loss = self.loss(batch, noise_generator)
             self.accelerator.backward(loss)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -246,19 +268,21 @@ class PriorTrainer:
             indices = torch.arange(start, min(start + self.settings.batch_size, len(self.val)))
             generator = step_generator(self.settings.seed, start, self.accelerator.device, stream=1)
             with self.accelerator.autocast():
-                loss = self.prior.training_loss(self.val.batch(indices, self.accelerator.device), generator)
+                loss = self.loss(self.val.batch(indices, self.accelerator.device), generator)
             total += float(loss) * len(indices)
         return total / len(self.val)
 
     def run(self, on_step: Callable[[int, float], None] | None = None) -> Path:
-        """Train up to ``settings.steps`` (from wherever a resume left off); returns the saved prior's folder."""
-        while self.step < self.settings.steps:
+        """Train up to the stage's step count (from wherever a resume left off); returns the saved prior's folder
+        (the VAE's, for the autoencoder stage)."""
+        total = self.total_steps
+        while self.step < total:
             loss = self.train_step()
-            if self.step % self.settings.validate_every == 0 or self.step == self.settings.steps:
+            if self.step % self.settings.validate_every == 0 or self.step == total:
                 val = self.validation_loss()
                 if val is not None:
                     self.history["val"].append([self.step, val])
-            if self.step % self.settings.checkpoint_every == 0 or self.step == self.settings.steps:
+            if self.step % self.settings.checkpoint_every == 0 or self.step == total:
                 self.save_checkpoint()
             if on_step:
                 on_step(self.step, loss)
@@ -267,13 +291,45 @@ class PriorTrainer:
     def finish(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / LOSSES).write_text(json.dumps(self.history) + "\n")
-        plot_losses(self.history, self.out / "loss_curve.png")
+        ylabel = "L1 + KL (RGB-D, model space)" if self.stage == AUTOENCODER else "v-prediction MSE"
+        plot_losses(self.history, self.out / "loss_curve.png", ylabel=ylabel)
         for module in self.modules:
             module.eval()
+        if self.stage == AUTOENCODER:
+            return self.finish_autoencoder()
         return self.prior.save_pretrained(self.out / PRIOR_FOLDER)
 
+    def finish_autoencoder(self) -> Path:
+        """Calibrate the latent scale on (up to) 8 training clips, freeze the VAE and save it with its scale."""
+        self.prior.vae.requires_grad_(False)
+        count = min(len(self.train), 8)
+        batch = self.train.batch(torch.arange(count), self.accelerator.device)
+        scale = self.prior.calibrate_latent_scale(batch, step_generator(self.settings.seed, 0,
+                                                                        self.accelerator.device, stream=2))
+        folder = self.out / "vae"
+        self.prior.vae.save_pretrained(folder)
+        (folder / LATENT_SCALE).write_text(json.dumps({"latent_scale": scale}) + "\n")
+        return folder
 
-def plot_losses(history: dict[str, list], path: Path) -> None:
+
+def load_trained_autoencoder(prior: DiffusionVideoPrior, out: Path) -> bool:
+    """Put the VAE an earlier autoencoder stage saved under ``out`` (and its latent scale) into ``prior``; False
+    when there is none (or it is incomplete: the scale file is written last)."""
+    from dataclasses import replace as replace_settings
+
+    from diffusers import AutoencoderKL
+
+    folder = Path(out) / AUTOENCODER / "vae"
+    if not (folder / LATENT_SCALE).is_file():
+        return False
+    scale = json.loads((folder / LATENT_SCALE).read_text())["latent_scale"]
+    prior.vae = AutoencoderKL.from_pretrained(folder).to(prior.device)
+    prior.vae.requires_grad_(False)
+    prior.settings = replace_settings(prior.settings, latent_scale=float(scale))
+    return True
+
+
+def plot_losses(history: dict[str, list], path: Path, *, ylabel: str = "v-prediction MSE") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -290,7 +346,7 @@ def plot_losses(history: dict[str, list], path: Path) -> None:
         steps, values = zip(*history["val"])
         axes.plot(steps, values, "o-", lw=1.5, label="validation (held-out scenes)")
     axes.set_xlabel("step")
-    axes.set_ylabel("v-prediction MSE")
+    axes.set_ylabel(ylabel)
     axes.set_yscale("log")
     axes.legend()
     figure.tight_layout()

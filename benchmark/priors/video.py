@@ -61,7 +61,7 @@ WEIGHT_FILES = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 IMAGE_ENCODERS = {"CLIPVisionModel": CLIPVisionModel}
 IMAGE_PROJECTORS = {"ImageResampler": ImageResampler}
-PRESETS = ("tiny", "genfusion-512")
+PRESETS = ("tiny", "synthetic", "genfusion-512")
 
 
 # --- settings (prior.json) -------------------------------------------------------------------------------------
@@ -490,6 +490,31 @@ class DiffusionVideoPrior:
         prediction = self.unet.denoise(noisy.to(self.dtype), timesteps, concat_latents=concat.to(self.dtype),
                                        image_tokens=tokens, fps=fps)
         return F.mse_loss(prediction.float(), velocity)
+
+    def autoencoder_loss(self, batch: ClipBatch, generator: torch.Generator, kl_weight: float) -> torch.Tensor:
+        """The VAE's loss on every frame of a batch's target and artifact videos (RGB + disparity in model space):
+        L1 reconstruction of a posterior sample's decoding plus ``kl_weight`` times the KL divergence to N(0, I)
+        per latent element. The official prior starts from LDM3D's trained VAE; a prior built from scratch trains
+        its VAE with this first (train-prior's autoencoder stage). No perceptual or adversarial term: small
+        RGB-D frames, a CPU budget."""
+        target, artifact, _ = self._training_inputs(batch)
+        frames = torch.cat([target, artifact]).flatten(0, 1).to(self.device, self.dtype)
+        posterior = self.vae.encode(frames).latent_dist
+        decoded = self.vae.decode(posterior.sample(generator=generator)).sample
+        latent_elements = posterior.mean[0].numel()
+        kl = posterior.kl().mean() / latent_elements
+        return F.l1_loss(decoded.float(), frames.float()) + kl_weight * kl.float()
+
+    @torch.no_grad()
+    def calibrate_latent_scale(self, batch: ClipBatch, generator: torch.Generator) -> float:
+        """Set ``latent_scale`` to 1 / the standard deviation of the VAE's latents of ``batch``'s target videos, the
+        rule that gave Stable Diffusion its 0.18215, so the diffusion sees unit-variance latents; returns it."""
+        target, _, _ = self._training_inputs(batch)
+        frames = target.flatten(0, 1).to(self.device, self.dtype)
+        latents = self.vae.encode(frames).latent_dist.sample(generator=generator).float()
+        scale = float(1.0 / latents.std())
+        self.settings = dataclasses.replace(self.settings, latent_scale=scale)
+        return scale
 
     def _training_inputs(self, batch: ClipBatch):
         expected = (self.settings.num_frames, self.settings.height, self.settings.width)
