@@ -3,6 +3,7 @@ uninterrupted one, and the output folder loads as a prior."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -171,3 +172,19 @@ def test_train_prior_command_trains_the_vae_then_the_diffusion_and_resumes(tmp_p
     history = json.loads((out / "losses.json").read_text())
     assert [step for step, _ in history["train"]] == [1, 2]
     assert (out / "autoencoder" / "loss_curve.png").stat().st_size > 0
+
+
+def test_zeroed_depth_clips_see_the_depth_estimate_input():
+    prior = build_video_prior("tiny", seed=0)
+    clip = synthetic_clips(1, scenes=1)[0]
+    flat = dataclasses.replace(clip, artifact_depth=np.full_like(clip.artifact_depth, 2.0))  # disparity 0
+    batch, flat_batch = (clip_tensors([c], prior).batch(torch.tensor([0]), torch.device("cpu")) for c in (clip, flat))
+
+    def loss(data, fraction: float) -> float:
+        with torch.no_grad():
+            return float(prior.training_loss(data, torch.Generator().manual_seed(3), fraction))
+
+    assert loss(batch, 1.0) == loss(flat_batch, 1.0)  # every clip zeroed: the depth input no longer matters
+    assert loss(batch, 0.0) != loss(flat_batch, 0.0)  # without zeroing it does
+    with pytest.raises(TrainingError, match="zero_depth_fraction"):
+        TrainSettings.defaults().with_overrides(zero_depth_fraction=1.5)

@@ -33,10 +33,16 @@ from tqdm import tqdm
                    "is a preset, whose VAE is untrained; 0 for a prior folder, which keeps its VAE).")
 @click.option("--autoencoder-lr", "autoencoder_learning_rate", type=float, default=None,
               help="AdamW learning rate of the autoencoder stage (default 1e-4).")
+@click.option("--autoencoder-kl-weight", type=float, default=None,
+              help="Weight of the autoencoder stage's KL term per latent element (default 1e-4).")
+@click.option("--zero-depth-fraction", type=float, default=None,
+              help="Share of training clips whose artifact depth input is zeroed, so the prior learns the depth "
+                   "estimate GenFusion asks of it for train views (default 0.1).")
 def train_prior(clips_dir: Path, out: Path, init: str, steps: int | None, learning_rate: float | None,
                 batch_size: int | None, val_fraction: float | None, checkpoint_every: int | None,
                 validate_every: int | None, seed: int | None, mixed_precision: str | None,
-                device: str | None, autoencoder_steps: int | None, autoencoder_learning_rate: float | None) -> None:
+                device: str | None, autoencoder_steps: int | None, autoencoder_learning_rate: float | None,
+                autoencoder_kl_weight: float | None, zero_depth_fraction: float | None) -> None:
     """Train the RGB-D video prior (v-prediction, condition dropout, AdamW) with Hugging Face accelerate.
 
     \b
@@ -61,6 +67,7 @@ def train_prior(clips_dir: Path, out: Path, init: str, steps: int | None, learni
             steps=steps, learning_rate=learning_rate, batch_size=batch_size, val_fraction=val_fraction,
             checkpoint_every=checkpoint_every, validate_every=validate_every, seed=seed,
             mixed_precision=mixed_precision, autoencoder_learning_rate=autoencoder_learning_rate,
+            autoencoder_kl_weight=autoencoder_kl_weight, zero_depth_fraction=zero_depth_fraction,
             autoencoder_steps=autoencoder_steps if autoencoder_steps is not None or from_preset else 0)
         prior = build_video_prior(init, seed=settings.seed) if from_preset else DiffusionVideoPrior.from_pretrained(init)
         train, val = split_by_scene(read_clip_folder(clips_dir), settings.val_fraction)

@@ -66,6 +66,7 @@ class TrainSettings:
     autoencoder_steps: int = 0
     autoencoder_learning_rate: float = 1e-4
     autoencoder_kl_weight: float = 1e-4
+    zero_depth_fraction: float = 0.0
 
     @classmethod
     def defaults(cls) -> "TrainSettings":
@@ -86,6 +87,8 @@ class TrainSettings:
         for name in ("learning_rate", "autoencoder_learning_rate"):
             if not getattr(self, name) > 0:
                 raise TrainingError(f"training setting {name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.zero_depth_fraction <= 1:
+            raise TrainingError(f"training setting zero_depth_fraction must be in [0, 1], got {self.zero_depth_fraction}")
         if self.autoencoder_steps < 0 or self.autoencoder_kl_weight < 0:
             raise TrainingError(f"training settings autoencoder_steps and autoencoder_kl_weight must be >= 0, got "
                                 f"{self.autoencoder_steps} and {self.autoencoder_kl_weight}")
@@ -202,7 +205,7 @@ class PriorTrainer:
     def loss(self, batch: ClipBatch, generator: torch.Generator) -> torch.Tensor:
         if self.stage == AUTOENCODER:
             return self.prior.autoencoder_loss(batch, generator, self.settings.autoencoder_kl_weight)
-        return self.prior.training_loss(batch, generator)
+        return self.prior.training_loss(batch, generator, self.settings.zero_depth_fraction)
 
     # checkpoints
 

@@ -465,14 +465,21 @@ class DiffusionVideoPrior:
 
     # training
 
-    def training_loss(self, batch: ClipBatch, generator: torch.Generator) -> torch.Tensor:
+    def training_loss(self, batch: ClipBatch, generator: torch.Generator, zero_depth_fraction: float = 0.0
+                      ) -> torch.Tensor:
         """The v-prediction loss of one batch (mean squared error), GenFusion's recipe: target and artifact videos
         encoded by the frozen VAE, a uniform timestep, DynamiCrafter's latent rescale when configured, and the
         reference image replaced by zeros (mid-grey) with probability ``condition_dropout`` so that the
-        unconditional branch of guidance is learned (the artifact latents are never dropped). Every draw comes from
-        ``generator``, so a batch and a generator state fix the loss."""
+        unconditional branch of guidance is learned (the artifact latents are never dropped). With probability
+        ``zero_depth_fraction`` a clip's artifact disparity is set to 0, the input :meth:`estimate_depth` gives, so
+        the model also learns depth from RGB (GenFusion's train-view depth). Every draw comes from ``generator``, so
+        a batch and a generator state fix the loss."""
         target, artifact, references = self._training_inputs(batch)
         count = target.shape[0]
+        if zero_depth_fraction > 0:
+            zeroed = torch.rand(count, generator=generator, device=generator.device) < zero_depth_fraction
+            artifact = artifact.clone()
+            artifact[zeroed.to(artifact.device), :, 3] = 0.0
         with torch.no_grad():
             clean = self.encode_video(target, generator)
             concat = self.encode_video(artifact, generator)
