@@ -105,7 +105,7 @@ def test_the_autoencoder_stage_trains_the_vae_alone_and_calibrates_the_latent_sc
     data = clip_tensors(synthetic_clips(1, scenes=1), prior)
     frozen = _parameters(prior)
     vae_before = {k: v.clone() for k, v in prior.vae.state_dict().items()}
-    stage = PriorTrainer(prior, data, None, settings(autoencoder_steps=30, autoencoder_learning_rate=3e-3,
+    stage = PriorTrainer(prior, data, None, settings(autoencoder_steps=30, autoencoder_learning_rate=3e-3, autoencoder_frames=32,
                                                      checkpoint_every=1000, validate_every=1000),
                          tmp_path, device="cpu", stage=AUTOENCODER)
 
@@ -188,3 +188,18 @@ def test_zeroed_depth_clips_see_the_depth_estimate_input():
     assert loss(batch, 0.0) != loss(flat_batch, 0.0)  # without zeroing it does
     with pytest.raises(TrainingError, match="zero_depth_fraction"):
         TrainSettings.defaults().with_overrides(zero_depth_fraction=1.5)
+
+
+def test_the_diffusion_stage_s_cached_posteriors_give_the_loss_of_encoding_each_step():
+    from gfbench.priors.training import clip_posteriors
+
+    prior = build_video_prior("tiny", seed=0)
+    data = clip_tensors(synthetic_clips(3, scenes=1), prior)
+    cached = clip_posteriors(prior, data, chunk=2)  # chunked differently from the batch below
+    indices = torch.tensor([2, 0])
+    chosen = cached.batch(indices)
+    with torch.no_grad():
+        direct = prior.training_loss(data.batch(indices, torch.device("cpu")), torch.Generator().manual_seed(5), 0.5)
+        from_cache = prior.posterior_training_loss(chosen["target"], chosen["artifact"], chosen["zero_depth"],
+                                                   chosen["references"], torch.Generator().manual_seed(5), 0.5)
+    assert float(from_cache) == pytest.approx(float(direct), rel=1e-5)

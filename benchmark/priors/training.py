@@ -67,6 +67,7 @@ class TrainSettings:
     autoencoder_learning_rate: float = 1e-4
     autoencoder_kl_weight: float = 1e-4
     zero_depth_fraction: float = 0.0
+    autoencoder_frames: int = 8
 
     @classmethod
     def defaults(cls) -> "TrainSettings":
@@ -80,7 +81,7 @@ class TrainSettings:
         return settings
 
     def check(self) -> None:
-        positive = ("steps", "batch_size", "checkpoint_every", "validate_every")
+        positive = ("steps", "batch_size", "checkpoint_every", "validate_every", "autoencoder_frames")
         for name in positive:
             if getattr(self, name) < 1:
                 raise TrainingError(f"training setting {name} must be >= 1, got {getattr(self, name)}")
@@ -145,6 +146,44 @@ def clip_tensors(clips: list[Clip], prior: DiffusionVideoPrior) -> ClipTensors:
                        reference=stacked("reference", lambda image: fit_rgb(image, width, height)) / 255.0)
 
 
+@dataclass
+class ClipPosteriors:
+    """The frozen VAE's posteriors (mean, std) of every clip's target, artifact and zero-depth artifact videos
+    (``[N, T, 4, h, w]`` each), and the references in model space: the diffusion stage encodes each clip once
+    instead of at every step."""
+
+    target: tuple[torch.Tensor, torch.Tensor]
+    artifact: tuple[torch.Tensor, torch.Tensor]
+    zero_depth: tuple[torch.Tensor, torch.Tensor]
+    references: torch.Tensor  # [N, 3, H, W] in [-1, 1]
+
+    def batch(self, indices: torch.Tensor) -> dict:
+        def pick(pair):
+            return tuple(part[indices] for part in pair)
+
+        return {"target": pick(self.target), "artifact": pick(self.artifact), "zero_depth": pick(self.zero_depth),
+                "references": self.references[indices]}
+
+
+@torch.no_grad()
+def clip_posteriors(prior: DiffusionVideoPrior, clips: ClipTensors, *, chunk: int = 4) -> ClipPosteriors:
+    parts: dict[str, list] = {"target": [], "artifact": [], "zero_depth": [], "references": []}
+    for start in range(0, len(clips), chunk):
+        indices = torch.arange(start, min(start + chunk, len(clips)))
+        target, artifact, references = prior._training_inputs(clips.batch(indices, prior.device))
+        zero_depth = artifact.clone()
+        zero_depth[:, :, 3] = 0.0
+        for name, video in (("target", target), ("artifact", artifact), ("zero_depth", zero_depth)):
+            parts[name].append(prior.posterior(video))
+        parts["references"].append(references)
+
+    def joined(name):
+        return tuple(torch.cat([pair[i] for pair in parts[name]]) for i in range(2))
+
+    return ClipPosteriors(target=joined("target"), artifact=joined("artifact"), zero_depth=joined("zero_depth"),
+                          references=torch.cat(parts["references"]))
+
+
 def split_by_scene(clips: list[Clip], val_fraction: float) -> tuple[list[Clip], list[Clip]]:
     """(train, validation): the clips of the last ``ceil(val_fraction * scenes)`` scenes in name order are held
     out (whole scenes, so no validation clip shares frames with a training one); no validation with one scene
@@ -195,6 +234,11 @@ class PriorTrainer:
         optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=settings.weight_decay,
                                       betas=tuple(settings.adam_betas))
         *self.modules, self.optimizer = self.accelerator.prepare(*modules, optimizer)
+        self.posteriors = {}
+        if stage == DIFFUSION:  # the VAE is frozen: encode every clip once
+            self.posteriors = {"train": clip_posteriors(self.prior, train)}
+            if val is not None and len(val):
+                self.posteriors["val"] = clip_posteriors(self.prior, val)
         self.step = 0
         self.history: dict[str, list] = {"train": [], "val": []}
 
@@ -202,10 +246,15 @@ class PriorTrainer:
     def total_steps(self) -> int:
         return self.settings.autoencoder_steps if self.stage == AUTOENCODER else self.settings.steps
 
-    def loss(self, batch: ClipBatch, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, split: str, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The stage's loss on clips ``indices`` of ``split`` (train or val)."""
         if self.stage == AUTOENCODER:
-            return self.prior.autoencoder_loss(batch, generator, self.settings.autoencoder_kl_weight)
-        return self.prior.training_loss(batch, generator, self.settings.zero_depth_fraction)
+            batch = getattr(self, split).batch(indices, self.accelerator.device)
+            return self.prior.autoencoder_loss(batch, generator, self.settings.autoencoder_kl_weight,
+                                               self.settings.autoencoder_frames)
+        chosen = self.posteriors[split].batch(indices)
+        return self.prior.posterior_training_loss(chosen["target"], chosen["artifact"], chosen["zero_depth"],
+                                                  chosen["references"], generator, self.settings.zero_depth_fraction)
 
     # checkpoints
 
@@ -242,7 +291,6 @@ class PriorTrainer:
             module.train()
         generator = step_generator(self.settings.seed, self.step, torch.device("cpu"))
         indices = torch.randint(len(self.train), (self.settings.batch_size,), generator=generator)
-        batch = self.train.batch(indices, self.accelerator.device)
         noise_generator = step_generator(self.settings.seed, self.step, self.accelerator.device)
         # Modules in train mode may draw from the global generator (dropout): seed it per step as well, inside a
         # fork so that the caller's random state is left alone.
@@ -250,7 +298,7 @@ class PriorTrainer:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
             with self.accelerator.autocast():
-                loss = self.loss(batch, noise_generator)
+                loss = self.loss("train", indices, noise_generator)
             self.accelerator.backward(loss)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -271,7 +319,7 @@ class PriorTrainer:
             indices = torch.arange(start, min(start + self.settings.batch_size, len(self.val)))
             generator = step_generator(self.settings.seed, start, self.accelerator.device, stream=1)
             with self.accelerator.autocast():
-                loss = self.loss(self.val.batch(indices, self.accelerator.device), generator)
+                loss = self.loss("val", indices, generator)
             total += float(loss) * len(indices)
         return total / len(self.val)
 

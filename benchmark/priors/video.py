@@ -475,14 +475,27 @@ class DiffusionVideoPrior:
         the model also learns depth from RGB (GenFusion's train-view depth). Every draw comes from ``generator``, so
         a batch and a generator state fix the loss."""
         target, artifact, references = self._training_inputs(batch)
-        count = target.shape[0]
+        posteriors = [self.posterior(target), self.posterior(artifact)]
         if zero_depth_fraction > 0:
-            zeroed = torch.rand(count, generator=generator, device=generator.device) < zero_depth_fraction
-            artifact = artifact.clone()
-            artifact[zeroed.to(artifact.device), :, 3] = 0.0
-        with torch.no_grad():
-            clean = self.encode_video(target, generator)
-            concat = self.encode_video(artifact, generator)
+            zero_depth = artifact.clone()
+            zero_depth[:, :, 3] = 0.0
+            posteriors.append(self.posterior(zero_depth))
+        else:
+            posteriors.append(posteriors[1])
+        return self.posterior_training_loss(*posteriors, references, generator, zero_depth_fraction)
+
+    def posterior_training_loss(self, target: tuple, artifact: tuple, zero_depth: tuple, references: torch.Tensor,
+                                generator: torch.Generator, zero_depth_fraction: float = 0.0) -> torch.Tensor:
+        """:meth:`training_loss` from the frozen VAE's posteriors ``(mean, std)`` of the target, artifact and
+        zero-depth artifact videos (:meth:`posterior`), which a trainer can compute once per clip; the same draws
+        in the same order, so both give the same loss."""
+        count = references.shape[0]
+        if zero_depth_fraction > 0:
+            zeroed = (torch.rand(count, generator=generator, device=generator.device) < zero_depth_fraction)
+            keep = (~zeroed).to(self.device).view(-1, 1, 1, 1, 1)
+            artifact = tuple(torch.where(keep, a, z) for a, z in zip(artifact, zero_depth))
+        clean = self.sample_posterior(*target, generator)
+        concat = self.sample_posterior(*artifact, generator)
         dropped = torch.rand(count, generator=generator, device=generator.device) < self.settings.condition_dropout
         references = references * (~dropped).to(self.device).view(-1, 1, 1, 1)
         tokens = self.image_tokens(references)
@@ -498,14 +511,37 @@ class DiffusionVideoPrior:
                                        image_tokens=tokens, fps=fps)
         return F.mse_loss(prediction.float(), velocity)
 
-    def autoencoder_loss(self, batch: ClipBatch, generator: torch.Generator, kl_weight: float) -> torch.Tensor:
+    @torch.no_grad()
+    def posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior of ``[B, T, 4, H, W]`` model-space videos: (mean, std), each ``[B, T, 4, h, w]``
+        float32, unscaled; ``vae_chunk_frames`` frames at a time."""
+        batch, count = video.shape[:2]
+        frames = video.flatten(0, 1).to(self.device, self.dtype)
+        chunk = self.settings.vae_chunk_frames
+        means, stds = [], []
+        for start in range(0, frames.shape[0], chunk):
+            distribution = self.vae.encode(frames[start:start + chunk]).latent_dist
+            means.append(distribution.mean.float())
+            stds.append(distribution.std.float())
+        return tuple(torch.cat(parts).unflatten(0, (batch, count)) for parts in (means, stds))
+
+    def sample_posterior(self, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A posterior sample as scaled latents ``[B, 4, T, h, w]`` (what :meth:`encode_video` gives)."""
+        noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=torch.float32)
+        return ((mean + std * noise) * self.settings.latent_scale).transpose(1, 2)
+
+    def autoencoder_loss(self, batch: ClipBatch, generator: torch.Generator, kl_weight: float,
+                         frames: int | None = None) -> torch.Tensor:
         """The VAE's loss on every frame of a batch's target and artifact videos (RGB + disparity in model space):
         L1 reconstruction of a posterior sample's decoding plus ``kl_weight`` times the KL divergence to N(0, I)
         per latent element. The official prior starts from LDM3D's trained VAE; a prior built from scratch trains
         its VAE with this first (train-prior's autoencoder stage). No perceptual or adversarial term: small
-        RGB-D frames, a CPU budget."""
+        RGB-D frames, a CPU budget. ``frames``: that many frames drawn from the batch's (all when None)."""
         target, artifact, _ = self._training_inputs(batch)
-        frames = torch.cat([target, artifact]).flatten(0, 1).to(self.device, self.dtype)
+        pool = torch.cat([target, artifact]).flatten(0, 1)
+        if frames is not None and frames < pool.shape[0]:
+            pool = pool[torch.randperm(pool.shape[0], generator=generator, device=generator.device)[:frames].cpu()]
+        frames = pool.to(self.device, self.dtype)
         posterior = self.vae.encode(frames).latent_dist
         decoded = self.vae.decode(posterior.sample(generator=generator)).sample
         latent_elements = posterior.mean[0].numel()
