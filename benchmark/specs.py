@@ -9,7 +9,8 @@ Ids are unique across all folders: a spec of your own never shadows a built-in o
 
 A suite may name a default prior per kind, ``default_priors: {video: synthetic-video}``: a prior shipped inside
 the package (``gfbench ls priors``), which a run takes when neither the kind's flag (``--prior``) nor its
-environment variable (``$GFBENCH_VIDEO_PRIOR``) names a folder.
+environment variable (``$GFBENCH_VIDEO_PRIOR``) names a folder. A suite that includes another inherits its
+default priors; ``default_priors: {video: null}`` drops one.
 
 A suite may start with ``include: other-suite.yaml`` (a file beside it) or ``include: suite-id`` (any known
 suite, e.g. a built-in one) and override fields of it (mappings merge key by key). Every problem is
@@ -350,15 +351,16 @@ def parse_suite(path: Path) -> SuiteSpec:
 
 
 def _default_priors(fields: _Fields) -> dict[str, str]:
-    """``default_priors: {kind: shipped prior name}``: each kind known and each prior shipped and of its kind."""
+    """``default_priors: {kind: shipped prior name}``: each kind known and each prior shipped and of its kind;
+    ``kind: null`` drops a default an included suite gives."""
     from gfbench.priors.shipping import check_default  # late: specs are read without the priors
 
-    value = fields.get("default_priors", dict, {})
+    value = {kind: name for kind, name in fields.get("default_priors", dict, {}).items() if name is not None}
     for kind, name in value.items():
         problem = check_default(kind, name)
         if problem:
             fields.fail("default_priors", problem)
-    return dict(value)
+    return value
 
 
 def _validate_protocol(protocol: dict, fields: _Fields) -> None:

@@ -54,7 +54,7 @@ def world(tmp_path, monkeypatch, shipped_root):
 
 def write_suite(world, suite_id, **fields):
     path = world["specs"] / "suites" / f"{suite_id}.yaml"
-    path.write_text(json.dumps({"include": "test-masked", "id": suite_id, **fields}))
+    path.write_text(json.dumps({"include": "test-masked", "id": suite_id, **fields}))  # `include` may be overridden
     return path
 
 
@@ -125,6 +125,15 @@ def test_a_bad_default_prior_is_a_clear_error_naming_the_suite_file(world, defau
     assert problem in str(info.value)
     result = CliRunner().invoke(main, ["validate"])
     assert result.exit_code == 1 and f"{path}: field 'default_priors'" in result.output
+
+
+def test_an_including_suite_inherits_the_default_and_null_drops_it(world):
+    write_suite(world, "test-inherits", include="test-default")
+    assert specs.load_suite("test-inherits").default_priors == {"video": SHIPPED}
+    write_suite(world, "test-drops", include="test-default", default_priors={"video": None})
+    assert specs.load_suite("test-drops").default_priors == {}
+    with pytest.raises(PriorError, match=r"no folder given; pass --prior PATH or set GFBENCH_VIDEO_PRIOR"):
+        plan("test-drops", ["genfusion"])
 
 
 def test_default_priors_must_be_a_mapping(world):
