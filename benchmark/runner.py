@@ -135,9 +135,10 @@ def protocol_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def resolve_priors(suite: SuiteSpec, kinds: tuple[str, ...], named: dict[str, str | None]) -> dict[str, PriorSource]:
-    """The prior of each kind in ``kinds`` for a run on ``suite`` (``named``: kind -> flag value, the
-    environment variable being the fallback); PriorError when one is missing, broken or not allowed."""
-    return {kind: prior_kind(kind).resolve(named.get(kind), suite) for kind in kinds}
+    """The prior of each kind in ``kinds`` for a run on ``suite`` (``named``: kind -> flag value, else the
+    kind's environment variable, else the suite's ``default_priors``), each recording which of them named it;
+    PriorError when one is missing, broken or not allowed."""
+    return {kind: prior_kind(kind).resolve_named(named.get(kind), suite) for kind in kinds}
 
 
 def plan_jobs(suite: SuiteSpec, method_names: list[str], scenes: list[str] | None, seeds: list[int] | None,
@@ -146,7 +147,8 @@ def plan_jobs(suite: SuiteSpec, method_names: list[str], scenes: list[str] | Non
     """One job per scene x method x seed, every config and prior checked before anything runs.
 
     ``preset``: None takes the suite's. ``priors``: kind -> what the run names (a folder, ``oracle``; None
-    falls back to the kind's environment variable); each method gets exactly the kinds its capabilities list.
+    falls back to the kind's environment variable, then to the suite's default prior of that kind); each method
+    gets exactly the kinds its capabilities list.
     """
     unknown = [s for s in scenes or [] if s not in suite.scenes]
     if unknown:

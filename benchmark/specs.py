@@ -7,6 +7,11 @@ any file named by its path (``gfbench run --suite ./my-suite.yaml``); its datase
 first.
 Ids are unique across all folders: a spec of your own never shadows a built-in one, so results never mix.
 
+A suite may name a default prior per kind, ``default_priors: {video: synthetic-video}``: a prior shipped inside
+the package (``gfbench ls priors``), which a run takes when neither the kind's flag (``--prior``) nor its
+environment variable (``$GFBENCH_VIDEO_PRIOR``) names a folder. A suite that includes another inherits its
+default priors; ``default_priors: {video: null}`` drops one.
+
 A suite may start with ``include: other-suite.yaml`` (a file beside it) or ``include: suite-id`` (any known
 suite, e.g. a built-in one) and override fields of it (mappings merge key by key). Every problem is
 reported as ``SpecError`` naming the file, the field and what is wrong.
@@ -63,6 +68,9 @@ class SuiteSpec:
     notice: str = ""  # a warning shown wherever the suite's numbers are (ls, leaderboards, --compare-paper)
     undistort: str | None = None  # the undistortion its dataset spec asks of distorted scenes (options.undistort)
     allow_oracle_depth: bool = False  # methods may use the dataset's own depth as the `oracle` depth prior
+    # kind -> the shipped prior (gfbench.priors.shipping) a run takes when neither the kind's flag nor its
+    # environment variable names one; not part of any hash: the prior itself is in each job's identity
+    default_priors: dict[str, str] = field(default_factory=dict)
 
     @property
     def protocol_type(self) -> str:
@@ -294,7 +302,7 @@ def parse_suite(path: Path) -> SuiteSpec:
     fields = _Fields(
         _read_with_includes(path), path,
         {"id", "kind", "version", "dataset", "scenes", "protocol", "metrics", "description", "preset", "seeds",
-         "quantize", "notice", "allow_oracle_depth"},
+         "quantize", "notice", "allow_oracle_depth", "default_priors"},
     )
     if fields.get("kind", str) != "suite":
         fields.fail("kind", "expected 'suite'")
@@ -338,7 +346,21 @@ def parse_suite(path: Path) -> SuiteSpec:
         notice=" ".join(fields.get("notice", str, "").split()),
         undistort=dataset.options.get("undistort"),
         allow_oracle_depth=fields.get("allow_oracle_depth", bool, False),
+        default_priors=_default_priors(fields),
     )
+
+
+def _default_priors(fields: _Fields) -> dict[str, str]:
+    """``default_priors: {kind: shipped prior name}``: each kind known and each prior shipped and of its kind;
+    ``kind: null`` drops a default an included suite gives."""
+    from gfbench.priors.shipping import check_default  # late: specs are read without the priors
+
+    value = {kind: name for kind, name in fields.get("default_priors", dict, {}).items() if name is not None}
+    for kind, name in value.items():
+        problem = check_default(kind, name)
+        if problem:
+            fields.fail("default_priors", problem)
+    return value
 
 
 def _validate_protocol(protocol: dict, fields: _Fields) -> None:

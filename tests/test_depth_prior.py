@@ -182,11 +182,12 @@ def test_tiny_models_end_to_end(world, folders, monkeypatch, name, how):
         monkeypatch.setenv("GFBENCH_DEPTH_PRIOR", str(folder))
     result = run_depthprobe(world, "--suite", "test-masked", *(["--depth-prior", str(folder)] if how == "flag" else []))
     assert result.exit_code == 0, result.output
-    assert f"depth prior: {name}" in result.output
+    origin = {"flag": "--depth-prior", "env": "$GFBENCH_DEPTH_PRIOR"}[how]
+    assert f"depth prior: {name} (from {origin})" in result.output
     record, maps = probe_outputs(world)
     assert record["status"] == "ok"
     assert record["priors"] == {"depth": {"kind": "depth", "name": name, "path": str(folder.resolve()),
-                                          "files_sha256": folder_fingerprint(folder)}}
+                                          "files_sha256": folder_fingerprint(folder), "origin": how}}
     assert record["identity"]["priors"]["depth"]["name"] == name
     split = make_split(world["scenes"]["a"], specs.load_suite("test-masked").protocol)
     assert sorted(maps) == sorted(v.name for v in split.train)

@@ -69,11 +69,12 @@ def explain(reason: str) -> str:
 @click.option("--depth-prior", "depth_prior", metavar="PATH|oracle",
               help="Depth prior for methods that need one: a local transformers folder (Depth Anything, DPT), "
                    "or 'oracle' (the dataset's own depth, only where the suite allows it). "
-                   "Default: $GFBENCH_DEPTH_PRIOR.")
+                   "Default: $GFBENCH_DEPTH_PRIOR, else the suite's default depth prior if it names one.")
 @click.option("--prior", "video_prior", metavar="PATH",
               help="Video diffusion prior for methods that need one (GenFusion): a local folder saved by "
                    "gfbench's video prior (save_pretrained, or 'gfbench prior convert'). "
-                   "Default: $GFBENCH_VIDEO_PRIOR.")
+                   "Default: $GFBENCH_VIDEO_PRIOR, else the suite's default prior (its 'default_priors', a "
+                   "prior shipped with gfbench: see 'gfbench ls priors').")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RESULTS,
               show_default=True, help="Where result records and renders go.")
 @click.option("--data", "root", metavar="PATH|URL",
@@ -117,7 +118,7 @@ def run(suite_id, method_names, scenes, seeds, preset, settings, depth_prior, vi
     named_priors = {"depth": depth_prior, "video": video_prior}
     try:
         suite = specs.load_suite(suite_id)
-        configured = {kind for kind, handler in KINDS.items() if handler.named(named_priors.get(kind))}
+        configured = {kind for kind, handler in KINDS.items() if handler.named(named_priors.get(kind), suite)}
         chosen, skipped = choose_methods(list(method_names), device=device, protocol=suite.protocol_type,
                                          configured=configured, preset=preset or suite.preset)
         for name, reason in skipped:
@@ -134,8 +135,8 @@ def run(suite_id, method_names, scenes, seeds, preset, settings, depth_prior, vi
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{len(jobs)} job(s): suite {suite.id} v{suite.version}, methods {', '.join(chosen)}, "
                f"{len({j.scene for j in jobs})} scene(s), results in {results_dir}")
-    for kind, source in sorted({(k, s.name) for job in jobs for k, s in job.priors.items()}):
-        click.echo(f"{kind} prior: {source}")
+    for kind, name, origin in sorted({(k, s.name, s.origin) for job in jobs for k, s in job.priors.items()}):
+        click.echo(f"{kind} prior: {name} ({describe_origin(kind, origin, suite)})")
     if dry_run:
         print_dry_run(jobs, results_dir, root)
         return
@@ -162,6 +163,15 @@ def run(suite_id, method_names, scenes, seeds, preset, settings, depth_prior, vi
         click.echo(f"  not run: {problem}", err=True)
     if summary.failed or summary.problems:
         raise SystemExit(1)
+
+
+def describe_origin(kind: str, origin: str | None, suite) -> str:
+    """Where a run's prior of ``kind`` came from, in words: the flag, the variable or the suite's default."""
+    from gfbench.priors import FROM_ENV, FROM_FLAG, FROM_SUITE, KINDS
+
+    handler = KINDS[kind]
+    return {FROM_FLAG: f"from {handler.flag.split()[0]}", FROM_ENV: f"from ${handler.env_var}",
+            FROM_SUITE: f"the default of suite {suite.id}, shipped with gfbench"}.get(origin, "origin unknown")
 
 
 def choose_methods(requested: list[str], *, device: str, protocol: str, configured: set[str],

@@ -1,7 +1,8 @@
 """Priors: pretrained models a method may use (monocular depth, video diffusion).
 
 A prior is loaded from a local folder (``from_pretrained(path)`` in diffusers / transformers), never downloaded
-inside gfbench: the folder is named by a command-line flag or an environment variable, and a missing or broken
+inside gfbench: the folder is named by a command-line flag, else an environment variable, else the suite's
+``default_priors`` (a prior shipped inside the package, :mod:`gfbench.priors.shipping`), and a missing or broken
 folder is a :class:`PriorError` raised before any training. The runner resolves priors and hands them to a
 method's ``fit`` as a :class:`Priors` mapping (kind -> prior); every record lists each prior it used with the
 sha256 of every file in its folder (:func:`folder_fingerprint`). Kinds: ``depth`` (:mod:`gfbench.priors.depth`),
@@ -14,7 +15,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -24,18 +25,27 @@ class PriorError(RuntimeError):
     """A prior is missing, incomplete or not what its kind expects; the message says what and how to fix it."""
 
 
+FROM_FLAG, FROM_ENV, FROM_SUITE = "flag", "env", "suite default"  # PriorSource.origin: what named the prior
+
+
 @dataclass(frozen=True)
 class PriorSource:
     """Where a prior came from: its kind (``depth``, ``video``), its name (``oracle`` or a folder's name), the
-    folder (None for built-in priors such as ``oracle``), and the sha256 of each file in the folder."""
+    folder (None for built-in priors such as ``oracle``), the sha256 of each file in the folder, and what named
+    it (``origin``: the flag, the environment variable or the suite's default; None where not known). The
+    origin is recorded but is no part of :meth:`identity`: the same prior named another way is the same job."""
 
     kind: str
     name: str
     path: str | None = None
     files_sha256: dict[str, str] = field(default_factory=dict)
+    origin: str | None = None
 
     def as_record(self) -> dict:
-        return {"kind": self.kind, "name": self.name, "path": self.path, "files_sha256": dict(self.files_sha256)}
+        record = {"kind": self.kind, "name": self.name, "path": self.path, "files_sha256": dict(self.files_sha256)}
+        if self.origin is not None:
+            record["origin"] = self.origin
+        return record
 
     @property
     def digest(self) -> str:
@@ -83,11 +93,22 @@ class Priors(Mapping):
 
 
 @dataclass(frozen=True)
+class NamedPrior:
+    """What a run names for one kind: ``value`` (a folder, or ``oracle``) and its ``origin`` (FROM_FLAG,
+    FROM_ENV, FROM_SUITE)."""
+
+    value: str
+    origin: str
+
+
+@dataclass(frozen=True)
 class PriorKind:
     """How the runner handles one kind of prior: the CLI flag and environment variable that name it,
     ``resolve(value, suite) -> PriorSource`` (planning time, no weights loaded; PriorError when wrong),
     ``load(source)`` (before the first job: load weights once, so a broken folder stops the run before any
-    training) and ``for_scene(source, scene, train_views, device, cache_root)`` (the object a method gets)."""
+    training) and ``for_scene(source, scene, train_views, device, cache_root)`` (the object a method gets,
+    whose ``source`` is the one planned). ``required_files``: what every folder of the kind holds (checked
+    without loading anything, e.g. for a suite's default prior when the spec is read)."""
 
     kind: str
     flag: str
@@ -95,10 +116,29 @@ class PriorKind:
     resolve: Callable[[str | None, Any], PriorSource]
     load: Callable[[PriorSource], None]
     for_scene: Callable[..., Any]
+    required_files: tuple[str, ...] = ()
 
-    def named(self, value: str | None) -> str | None:
-        """What a run names for this kind: the flag's value, else the environment variable, else None."""
-        return value or os.environ.get(self.env_var) or None
+    def named(self, value: str | None, suite: Any = None) -> NamedPrior | None:
+        """What a run names for this kind: the flag's ``value``, else the environment variable, else the
+        folder of the shipped prior ``suite`` names in its ``default_priors``, else None."""
+        if value:
+            return NamedPrior(str(value), FROM_FLAG)
+        if os.environ.get(self.env_var):
+            return NamedPrior(os.environ[self.env_var], FROM_ENV)
+        default = (getattr(suite, "default_priors", None) or {}).get(self.kind)
+        if default:
+            from gfbench.priors.shipping import shipped_folder
+
+            return NamedPrior(str(shipped_folder(default)), FROM_SUITE)
+        return None
+
+    def resolve_named(self, value: str | None, suite: Any) -> PriorSource:
+        """The checked :class:`PriorSource` of what the run names (:meth:`named`), its origin recorded; the
+        kind's clear PriorError when nothing names one."""
+        named = self.named(value, suite)
+        # the flag's value (or None) goes through as given, so that errors name the flag or the variable
+        source = self.resolve(named.value if named and named.origin == FROM_SUITE else value, suite)
+        return replace(source, origin=named.origin) if named else source
 
     @property
     def how_to_name(self) -> str:
@@ -129,9 +169,13 @@ def priors_label(priors_record: dict | None) -> str:
         if entry.get("name") == ORACLE:
             parts.append(f"+{ORACLE}-{kind}")
         else:
-            digest = hashlib.sha256(json.dumps(entry.get("files_sha256") or {}, sort_keys=True).encode()).hexdigest()
-            parts.append(f"+{kind}:{entry.get('name')}#{digest[:6]}")
+            parts.append(f"+{kind}:{entry.get('name')}#{files_digest(entry.get('files_sha256') or {})[:6]}")
     return "".join(parts)
+
+
+def files_digest(files_sha256: dict[str, str]) -> str:
+    """sha256 over a folder's file -> sha256 table: one hash for all its files (labels show its start)."""
+    return hashlib.sha256(json.dumps(files_sha256, sort_keys=True).encode()).hexdigest()
 
 
 def folder_fingerprint(folder: str | os.PathLike) -> dict[str, str]:
@@ -167,5 +211,6 @@ def resolve_prior_folder(value: str | os.PathLike | None, *, env_var: str, what:
 from gfbench.priors import depth as _depth  # noqa: E402,F401  registers the depth kind
 from gfbench.priors import video_kind as _video_kind  # noqa: E402,F401  registers the video kind
 
-__all__ = ["KINDS", "ORACLE", "PriorError", "PriorKind", "PriorSource", "Priors", "folder_fingerprint", "prior_kind",
-           "priors_label", "register_kind", "resolve_prior_folder"]
+__all__ = ["FROM_ENV", "FROM_FLAG", "FROM_SUITE", "KINDS", "NamedPrior", "ORACLE", "PriorError", "PriorKind",
+           "PriorSource", "Priors", "files_digest", "folder_fingerprint", "prior_kind", "priors_label",
+           "register_kind", "resolve_prior_folder"]

@@ -12,8 +12,9 @@
   per scene, keyed by the prior's hash and the image's bytes.
 
 The folder is named by ``--depth-prior PATH`` or ``$GFBENCH_DEPTH_PRIOR`` (``oracle`` names the oracle; write
-``./oracle`` for a folder called so). Resolution checks the folder before any training: the files
-``save_pretrained`` writes, a supported model type; the runner loads it once before the first job.
+``./oracle`` for a folder called so), else by the suite's ``default_priors`` (a shipped prior). Resolution checks
+the folder before any training: the files ``save_pretrained`` writes, a supported model type; the runner loads it
+once before the first job.
 """
 
 from __future__ import annotations
@@ -265,8 +266,12 @@ def prior_for_scene(source: PriorSource, scene, train_views, *, device: str, cac
     """The depth prior a method gets for ``scene``: the oracle built from its stored depth, or the model with
     its per-scene prediction cache."""
     if source.is_oracle:
-        return OracleDepthPrior.from_scene(scene, train_views)
-    return SceneDepthPrior(load_model(source, device), cache_dir_for(cache_root, source, scene.dataset, scene.scene_id))
+        prior = OracleDepthPrior.from_scene(scene, train_views)
+    else:
+        prior = SceneDepthPrior(load_model(source, device),
+                                cache_dir_for(cache_root, source, scene.dataset, scene.scene_id))
+    prior.source = source  # the planned source, with its origin (a model loaded earlier may carry another)
+    return prior
 
 
 def _load(source: PriorSource) -> None:
@@ -277,7 +282,7 @@ def _load(source: PriorSource) -> None:
 register_kind(PriorKind(kind=KIND, flag=f"{FLAG} PATH|oracle", env_var=ENV_VAR,
                         resolve=lambda value, suite: resolve_source(value, suite_id=suite.id,
                                                                     allow_oracle=suite.allow_oracle_depth),
-                        load=_load, for_scene=prior_for_scene))
+                        load=_load, for_scene=prior_for_scene, required_files=REQUIRED_FILES))
 
 
 __all__ = ["DepthPrior", "ENV_VAR", "OracleDepthPrior", "SceneDepthPrior", "TransformersDepthPrior", "cache_dir_for",

@@ -1,7 +1,8 @@
 """The ``video`` prior kind: how ``gfbench run`` names, checks, loads and hands out the RGB-D video prior
 (:mod:`gfbench.priors.video`).
 
-Named by ``--prior PATH`` or ``$GFBENCH_VIDEO_PRIOR``. Planning checks the folder (every file
+Named by ``--prior PATH``, else ``$GFBENCH_VIDEO_PRIOR``, else the suite's ``default_priors: {video: NAME}`` (a
+prior shipped in the package, :mod:`gfbench.priors.shipping`). Planning checks the folder (every file
 ``save_pretrained`` writes) and fingerprints it (the sha256 of every file go into the job's identity and its
 record); the runner loads it once before the first job, so a broken folder stops the run before any training;
 each scene's method gets the loaded prior on the job's device. This module stays light (no torch, no diffusers)
@@ -19,6 +20,10 @@ KIND = "video"
 FLAG = "--prior"
 ENV_VAR = "GFBENCH_VIDEO_PRIOR"  # the same as gfbench.priors.video.ENV_VAR (not imported: it loads diffusers)
 WHAT = "video prior"
+# what check_video_prior_folder requires of a folder (gfbench.priors.video: PRIOR_JSON and CONFIG_FILES), without
+# loading diffusers; weights are checked when the folder is resolved
+REQUIRED_FILES = ("prior.json", "unet/config.json", "vae/config.json", "image_encoder/config.json",
+                  "image_proj/config.json", "scheduler/scheduler_config.json")
 
 _loaded: dict[tuple[str, str], Any] = {}  # (prior digest, device) -> the loaded prior, shared by a run's jobs
 
@@ -35,7 +40,8 @@ def resolve_source(value: str | None, suite: Any = None) -> PriorSource:
 
 def loaded_prior(source: PriorSource, device: str = "cpu"):
     """The prior of ``source`` on ``device``, loaded once per run. Its own ``source`` (what the record names) is
-    the one planning resolved, so a folder changed between planning and loading cannot go unrecorded."""
+    the one planning resolved, so a folder changed between planning and loading cannot go unrecorded; a later
+    source of the same content (another path or origin) takes its place."""
     from gfbench.priors.video import DiffusionVideoPrior
 
     key = (source.digest, str(device))
@@ -45,8 +51,8 @@ def loaded_prior(source: PriorSource, device: str = "cpu"):
             from gfbench.priors import PriorError
 
             raise PriorError(f"{WHAT}: {source.path} changed after the run was planned; run again")
-        prior.source = source
         _loaded[key] = prior
+    _loaded[key].source = source
     return _loaded[key]
 
 
@@ -59,6 +65,6 @@ def prior_for_scene(source: PriorSource, scene, train_views, *, device: str, cac
 
 
 register_kind(PriorKind(kind=KIND, flag=f"{FLAG} PATH", env_var=ENV_VAR, resolve=resolve_source, load=_load,
-                        for_scene=prior_for_scene))
+                        for_scene=prior_for_scene, required_files=REQUIRED_FILES))
 
-__all__ = ["ENV_VAR", "FLAG", "KIND", "loaded_prior", "prior_for_scene", "resolve_source"]
+__all__ = ["ENV_VAR", "FLAG", "KIND", "REQUIRED_FILES", "loaded_prior", "prior_for_scene", "resolve_source"]
