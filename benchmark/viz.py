@@ -47,3 +47,18 @@ def contact_sheet(scene: Scene, pick: int = 8, columns: int = 4) -> Image.Image:
     title = f"{scene.key}: {len(scene.frames)} frames, {len(scene.points) if scene.points else 0} points"
     ImageDraw.Draw(sheet).text((4, 3), title, fill=(255, 255, 255))
     return sheet
+
+
+def labelled_grid(rows: list[tuple[str, list[np.ndarray]]], title: str, label_width: int = 150) -> Image.Image:
+    """Rows of equally sized uint8 images, each row with its label at the left and a title above."""
+    tile_h, tile_w = rows[0][1][0].shape[:2]
+    columns = max(len(images) for _, images in rows)
+    sheet = Image.new("RGB", (label_width + columns * tile_w, 18 + len(rows) * tile_h), (20, 20, 20))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, 3), title, fill=(255, 255, 255))
+    for r, (label, images) in enumerate(rows):
+        top = 18 + r * tile_h
+        draw.text((4, top + tile_h // 2 - 6), label, fill=(255, 255, 0))
+        for c, image in enumerate(images):
+            sheet.paste(Image.fromarray(image), (label_width + c * tile_w, top))
+    return sheet

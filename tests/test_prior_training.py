@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from PIL import Image
 
 from gfbench.clips import Clip
 from gfbench.priors.training import PriorTrainer, TrainSettings, TrainingError, clip_tensors, split_by_scene
@@ -172,6 +173,7 @@ def test_train_prior_command_trains_the_vae_then_the_diffusion_and_resumes(tmp_p
     history = json.loads((out / "losses.json").read_text())
     assert [step for step, _ in history["train"]] == [1, 2]
     assert (out / "autoencoder" / "loss_curve.png").stat().st_size > 0
+    assert Image.open(out / "repairs.png").size[1] == 18 + 3 * 40  # one held-out clip: artifact, repaired, target
 
 
 def test_zeroed_depth_clips_see_the_depth_estimate_input():

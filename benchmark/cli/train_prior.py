@@ -57,7 +57,7 @@ def train_prior(clips_dir: Path, out: Path, init: str, steps: int | None, learni
     from gfbench.clips import ClipError, read_clip_folder
     from gfbench.priors import PriorError
     from gfbench.priors.training import (AUTOENCODER, PriorTrainer, TrainingError, TrainSettings, clip_tensors,
-                                         load_trained_autoencoder, split_by_scene)
+                                         load_trained_autoencoder, repair_sheet, split_by_scene)
     from gfbench.priors.video import PRESETS, DiffusionVideoPrior, build_video_prior
     from gfbench.shards import ShardError
 
@@ -81,7 +81,10 @@ def train_prior(clips_dir: Path, out: Path, init: str, steps: int | None, learni
     except (ClipError, ShardError, TrainingError, PriorError) as exc:
         raise click.ClickException(str(exc)) from exc
     folder = _run_stage(trainer, "diffusion")
-    click.echo(f"wrote {folder} (load it with --prior {folder}); loss curve {out / 'loss_curve.png'}")
+    sheet = repair_sheet(DiffusionVideoPrior.from_pretrained(folder), val or train, out / "repairs.png",
+                         seed=settings.seed, title=f"{folder}: held-out clips, artifact -> repaired -> target")
+    click.echo(f"wrote {folder} (load it with --prior {folder}); loss curve {out / 'loss_curve.png'}, "
+               f"repairs of held-out clips {sheet}")
 
 
 def _run_stage(trainer, name: str):

@@ -380,6 +380,30 @@ def load_trained_autoencoder(prior: DiffusionVideoPrior, out: Path) -> bool:
     return True
 
 
+def repair_sheet(prior: DiffusionVideoPrior, clips: list[Clip], path: Path, *, count: int = 3, frames: int = 4,
+                 seed: int = 0, title: str = "") -> Path:
+    """Before and after, for people: for ``count`` clips (held-out ones, ideally), ``frames`` evenly spaced frames
+    of the artifact video the prior gets, the prior's repair (conditioned on the clip's reference frame) and the
+    target, RGB and depth rows, at the prior's size."""
+    from gfbench.priors.video import RGBDVideo
+    from gfbench.viz import colorize_depth, evenly_spaced, labelled_grid
+
+    data = clip_tensors(clips[:count], prior)
+    rows = []
+    for i, clip in enumerate(clips[:count]):
+        video = RGBDVideo(rgb=data.artifact_rgb[i], depth=data.artifact_depth[i])
+        repaired = prior.repair(video, data.reference[i], seed=seed + i)
+        picked = evenly_spaced(data.target_rgb.shape[1], frames)
+        name = f"{clip.info.get('scene')} s{clip.info.get('seed')}"
+        for label, rgb, depth in (("artifact", video.rgb, video.depth), ("repaired", repaired.rgb, repaired.depth),
+                                  ("target", data.target_rgb[i], data.target_depth[i])):
+            rgb8 = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+            rows.append((f"{name} {label}", [np.concatenate([rgb8[k], colorize_depth(depth[k].cpu().numpy())], 1)
+                                            for k in picked]))
+    labelled_grid(rows, title or f"{prior.source.name}: artifact -> repaired -> target (RGB | depth)").save(path)
+    return path
+
+
 def plot_losses(history: dict[str, list], path: Path, *, ylabel: str = "v-prediction MSE") -> None:
     import matplotlib
 
