@@ -96,17 +96,60 @@ def _tile_rect(mx, my, rx, ry, tile_w, tile_h):
     return int(x0), int(x1), int(y0), int(y1)
 
 
+@njit(nogil=True, cache=True)
+def front_to_back(depth_bits, visible, n_cameras, n_per_camera):
+    """Visible (camera, Gaussian) ids c * N + g, by camera, then depth, then Gaussian index: the order of
+    gsplat's radix sort of (camera, tile, float32 depth bits) keys, which is stable over Gaussian index.
+
+    A stable least-significant-digit radix sort of each camera's ids (taken in increasing order) by
+    ``depth_bits`` [C * N] (the float32 depth's bit pattern: depths of visible Gaussians are positive, so
+    their bits sort as integers), four passes of 8 bits moving (key, id) pairs."""
+    ids = np.flatnonzero(visible)
+    V = ids.shape[0]
+    keys = np.empty(V, dtype=np.int64)
+    for k in range(V):
+        keys[k] = depth_bits[ids[k]]
+    ids2, keys2 = np.empty_like(ids), np.empty_like(keys)
+    counts = np.empty(257, dtype=np.int64)
+    start = 0
+    for c in range(n_cameras):
+        stop = start
+        while stop < V and ids[stop] < (c + 1) * n_per_camera:
+            stop += 1
+        src_ids, src_keys, dst_ids, dst_keys = ids, keys, ids2, keys2
+        for shift in range(0, 32, 8):
+            counts[:] = 0
+            for k in range(start, stop):
+                counts[((src_keys[k] >> shift) & 255) + 1] += 1
+            counts[0] = start
+            for b in range(1, 257):
+                counts[b] += counts[b - 1]
+            for k in range(start, stop):
+                digit = (src_keys[k] >> shift) & 255
+                slot = counts[digit]
+                dst_ids[slot], dst_keys[slot] = src_ids[k], src_keys[k]
+                counts[digit] = slot + 1
+            src_ids, src_keys, dst_ids, dst_keys = dst_ids, dst_keys, src_ids, src_keys
+        start = stop  # after an even number of passes the sorted share is back in ``ids``
+    return ids
+
+
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def count_tiles(means2d, radii, order, tile_w, tile_h, n_per_camera, tiles_per_gauss, hist, worker, n_workers):
+def count_tiles(means2d, radii, depth_bits, order, tile_w, tile_h, n_per_camera, boxes, tiles_per_rank, hist,
+                worker, n_workers):
     """First pass of the binning's counting sort, over ``worker``'s contiguous share of ``order`` (the
-    visible (camera, Gaussian) ids front to back): each one's number of tiles into ``tiles_per_gauss``
-    [C * N], and how many of the share land in each tile into ``hist[worker]`` [n_tiles]."""
+    visible (camera, Gaussian) ids front to back; a Gaussian's position there is its rank). Per rank, its
+    tile rectangle and float32 depth bits into ``boxes`` [V, 5] (x0, x1, y0, y1, bits) and its number of
+    tiles into ``tiles_per_rank`` [V]; how many of the share land in each tile into ``hist[worker]``
+    [n_tiles]. Reading the Gaussians in depth order is the one random access of the binning: everything
+    after it runs through rank-ordered arrays."""
     tiles_per_camera = tile_w * tile_h
     start, stop = block_share(order.shape[0], worker, n_workers)
     for k in range(start, stop):
         i = order[k]
         x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
-        tiles_per_gauss[i] = (x1 - x0) * (y1 - y0)
+        boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3], boxes[k, 4] = x0, x1, y0, y1, depth_bits[i]
+        tiles_per_rank[k] = (x1 - x0) * (y1 - y0)
         base = (i // n_per_camera) * tiles_per_camera
         for ty in range(y0, y1):
             for tx in range(x0, x1):
@@ -114,35 +157,35 @@ def count_tiles(means2d, radii, order, tile_w, tile_h, n_per_camera, tiles_per_g
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def fill_tiles(means2d, radii, order, tile_w, tile_h, n_per_camera, gauss_offsets, depth_bits, cursors,
-               flatten_ids, slot_of, isect_ids, worker, n_workers):
+def fill_tiles(boxes, order, tile_w, tile_h, n_per_camera, rank_offsets, cursors, flatten_ids, slot_of, isect_ids,
+               worker, n_workers):
     """Second pass: write ``worker``'s share into the tile lists from its own cursors ``cursors[worker]``
     [n_tiles] (where its entries of each tile begin). Shares are contiguous in depth order and earlier
     shares' entries come first in every tile, so each list is front to back (a stable counting sort).
 
-    Fills ``flatten_ids`` [M] (c * N + g), ``slot_of`` [M] (for the k-th tile of Gaussian i in row-major
-    tile order, its position in ``flatten_ids`` is ``slot_of[gauss_offsets[i] + k]``, so that gradients
-    can be summed per Gaussian) and gsplat's ``isect_ids`` [M]: camera and tile id in the high word,
-    ``depth_bits`` (the float32 depth's bit pattern) in the low word."""
+    Fills ``flatten_ids`` [M] (c * N + g), ``slot_of`` [M] (for the k-th tile of rank r in
+    row-major tile order, its position in the lists is ``slot_of[rank_offsets[r] + k]``, so that gradients
+    can be summed per Gaussian) and gsplat's ``isect_ids`` [M]: camera and tile id in the high word, the
+    float32 depth's bit pattern in the low word."""
     tiles_per_camera = tile_w * tile_h
     tile_bits = 0
     while (1 << tile_bits) <= tiles_per_camera:  # Python's int.bit_length()
         tile_bits += 1
     cursor = cursors[worker]
     start, stop = block_share(order.shape[0], worker, n_workers)
-    for n in range(start, stop):
-        i = order[n]
+    for r in range(start, stop):
+        i = order[r]
         cam = i // n_per_camera
         base = cam * tiles_per_camera
-        x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
-        k = gauss_offsets[i]
+        x0, x1, y0, y1, bits = boxes[r, 0], boxes[r, 1], boxes[r, 2], boxes[r, 3], boxes[r, 4]
+        k = rank_offsets[r]
         for ty in range(y0, y1):
             for tx in range(x0, x1):
                 local = ty * tile_w + tx
                 slot = cursor[base + local]
                 cursor[base + local] = slot + 1
                 flatten_ids[slot] = i
-                isect_ids[slot] = (((cam << tile_bits) | local) << 32) | depth_bits[i]
+                isect_ids[slot] = (((cam << tile_bits) | local) << 32) | bits
                 slot_of[k] = slot
                 k += 1
 
@@ -153,16 +196,18 @@ def fill_tiles(means2d, radii, order, tile_w, tile_h, n_per_camera, gauss_offset
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def reduce_per_gaussian(per_isect, gauss_offsets, slot_of, out, worker, n_workers):
-    """Sum per-intersection gradient rows [M, F] into per-Gaussian rows ``out`` [C * N, F] (zeroed).
+def reduce_per_gaussian(per_isect, rank_offsets, slot_of, order, out, worker, n_workers):
+    """Sum per-intersection gradient rows [M, F] into per-(camera, Gaussian) rows ``out`` [C * N, F]
+    (zeroed; rank r's row is ``out[order[r]]``).
 
     Each Gaussian sums its own tiles in a fixed (row-major tile) order, so the result does not depend on
     the thread count.
     """
     F = per_isect.shape[1]
-    start, stop = block_share(gauss_offsets.shape[0] - 1, worker, n_workers)
-    for i in range(start, stop):
-        for k in range(gauss_offsets[i], gauss_offsets[i + 1]):
+    start, stop = block_share(order.shape[0], worker, n_workers)
+    for r in range(start, stop):
+        i = order[r]
+        for k in range(rank_offsets[r], rank_offsets[r + 1]):
             slot = slot_of[k]
             for f in range(F):
                 out[i, f] += per_isect[slot, f]
@@ -672,6 +717,9 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             if smax < 0 or not positive_definite(a, b, c):
                 continue
             grad[:] = 0.0
+            # geometry gradients in registers: dL/dsigma summed per row as sum v, sum v d, sum v d^2 (d = dx),
+            # then chained through sigma = 0.5 a d^2 + b d dy + 0.5 c dy^2 once per row
+            v_mx = v_my = v_a = v_b = v_c = v_o = 0.0
             ha = 0.5 * a
             q = math.exp(-a)
             ylo, yhi = ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile)
@@ -686,6 +734,7 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                 dx = mx - (xlo + 0.5)
                 vis = math.exp(-(row_c + dx * (ha * dx + row_b)))  # as in the forward
                 r = math.exp(a * dx + row_b - ha)
+                s0 = s1 = s2 = 0.0
                 for x in range(xlo, xhi):
                     p = p0 + x
                     e = vis
@@ -707,15 +756,19 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                         grad[N_GEOM_3D + k] += w * g_out[p, k]
                     v_alpha = T_k * qf - later[p] * inv_one_minus
                     if o * e <= MAX_ALPHA:  # clamped alphas pass no gradient (gsplat)
-                        grad[5] += e * v_alpha
+                        v_o += e * v_alpha
                         v_sigma = -alpha * v_alpha
-                        grad[0] += v_sigma * (a * d + b * dy)
-                        grad[1] += v_sigma * (b * d + c * dy)
-                        grad[2] += v_sigma * 0.5 * d * d
-                        grad[3] += v_sigma * d * dy
-                        grad[4] += v_sigma * 0.5 * dy * dy
+                        s0 += v_sigma
+                        s1 += v_sigma * d
+                        s2 += v_sigma * d * d
                     later[p] += w * qf
                     T[p] = T_k
+                v_mx += a * s1 + b * dy * s0
+                v_my += b * s1 + c * dy * s0
+                v_a += 0.5 * s2
+                v_b += dy * s1
+                v_c += 0.5 * dy * dy * s0
+            grad[0], grad[1], grad[2], grad[3], grad[4], grad[5] = v_mx, v_my, v_a, v_b, v_c, v_o
             for f in range(N_GEOM_3D + D):
                 per_isect[j, f] = grad[f]
 
