@@ -96,27 +96,44 @@ def _tile_rect(mx, my, rx, ry, tile_w, tile_h):
     return int(x0), int(x1), int(y0), int(y1)
 
 
-@njit(nogil=True, cache=True)
-def front_to_back(depth_bits, visible, n_cameras, n_per_camera):
-    """Visible (camera, Gaussian) ids c * N + g, by camera, then depth, then Gaussian index: the order of
-    gsplat's radix sort of (camera, tile, float32 depth bits) keys, which is stable over Gaussian index.
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def visible_rects(means2d, radii, depth_bits, tile_w, tile_h):
+    """The visible (camera, Gaussian) ids c * N + g (both ``radii`` [C * N, 2] positive) in increasing order,
+    their ``depth_bits`` (the float32 depth's bit pattern) and their tile rectangles [V, 4] (x0, x1, y0,
+    y1): one sequential pass, so that later passes in depth order read one compact row per Gaussian."""
+    V = 0
+    for i in range(radii.shape[0]):
+        V += radii[i, 0] > 0 and radii[i, 1] > 0
+    ids, keys = np.empty(V, dtype=np.int64), np.empty(V, dtype=np.int64)
+    rects = np.empty((V, 4), dtype=np.int32)
+    V = 0
+    for i in range(radii.shape[0]):
+        if radii[i, 0] > 0 and radii[i, 1] > 0:
+            ids[V], keys[V] = i, depth_bits[i]
+            rects[V, 0], rects[V, 1], rects[V, 2], rects[V, 3] = _tile_rect(
+                means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h
+            )
+            V += 1
+    return ids, keys, rects
 
-    A stable least-significant-digit radix sort of each camera's ids (taken in increasing order) by
-    ``depth_bits`` [C * N] (the float32 depth's bit pattern: depths of visible Gaussians are positive, so
-    their bits sort as integers), four passes of 8 bits moving (key, id) pairs."""
-    ids = np.flatnonzero(visible)
+
+@njit(nogil=True, cache=True)
+def front_to_back(ids, keys, n_cameras, n_per_camera):
+    """Positions into ``ids`` [V] (increasing (camera, Gaussian) ids c * N + g) by camera, then ``keys``
+    (float32 depth bits: depths of visible Gaussians are positive, so their bits sort as integers), then
+    Gaussian index: the order of gsplat's radix sort of (camera, tile, depth bits) keys, which is stable over
+    Gaussian index. A stable least-significant-digit radix sort of each camera's share, four passes of 8
+    bits moving (key, position) pairs; returns the positions and the keys in that order."""
     V = ids.shape[0]
-    keys = np.empty(V, dtype=np.int64)
-    for k in range(V):
-        keys[k] = depth_bits[ids[k]]
-    ids2, keys2 = np.empty_like(ids), np.empty_like(keys)
+    pos, pos2 = np.arange(V), np.empty(V, dtype=np.int64)
+    keys, keys2 = keys.copy(), np.empty(V, dtype=np.int64)
     counts = np.empty(257, dtype=np.int64)
     start = 0
     for c in range(n_cameras):
         stop = start
         while stop < V and ids[stop] < (c + 1) * n_per_camera:
             stop += 1
-        src_ids, src_keys, dst_ids, dst_keys = ids, keys, ids2, keys2
+        src_pos, src_keys, dst_pos, dst_keys = pos, keys, pos2, keys2
         for shift in range(0, 32, 8):
             counts[:] = 0
             for k in range(start, stop):
@@ -127,28 +144,30 @@ def front_to_back(depth_bits, visible, n_cameras, n_per_camera):
             for k in range(start, stop):
                 digit = (src_keys[k] >> shift) & 255
                 slot = counts[digit]
-                dst_ids[slot], dst_keys[slot] = src_ids[k], src_keys[k]
+                dst_pos[slot], dst_keys[slot] = src_pos[k], src_keys[k]
                 counts[digit] = slot + 1
-            src_ids, src_keys, dst_ids, dst_keys = dst_ids, dst_keys, src_ids, src_keys
-        start = stop  # after an even number of passes the sorted share is back in ``ids``
-    return ids
+            src_pos, src_keys, dst_pos, dst_keys = dst_pos, dst_keys, src_pos, src_keys
+        start = stop  # after an even number of passes the sorted share is back in ``pos``, ``keys``
+    return pos, keys
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def count_tiles(means2d, radii, depth_bits, order, tile_w, tile_h, n_per_camera, boxes, tiles_per_rank, hist,
+def count_tiles(ids, rects, perm, sorted_keys, tile_w, tile_h, n_per_camera, order, boxes, tiles_per_rank, hist,
                 worker, n_workers):
-    """First pass of the binning's counting sort, over ``worker``'s contiguous share of ``order`` (the
-    visible (camera, Gaussian) ids front to back; a Gaussian's position there is its rank). Per rank, its
-    tile rectangle and float32 depth bits into ``boxes`` [V, 5] (x0, x1, y0, y1, bits) and its number of
-    tiles into ``tiles_per_rank`` [V]; how many of the share land in each tile into ``hist[worker]``
-    [n_tiles]. Reading the Gaussians in depth order is the one random access of the binning: everything
-    after it runs through rank-ordered arrays."""
+    """First pass of the binning's counting sort, over ``worker``'s contiguous share of the depth order
+    ``perm`` (positions into ``ids`` and ``rects``; a Gaussian's place in it is its rank). Per rank,
+    its id into ``order`` [V], its tile rectangle and depth bits into ``boxes`` [V, 5] (x0, x1, y0, y1, bits)
+    and its number of tiles into ``tiles_per_rank`` [V]; how many of the share land in each tile into
+    ``hist[worker]`` [n_tiles]. This gather is the binning's one random access: everything after it runs
+    through rank-ordered arrays."""
     tiles_per_camera = tile_w * tile_h
-    start, stop = block_share(order.shape[0], worker, n_workers)
+    start, stop = block_share(perm.shape[0], worker, n_workers)
     for k in range(start, stop):
-        i = order[k]
-        x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
-        boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3], boxes[k, 4] = x0, x1, y0, y1, depth_bits[i]
+        v = perm[k]
+        i = ids[v]
+        x0, x1, y0, y1 = rects[v, 0], rects[v, 1], rects[v, 2], rects[v, 3]
+        order[k] = i
+        boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3], boxes[k, 4] = x0, x1, y0, y1, sorted_keys[k]
         tiles_per_rank[k] = (x1 - x0) * (y1 - y0)
         base = (i // n_per_camera) * tiles_per_camera
         for ty in range(y0, y1):
@@ -188,6 +207,15 @@ def fill_tiles(boxes, order, tile_w, tile_h, n_per_camera, rank_offsets, cursors
                 isect_ids[slot] = (((cam << tile_bits) | local) << 32) | bits
                 slot_of[k] = slot
                 k += 1
+
+
+@njit(nogil=True, cache=True)
+def copy_columns(src, out, col):
+    """out[:, col:col + F] = src [R, F]: one pass over both (NumPy's strided concatenate of narrow
+    columns was the largest piece of the glue)."""
+    for i in range(src.shape[0]):
+        for f in range(src.shape[1]):
+            out[i, col + f] = src[i, f]
 
 
 # ----------------------------------------------------------------------------------------------------

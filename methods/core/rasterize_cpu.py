@@ -80,10 +80,11 @@ def as_f64(x: torch.Tensor) -> np.ndarray:
 
 
 def to_torch(x: np.ndarray, dtype: torch.dtype) -> Tensor:
-    """A float64 kernel output as a tensor of the caller's dtype (converted by NumPy, see :func:`as_f64`)."""
+    """A float64 kernel output as a tensor of the caller's dtype (converted by NumPy, see :func:`as_f64`),
+    C-contiguous when converted."""
     if dtype == torch.float64:
         return torch.from_numpy(x)
-    return torch.from_numpy(x.astype(torch.empty((), dtype=dtype).numpy().dtype))
+    return torch.from_numpy(x.astype(torch.empty((), dtype=dtype).numpy().dtype, order="C"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -95,9 +96,9 @@ class TileBins:
     """Gaussian-tile intersections sorted by (camera, tile, depth), like gsplat's ``isect_tiles``.
 
     The visible (camera, Gaussian) ids in front-to-back order are ``order`` [V]; a Gaussian's position
-    there is its rank. Binning reads the Gaussians once in that order (the one random access) and works on
-    rank-ordered arrays from then on, which stay in cache (at 300k Gaussians binning by Gaussian id was
-    dominated by cache misses and took seven times as long). The compositing kernels read per-Gaussian rows
+    there is its rank. Binning gathers compact per-Gaussian rows once in that order (its one random access)
+    and works on rank-ordered arrays from then on, which stay in cache (at 300k Gaussians binning by
+    Gaussian id was dominated by cache misses and took twice as long). The compositing kernels read per-Gaussian rows
     by id: gathering them into rank order cost more than the misses it saved.
 
     Arrays are NumPy int64: ``flatten_ids`` [M] (c * N + g), ``tile_offsets`` [C * TH * TW + 1] (tile t owns
@@ -113,16 +114,17 @@ class TileBins:
         n_tiles = C * self.tile_width * self.tile_height
         means2d, radii = means2d.reshape(C * N, 2), radii.reshape(C * N, 2)
         depth_bits = depths.reshape(-1).astype(np.float32).view(np.uint32).astype(np.int64)
-        self.order = K.front_to_back(depth_bits, (radii > 0).all(axis=1), C, max(N, 1))
-        V = self.order.shape[0]
+        ids, keys, rects = K.visible_rects(means2d, radii, depth_bits, self.tile_width, self.tile_height)
+        perm, sorted_keys = K.front_to_back(ids, keys, C, max(N, 1))
+        V = perm.shape[0]
 
         # a counting sort by tile over the depth order, each worker taking a contiguous share of it
         n_workers = worker_count()
-        boxes = np.empty((V, 5), dtype=np.int64)
+        self.order, boxes = np.empty(V, dtype=np.int64), np.empty((V, 5), dtype=np.int64)
         self.tiles_per_rank = np.empty(V, dtype=np.int64)
         hist = np.zeros((n_workers, n_tiles), dtype=np.int64)
         tiles = (self.tile_width, self.tile_height, max(N, 1))
-        run_workers(K.count_tiles, means2d, radii, depth_bits, self.order, *tiles, boxes, self.tiles_per_rank, hist,
+        run_workers(K.count_tiles, ids, rects, perm, sorted_keys, *tiles, self.order, boxes, self.tiles_per_rank, hist,
                     n_workers=n_workers)
         self.rank_offsets = np.zeros(V + 1, dtype=np.int64)
         np.cumsum(self.tiles_per_rank, out=self.rank_offsets[1:])
@@ -253,7 +255,13 @@ def gaussian_rows(*per_camera: Tensor | np.ndarray) -> np.ndarray:
     """Concatenate [C, N, ...] (or [C, N]) tensors / float64 arrays into one float64 row per (camera,
     Gaussian)."""
     cols = [x if isinstance(x, np.ndarray) else as_f64(x) for x in per_camera]
-    return np.concatenate([x.reshape(x.shape[0] * x.shape[1], math.prod(x.shape[2:])) for x in cols], axis=1)
+    cols = [x.reshape(x.shape[0] * x.shape[1], math.prod(x.shape[2:])) for x in cols]
+    rows = np.empty((cols[0].shape[0], sum(x.shape[1] for x in cols)))
+    col = 0
+    for x in cols:
+        K.copy_columns(x, rows, col)
+        col += x.shape[1]
+    return rows
 
 
 def split_rows(rows: np.ndarray, shapes: list[tuple], dtype: torch.dtype) -> list[Tensor]:
@@ -261,7 +269,8 @@ def split_rows(rows: np.ndarray, shapes: list[tuple], dtype: torch.dtype) -> lis
     out, col = [], 0
     for shape in shapes:
         width = int(np.prod(shape[2:], dtype=np.int64))
-        out.append(to_torch(np.ascontiguousarray(rows[:, col : col + width]).reshape(shape), dtype))
+        block = rows[:, col : col + width].reshape(shape)  # a strided view: one conversion copies it
+        out.append(to_torch(np.ascontiguousarray(block) if dtype == torch.float64 else block, dtype))
         col += width
     return out
 
