@@ -210,12 +210,25 @@ def fill_tiles(boxes, order, tile_w, tile_h, n_per_camera, rank_offsets, cursors
 
 
 @njit(nogil=True, cache=True)
-def copy_columns(src, out, col):
-    """out[:, col:col + F] = src [R, F]: one pass over both (NumPy's strided concatenate of narrow
-    columns was the largest piece of the glue)."""
-    for i in range(src.shape[0]):
-        for f in range(src.shape[1]):
-            out[i, col + f] = src[i, f]
+def pack_rows(sources, out):
+    """out[i] = the concatenation of row i of each of ``sources`` (a tuple of [R, F_s] float64 arrays), in one
+    pass over ``out`` (NumPy's concatenate of narrow columns sweeps it once per source)."""
+    for i in range(out.shape[0]):
+        col = 0
+        for src in sources:
+            for f in range(src.shape[1]):
+                out[i, col + f] = src[i, f]
+            col += src.shape[1]
+
+
+@njit(nogil=True, cache=True)
+def scatter_columns(rows, order, col, out):
+    """out[order[r]] = rows[r, col:col + F] for out [C * N, F] (zeroed, float32 or float64): per-rank
+    gradient columns to per-(camera, Gaussian) ones, converted to the caller's dtype in the same pass."""
+    for r in range(order.shape[0]):
+        i = order[r]
+        for f in range(out.shape[1]):
+            out[i, f] = rows[r, col + f]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -224,21 +237,19 @@ def copy_columns(src, out, col):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def reduce_per_gaussian(per_isect, rank_offsets, slot_of, order, out, worker, n_workers):
-    """Sum per-intersection gradient rows [M, F] into per-(camera, Gaussian) rows ``out`` [C * N, F]
-    (zeroed; rank r's row is ``out[order[r]]``).
+def reduce_per_gaussian(per_isect, rank_offsets, slot_of, out, worker, n_workers):
+    """Sum per-intersection gradient rows [M, F] into per-rank rows ``out`` [V, F] (zeroed).
 
     Each Gaussian sums its own tiles in a fixed (row-major tile) order, so the result does not depend on
     the thread count.
     """
     F = per_isect.shape[1]
-    start, stop = block_share(order.shape[0], worker, n_workers)
+    start, stop = block_share(out.shape[0], worker, n_workers)
     for r in range(start, stop):
-        i = order[r]
         for k in range(rank_offsets[r], rank_offsets[r + 1]):
             slot = slot_of[k]
             for f in range(F):
-                out[i, f] += per_isect[slot, f]
+                out[r, f] += per_isect[slot, f]
 
 
 MAX_EXTENT_SIGMAS = 3.33  # gsplat's bounding-box half-size in standard deviations

@@ -146,10 +146,23 @@ class TileBins:
     def n_tiles(self) -> int:
         return int(self.tile_offsets.shape[0] - 1)
 
-    def per_gaussian(self, per_isect: np.ndarray) -> np.ndarray:
-        """Sum per-intersection rows [M, F] into per-(camera, Gaussian) rows [C * N, F]."""
-        out = np.zeros((self.n_cameras * self.n_gaussians, per_isect.shape[1]))
-        run_workers(K.reduce_per_gaussian, per_isect, self.rank_offsets, self.slot_of, self.order, out)
+    def per_rank(self, per_isect: np.ndarray) -> np.ndarray:
+        """Sum per-intersection rows [M, F] into per-rank rows [V, F]."""
+        out = np.zeros((self.order.shape[0], per_isect.shape[1]))
+        run_workers(K.reduce_per_gaussian, per_isect, self.rank_offsets, self.slot_of, out)
+        return out
+
+    def to_gaussians(self, rows: np.ndarray, shapes: list[tuple], dtype: torch.dtype) -> list[Tensor]:
+        """Per-rank rows [V, F] -> tensors of the given [C, N, ...] shapes (consecutive column blocks of
+        ``rows``) in ``dtype``, zero for the Gaussians no camera sees."""
+        out, col = [], 0
+        np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+        for shape in shapes:
+            width = int(np.prod(shape[2:], dtype=np.int64))
+            block = np.zeros((self.n_cameras * self.n_gaussians, width), dtype=np_dtype)
+            K.scatter_columns(rows, self.order, col, block)
+            out.append(torch.from_numpy(block.reshape(shape)))
+            col += width
         return out
 
     def info(self) -> dict:
@@ -255,24 +268,10 @@ def gaussian_rows(*per_camera: Tensor | np.ndarray) -> np.ndarray:
     """Concatenate [C, N, ...] (or [C, N]) tensors / float64 arrays into one float64 row per (camera,
     Gaussian)."""
     cols = [x if isinstance(x, np.ndarray) else as_f64(x) for x in per_camera]
-    cols = [x.reshape(x.shape[0] * x.shape[1], math.prod(x.shape[2:])) for x in cols]
+    cols = tuple(np.ascontiguousarray(x.reshape(x.shape[0] * x.shape[1], math.prod(x.shape[2:]))) for x in cols)
     rows = np.empty((cols[0].shape[0], sum(x.shape[1] for x in cols)))
-    col = 0
-    for x in cols:
-        K.copy_columns(x, rows, col)
-        col += x.shape[1]
+    K.pack_rows(cols, rows)
     return rows
-
-
-def split_rows(rows: np.ndarray, shapes: list[tuple], dtype: torch.dtype) -> list[Tensor]:
-    """Inverse of :func:`gaussian_rows` for gradients: [C * N, F] -> tensors of the given shapes."""
-    out, col = [], 0
-    for shape in shapes:
-        width = int(np.prod(shape[2:], dtype=np.int64))
-        block = rows[:, col : col + width].reshape(shape)  # a strided view: one conversion copies it
-        out.append(to_torch(np.ascontiguousarray(block) if dtype == torch.float64 else block, dtype))
-        col += width
-    return out
 
 
 class RasterizeTiles3D(torch.autograd.Function):
@@ -304,7 +303,7 @@ class RasterizeTiles3D(torch.autograd.Function):
             K.rasterize_3dgs_bwd, ctx.params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
             bins.tile_height, False, ctx.T, ctx.last, as_f64(v_colors), as_f64(v_T[..., 0]), per_isect,
         )
-        grads = split_rows(bins.per_gaussian(per_isect), ctx.shapes, v_colors.dtype)
+        grads = bins.to_gaussians(bins.per_rank(per_isect), ctx.shapes, v_colors.dtype)
         return (*grads, None, None, None, None)
 
 
