@@ -81,17 +81,20 @@ FLOPS = {
 # ----------------------------------------------------------------------------------------------------
 
 
-def machine_gflops(threads: int, size: int = 768, repeats: int = 10) -> float:
-    """Float64 throughput of ``threads`` cores in Gflop/s: the best rate of a size^3 dgemm."""
+def machine_gflops(threads: int, size: int = 768, repeats: int = 10) -> tuple[float, float]:
+    """Float64 throughput in Gflop/s from the best of ``repeats`` size^3 dgemms on ``threads`` threads: per
+    wall second (what ``threads`` cores give when the machine is ours) and per CPU second of the process
+    (what one core gives while it runs us, whatever else shares the machine)."""
     torch.set_num_threads(threads)
     a = torch.rand(size, size, dtype=torch.float64)
     b = torch.rand(size, size, dtype=torch.float64)
-    best = 0.0
+    wall = cpu = 0.0
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         torch.mm(a, b)
-        best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
-    return best
+        wall = max(wall, 2 * size**3 / (time.perf_counter() - start) / 1e9)
+        cpu = max(cpu, 2 * size**3 / max(time.process_time() - start_cpu, 1e-9) / 1e9)
+    return wall, cpu
 
 
 def _status_mb(key: str) -> float:
@@ -206,23 +209,25 @@ def random_loss(outputs) -> torch.Tensor:
 
 
 def time_side(render, p, viewmats, Ks, W, H, repeats: int):
-    """Best forward+backward seconds, best no-grad seconds, peak added RSS (MB) and the last outputs."""
+    """Best forward+backward wall seconds and process CPU seconds (each the best of ``repeats``), best
+    no-grad wall seconds, peak added RSS (MB) and the last outputs."""
     rss_before = reset_peak_rss()
-    both, fwd = [], []
+    both, cpu, fwd = [], [], []
     for _ in range(repeats):
         for t in p.values():
             t.grad = None
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         outputs = render(p, viewmats, Ks, W, H)
         random_loss(outputs).backward()
         both.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     rss = peak_rss_mb() - rss_before
     for _ in range(repeats if render in GFBENCH.values() else 0):
         with torch.no_grad():
             start = time.perf_counter()
             render(p, viewmats, Ks, W, H)
             fwd.append(time.perf_counter() - start)
-    return min(both), (min(fwd) if fwd else float("nan")), rss, [o.detach() for o in outputs]
+    return min(both), min(cpu), (min(fwd) if fwd else float("nan")), rss, [o.detach() for o in outputs]
 
 
 def first_call_seconds() -> float:
@@ -269,11 +274,13 @@ def main() -> None:
 
     first = first_call_seconds()
     gflops = machine_gflops(args.threads)
-    print(f"{args.threads} threads; gfbench first call (JIT compile, or load from numba's cache) {first:.1f} s; "
-          f"machine float64 throughput (dgemm) {gflops:.1f} Gflop/s on {args.threads} cores")
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.threads} threads; gfbench first call (JIT "
+          f"compile, or load from numba's cache) {first:.1f} s; machine float64 throughput (dgemm) "
+          f"{gflops[0]:.1f} Gflop/s per wall second on {args.threads} threads, {gflops[1]:.1f} per CPU second")
     header = (f"{'kind':5s} {'N':>7s} {'size':>8s} | {'ref f+b':>8s} {'gfb f+b':>8s} {'ratio':>7s} | "
-              f"{'gfb fwd':>8s} | {'ref mem':>8s} {'gfb mem':>8s} | {'max|dRGB|':>9s} {'max|dA|':>8s} "
-              f"{'max|dN|':>8s} | {'isects':>8s} {'rows':>8s} {'pairs':>9s} {'bound':>7s} {'x bound':>7s}")
+              f"{'ref cpu':>8s} {'gfb cpu':>8s} {'ratio':>7s} | {'gfb fwd':>8s} | {'ref mem':>8s} {'gfb mem':>8s} | "
+              f"{'max|dRGB|':>9s} {'max|dA|':>8s} {'max|dN|':>8s} | {'isects':>8s} {'rows':>8s} {'pairs':>9s} "
+              f"{'bound':>7s} {'x bound':>7s} {'x cpu':>6s}")
     print(header)
     print("-" * len(header))
     reference_runs: dict[str, list] = {kind: [] for kind in args.kinds}  # (N, pairs, seconds, MB)
@@ -281,7 +288,9 @@ def main() -> None:
         for n in args.gaussians:
             for W, H in args.sizes:
                 run_point(kind, n, W, H, args, references[kind], gflops, reference_runs[kind])
-    print(f"machine float64 throughput (dgemm) after the grid: {machine_gflops(args.threads):.1f} Gflop/s")
+    after = machine_gflops(args.threads)
+    print(f"machine float64 throughput (dgemm) after the grid: {after[0]:.1f} Gflop/s per wall second, "
+          f"{after[1]:.1f} per CPU second")
 
 
 def predict_reference(runs, n: int, pairs: int) -> tuple[float, float]:
@@ -294,23 +303,28 @@ def run_point(kind, n, W, H, args, reference, gflops, reference_runs) -> None:
     p, viewmats, Ks = make_scene(n, W, H, unit_third_scale=kind == "2dgs")
     render = GFBENCH[kind]
     render(p, viewmats, Ks, W, H)  # warm-up
-    g_both, g_fwd, g_rss, g_out = time_side(render, p, viewmats, Ks, W, H, args.repeats)
+    g_both, g_cpu, g_fwd, g_rss, g_out = time_side(render, p, viewmats, Ks, W, H, args.repeats)
     work = work_counts(kind, p, viewmats, Ks, W, H)
     pairs = work["pair"]
-    bound = sum(work[k] * FLOPS[kind][k] for k in work) / (gflops * 1e9)
+    flops = sum(work[k] * FLOPS[kind][k] for k in work)
+    bound = flops / (gflops[0] * 1e9)
+    cpu_factor = g_cpu * gflops[1] * 1e9 / flops  # CPU seconds over the CPU seconds the flops need at dgemm rate
 
     seconds, megabytes = predict_reference(reference_runs, n, pairs)
     if seconds > args.reference_limit or megabytes > 1024 * args.reference_memory:
         ref_text, ratio_text, diffs = f"~{seconds:6.0f}s", f"{'skip':>7s}", ["", "", ""]
+        ref_cpu_text, cpu_ratio_text = f"{'':>8s}", f"{'':>7s}"
         rss_text = f"~{megabytes / 1024:5.0f}GB"
     else:
-        r_both, _, r_rss, r_out = time_side(reference, p, viewmats, Ks, W, H, 1)
+        r_both, r_cpu, _, r_rss, r_out = time_side(reference, p, viewmats, Ks, W, H, 1)
         reference_runs.append((n, max(pairs, 1), r_both, r_rss))
         ref_text, ratio_text, rss_text = f"{r_both:7.2f}s", f"{r_both / g_both:6.1f}x", f"{r_rss:6.0f}MB"
+        ref_cpu_text, cpu_ratio_text = f"{r_cpu:7.2f}s", f"{r_cpu / g_cpu:6.1f}x"
         diffs = [f"{(a - b).abs().max().item():.1e}" for a, b in zip(g_out, r_out)] + [""]
-    print(f"{kind:5s} {n:7d} {W:4d}x{H:<3d} | {ref_text} {g_both:7.3f}s {ratio_text} | {g_fwd:7.3f}s | "
-          f"{rss_text} {g_rss:6.0f}MB | {diffs[0]:>9s} {diffs[1]:>8s} {diffs[2]:>8s} | {work['isect']:8d} "
-          f"{work['row']:8d} {pairs:9d} {bound * 1e3:5.0f}ms {g_both / bound:6.1f}x", flush=True)
+    print(f"{kind:5s} {n:7d} {W:4d}x{H:<3d} | {ref_text} {g_both:7.3f}s {ratio_text} | {ref_cpu_text} {g_cpu:7.3f}s "
+          f"{cpu_ratio_text} | {g_fwd:7.3f}s | {rss_text} {g_rss:6.0f}MB | {diffs[0]:>9s} {diffs[1]:>8s} {diffs[2]:>8s} | "
+          f"{work['isect']:8d} {work['row']:8d} {pairs:9d} {bound * 1e3:5.0f}ms {g_both / bound:6.1f}x "
+          f"{cpu_factor:5.1f}x", flush=True)
 
 
 if __name__ == "__main__":
