@@ -19,6 +19,13 @@ visible Gaussian; nothing per Gaussian-pixel pair. Gradients reach means,
 quats, scales, opacities and colours; with camera tensors that require grad the projection falls back to
 the pure-PyTorch :func:`.projection.project_gaussians_3d` so that cameras get gradients too. ``means2d``
 in ``info`` receives the screen-space gradient that gsplat's ``DefaultStrategy`` reads.
+
+Why numba rather than a C++ extension: it installs as a wheel from the package registry like any other
+dependency (no compiler or build step at install time, on any platform), its code is Python that the
+tests exercise directly, it compiles through LLVM (clang's backend, so scalar loops come out as a C++
+compiler's would) and caches to disk (a cold compile takes about 30 s of CPU once per machine, a cached
+load about 1 s). What it lacks (explicit SIMD intrinsics, prefetch hints) these scalar kernels do not use;
+``tests/perf/bench_rasterizer.py`` has the measured distance to the machine's limit and why.
 """
 
 from __future__ import annotations

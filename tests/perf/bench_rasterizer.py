@@ -49,6 +49,41 @@ distance is mostly what the per-Gaussian stages (projection, binning, reduction,
 where Gaussians are many and pixels few. The definition is the one the issue set (flops counted from the
 kernels over measured peak throughput); ``x cpu`` only measures it in CPU seconds.
 
+Results (2026-11-30, the full grid in one run, from the repository root):
+
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python tests/perf/bench_rasterizer.py --threads 2
+
+on the 2-core AMD EPYC (AVX2, FMA) dev machine while another job kept one core busy: the dgemm rate per
+wall second equals the rate per CPU second, so both sides effectively had one core (wall and CPU columns
+agree). gfbench is 17-59x faster than the reference at every point it ran; the reference was skipped
+where its predicted memory passed 12 GB (run alone with ``--reference-memory 15``, the 3DGS 300k 960x540
+reference was killed by the kernel's OOM killer at 22.6 GB resident on this 23 GB machine). gfbench is within 7.5-13x of the compute bound for 3DGS and
+9.4-15x for 2DGS; the points above 10x are those with few pixels per Gaussian (256x160, or 2DGS), where
+the per-Gaussian stages outweigh the compositing.
+
+    2026-11-30 21:10 UTC; 2 threads; gfbench first call (JIT compile, or load from numba's cache) 0.9 s; machine float64 throughput (dgemm) 17.4 Gflop/s per wall second on 2 threads, 17.4 per CPU second
+    kind        N     size |  ref f+b  gfb f+b   ratio |  ref cpu  gfb cpu   ratio |  gfb fwd |  ref mem  gfb mem | max|dRGB|  max|dA|  max|dN| |   isects     rows     pairs   bound x bound  x cpu
+    ------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------
+    3dgs    20000  256x160 |    1.53s   0.060s   25.3x |    1.52s   0.060s   25.2x |   0.032s |    477MB     18MB |   2.9e-03  2.3e-03          |    39034   193730    737928     6ms   10.1x  10.1x
+    3dgs    20000  512x320 |    3.52s   0.158s   22.3x |    3.26s   0.151s   21.6x |   0.066s |    875MB     45MB |   2.4e-03  2.3e-03          |    61492   450775   2406123    16ms   10.0x   9.6x
+    3dgs    20000  960x540 |   10.86s   0.408s   26.6x |   10.40s   0.407s   25.6x |   0.161s |   1850MB    137MB |   2.5e-03  2.5e-03          |   118162  1161230   7924558    47ms    8.8x   8.7x
+    3dgs   100000  256x160 |    6.20s   0.298s   20.8x |    6.18s   0.297s   20.8x |   0.140s |   2336MB     92MB |   2.1e-03  2.6e-05          |   193433   956202   2764195    26ms   11.6x  11.6x
+    3dgs   100000  512x320 |   16.97s   0.613s   27.7x |   16.72s   0.612s   27.3x |   0.308s |   3848MB    108MB |   1.6e-03  3.1e-04          |   305726  2228668  10407448    71ms    8.6x   8.6x
+    3dgs   100000  960x540 |   60.80s   1.544s   39.4x |   59.12s   1.547s   38.2x |   0.712s |   8863MB    207MB |   1.9e-03  2.0e-04          |   584888  5629976  33460615   205ms    7.5x   7.6x
+    3dgs   300000  256x160 |   20.75s   0.474s   43.8x |   20.42s   0.474s   43.1x |   0.229s |   7078MB    231MB |   1.5e-03  1.1e-06          |   582620   952253   2826565    36ms   13.1x  13.1x
+    3dgs   300000  512x320 |   55.16s   0.937s   58.9x |   53.51s   0.933s   57.3x |   0.428s |  11149MB    299MB |   8.0e-04  1.3e-04          |   918920  2555735  11302750    90ms   10.4x  10.4x
+    3dgs   300000  960x540 | ~    53s   2.169s    skip |            2.078s         |   0.860s | ~   13GB    461MB |                             |  1760892  5908421  35764927   233ms    9.3x   8.9x
+    2dgs    20000  256x160 |    2.85s   0.107s   26.5x |    2.66s   0.107s   24.8x |   0.049s |    961MB     38MB |   1.8e-02  1.9e-02  2.8e-02 |    32383   142787    403585     7ms   14.9x  14.9x
+    2dgs    20000  512x320 |    5.04s   0.243s   20.8x |    4.97s   0.241s   20.6x |   0.107s |   1250MB     74MB |   3.3e-02  3.4e-02  5.8e-02 |    50614   313360   1110599    18ms   13.8x  13.7x
+    2dgs    20000  960x540 |   11.77s   0.700s   16.8x |   11.71s   0.700s   16.7x |   0.316s |   2335MB    194MB |   5.1e-03  5.3e-03  1.9e-02 |    93750   794211   3621211    53ms   13.2x  13.2x
+    2dgs   100000  256x160 |   11.68s   0.454s   25.7x |   13.87s   0.453s   30.6x |   0.190s |   3889MB    130MB |   3.8e-03  6.9e-04  9.1e-03 |   160333   701874   1959317    35ms   12.9x  12.9x
+    2dgs   100000  512x320 |   24.90s   0.811s   30.7x |   26.68s   0.979s   27.3x |   0.325s |   6069MB    177MB |   3.8e-03  3.7e-03  6.7e-03 |   250355  1533952   5435385    86ms    9.4x  11.4x
+    2dgs   100000  960x540 |   74.14s   2.593s   28.6x |   69.72s   2.546s   27.4x |   1.300s |  11082MB    327MB |   1.2e-02  1.1e-02  1.8e-02 |   462759  3866099  17689964   259ms   10.0x   9.9x
+    2dgs   300000  256x160 |   46.41s   0.978s   47.5x |   44.87s   0.950s   47.2x |   0.421s |  11642MB    345MB |   1.8e-03  4.9e-05  3.8e-03 |   484390  1626287   2827323    64ms   15.2x  14.8x
+    2dgs   300000  512x320 | ~    67s   2.419s    skip |            2.293s         |   1.071s | ~   18GB    497MB |                             |   756980  4544242  11244661   199ms   12.2x  11.5x
+    2dgs   300000  960x540 | ~   161s   6.208s    skip |            5.778s         |   2.549s | ~   32GB    633MB |                             |  1401141 10462787  35551705   558ms   11.1x  10.4x
+    machine float64 throughput (dgemm) after the grid: 16.9 Gflop/s per wall second, 16.9 per CPU second
+
 The reference's cost grows with the pairs it materializes (it needed 11 GB at 300k Gaussians, 512x320):
 it is skipped where its time or memory, predicted from the points already run, would exceed
 ``--reference-limit`` seconds or ``--reference-memory`` GB. Each prediction scales an earlier point by the
