@@ -97,16 +97,78 @@ def _tile_rect(mx, my, rx, ry, tile_w, tile_h):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def count_tiles(means2d, radii, order, tile_w, tile_h, n_per_camera, tiles_per_gauss, hist, worker, n_workers):
-    """First pass of the binning's counting sort, over ``worker``'s contiguous share of ``order`` (the
-    visible (camera, Gaussian) ids front to back): each one's number of tiles into ``tiles_per_gauss``
-    [C * N], and how many of the share land in each tile into ``hist[worker]`` [n_tiles]."""
+def visible_rects(means2d, radii, depth_bits, tile_w, tile_h):
+    """The visible (camera, Gaussian) ids c * N + g (both ``radii`` [C * N, 2] positive) in increasing order,
+    their ``depth_bits`` (the float32 depth's bit pattern) and their tile rectangles [V, 4] (x0, x1, y0,
+    y1): one sequential pass, so that later passes in depth order read one compact row per Gaussian."""
+    V = 0
+    for i in range(radii.shape[0]):
+        V += radii[i, 0] > 0 and radii[i, 1] > 0
+    ids, keys = np.empty(V, dtype=np.int64), np.empty(V, dtype=np.int64)
+    rects = np.empty((V, 4), dtype=np.int32)
+    V = 0
+    for i in range(radii.shape[0]):
+        if radii[i, 0] > 0 and radii[i, 1] > 0:
+            ids[V], keys[V] = i, depth_bits[i]
+            rects[V, 0], rects[V, 1], rects[V, 2], rects[V, 3] = _tile_rect(
+                means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h
+            )
+            V += 1
+    return ids, keys, rects
+
+
+@njit(nogil=True, cache=True)
+def front_to_back(ids, keys, n_cameras, n_per_camera):
+    """Positions into ``ids`` [V] (increasing (camera, Gaussian) ids c * N + g) by camera, then ``keys``
+    (float32 depth bits: depths of visible Gaussians are positive, so their bits sort as integers), then
+    Gaussian index: the order of gsplat's radix sort of (camera, tile, depth bits) keys, which is stable over
+    Gaussian index. A stable least-significant-digit radix sort of each camera's share, four passes of 8
+    bits moving (key, position) pairs; returns the positions and the keys in that order."""
+    V = ids.shape[0]
+    pos, pos2 = np.arange(V), np.empty(V, dtype=np.int64)
+    keys, keys2 = keys.copy(), np.empty(V, dtype=np.int64)
+    counts = np.empty(257, dtype=np.int64)
+    start = 0
+    for c in range(n_cameras):
+        stop = start
+        while stop < V and ids[stop] < (c + 1) * n_per_camera:
+            stop += 1
+        src_pos, src_keys, dst_pos, dst_keys = pos, keys, pos2, keys2
+        for shift in range(0, 32, 8):
+            counts[:] = 0
+            for k in range(start, stop):
+                counts[((src_keys[k] >> shift) & 255) + 1] += 1
+            counts[0] = start
+            for b in range(1, 257):
+                counts[b] += counts[b - 1]
+            for k in range(start, stop):
+                digit = (src_keys[k] >> shift) & 255
+                slot = counts[digit]
+                dst_pos[slot], dst_keys[slot] = src_pos[k], src_keys[k]
+                counts[digit] = slot + 1
+            src_pos, src_keys, dst_pos, dst_keys = dst_pos, dst_keys, src_pos, src_keys
+        start = stop  # after an even number of passes the sorted share is back in ``pos``, ``keys``
+    return pos, keys
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def count_tiles(ids, rects, perm, sorted_keys, tile_w, tile_h, n_per_camera, order, boxes, tiles_per_rank, hist,
+                worker, n_workers):
+    """First pass of the binning's counting sort, over ``worker``'s contiguous share of the depth order
+    ``perm`` (positions into ``ids`` and ``rects``; a Gaussian's place in it is its rank). Per rank,
+    its id into ``order`` [V], its tile rectangle and depth bits into ``boxes`` [V, 5] (x0, x1, y0, y1, bits)
+    and its number of tiles into ``tiles_per_rank`` [V]; how many of the share land in each tile into
+    ``hist[worker]`` [n_tiles]. This gather is the binning's one random access: everything after it runs
+    through rank-ordered arrays."""
     tiles_per_camera = tile_w * tile_h
-    start, stop = block_share(order.shape[0], worker, n_workers)
+    start, stop = block_share(perm.shape[0], worker, n_workers)
     for k in range(start, stop):
-        i = order[k]
-        x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
-        tiles_per_gauss[i] = (x1 - x0) * (y1 - y0)
+        v = perm[k]
+        i = ids[v]
+        x0, x1, y0, y1 = rects[v, 0], rects[v, 1], rects[v, 2], rects[v, 3]
+        order[k] = i
+        boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3], boxes[k, 4] = x0, x1, y0, y1, sorted_keys[k]
+        tiles_per_rank[k] = (x1 - x0) * (y1 - y0)
         base = (i // n_per_camera) * tiles_per_camera
         for ty in range(y0, y1):
             for tx in range(x0, x1):
@@ -114,37 +176,59 @@ def count_tiles(means2d, radii, order, tile_w, tile_h, n_per_camera, tiles_per_g
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def fill_tiles(means2d, radii, order, tile_w, tile_h, n_per_camera, gauss_offsets, depth_bits, cursors,
-               flatten_ids, slot_of, isect_ids, worker, n_workers):
+def fill_tiles(boxes, order, tile_w, tile_h, n_per_camera, rank_offsets, cursors, flatten_ids, slot_of, isect_ids,
+               worker, n_workers):
     """Second pass: write ``worker``'s share into the tile lists from its own cursors ``cursors[worker]``
     [n_tiles] (where its entries of each tile begin). Shares are contiguous in depth order and earlier
     shares' entries come first in every tile, so each list is front to back (a stable counting sort).
 
-    Fills ``flatten_ids`` [M] (c * N + g), ``slot_of`` [M] (for the k-th tile of Gaussian i in row-major
-    tile order, its position in ``flatten_ids`` is ``slot_of[gauss_offsets[i] + k]``, so that gradients
-    can be summed per Gaussian) and gsplat's ``isect_ids`` [M]: camera and tile id in the high word,
-    ``depth_bits`` (the float32 depth's bit pattern) in the low word."""
+    Fills ``flatten_ids`` [M] (c * N + g), ``slot_of`` [M] (for the k-th tile of rank r in
+    row-major tile order, its position in the lists is ``slot_of[rank_offsets[r] + k]``, so that gradients
+    can be summed per Gaussian) and gsplat's ``isect_ids`` [M]: camera and tile id in the high word, the
+    float32 depth's bit pattern in the low word."""
     tiles_per_camera = tile_w * tile_h
     tile_bits = 0
     while (1 << tile_bits) <= tiles_per_camera:  # Python's int.bit_length()
         tile_bits += 1
     cursor = cursors[worker]
     start, stop = block_share(order.shape[0], worker, n_workers)
-    for n in range(start, stop):
-        i = order[n]
+    for r in range(start, stop):
+        i = order[r]
         cam = i // n_per_camera
         base = cam * tiles_per_camera
-        x0, x1, y0, y1 = _tile_rect(means2d[i, 0], means2d[i, 1], radii[i, 0], radii[i, 1], tile_w, tile_h)
-        k = gauss_offsets[i]
+        x0, x1, y0, y1, bits = boxes[r, 0], boxes[r, 1], boxes[r, 2], boxes[r, 3], boxes[r, 4]
+        k = rank_offsets[r]
         for ty in range(y0, y1):
             for tx in range(x0, x1):
                 local = ty * tile_w + tx
                 slot = cursor[base + local]
                 cursor[base + local] = slot + 1
                 flatten_ids[slot] = i
-                isect_ids[slot] = (((cam << tile_bits) | local) << 32) | depth_bits[i]
+                isect_ids[slot] = (((cam << tile_bits) | local) << 32) | bits
                 slot_of[k] = slot
                 k += 1
+
+
+@njit(nogil=True, cache=True)
+def pack_rows(sources, out):
+    """out[i] = the concatenation of row i of each of ``sources`` (a tuple of [R, F_s] float64 arrays), in one
+    pass over ``out`` (NumPy's concatenate of narrow columns sweeps it once per source)."""
+    for i in range(out.shape[0]):
+        col = 0
+        for src in sources:
+            for f in range(src.shape[1]):
+                out[i, col + f] = src[i, f]
+            col += src.shape[1]
+
+
+@njit(nogil=True, cache=True)
+def scatter_columns(rows, order, col, out):
+    """out[order[r]] = rows[r, col:col + F] for out [C * N, F] (zeroed, float32 or float64): per-rank
+    gradient columns to per-(camera, Gaussian) ones, converted to the caller's dtype in the same pass."""
+    for r in range(order.shape[0]):
+        i = order[r]
+        for f in range(out.shape[1]):
+            out[i, f] = rows[r, col + f]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -153,19 +237,19 @@ def fill_tiles(means2d, radii, order, tile_w, tile_h, n_per_camera, gauss_offset
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def reduce_per_gaussian(per_isect, gauss_offsets, slot_of, out, worker, n_workers):
-    """Sum per-intersection gradient rows [M, F] into per-Gaussian rows ``out`` [C * N, F] (zeroed).
+def reduce_per_gaussian(per_isect, rank_offsets, slot_of, out, worker, n_workers):
+    """Sum per-intersection gradient rows [M, F] into per-rank rows ``out`` [V, F] (zeroed).
 
     Each Gaussian sums its own tiles in a fixed (row-major tile) order, so the result does not depend on
     the thread count.
     """
     F = per_isect.shape[1]
-    start, stop = block_share(gauss_offsets.shape[0] - 1, worker, n_workers)
-    for i in range(start, stop):
-        for k in range(gauss_offsets[i], gauss_offsets[i + 1]):
+    start, stop = block_share(out.shape[0], worker, n_workers)
+    for r in range(start, stop):
+        for k in range(rank_offsets[r], rank_offsets[r + 1]):
             slot = slot_of[k]
             for f in range(F):
-                out[i, f] += per_isect[slot, f]
+                out[r, f] += per_isect[slot, f]
 
 
 MAX_EXTENT_SIGMAS = 3.33  # gsplat's bounding-box half-size in standard deviations
@@ -672,6 +756,9 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             if smax < 0 or not positive_definite(a, b, c):
                 continue
             grad[:] = 0.0
+            # geometry gradients in registers: dL/dsigma summed per row as sum v, sum v d, sum v d^2 (d = dx),
+            # then chained through sigma = 0.5 a d^2 + b d dy + 0.5 c dy^2 once per row
+            v_mx = v_my = v_a = v_b = v_c = v_o = 0.0
             ha = 0.5 * a
             q = math.exp(-a)
             ylo, yhi = ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile)
@@ -686,6 +773,7 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                 dx = mx - (xlo + 0.5)
                 vis = math.exp(-(row_c + dx * (ha * dx + row_b)))  # as in the forward
                 r = math.exp(a * dx + row_b - ha)
+                s0 = s1 = s2 = 0.0
                 for x in range(xlo, xhi):
                     p = p0 + x
                     e = vis
@@ -707,15 +795,19 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                         grad[N_GEOM_3D + k] += w * g_out[p, k]
                     v_alpha = T_k * qf - later[p] * inv_one_minus
                     if o * e <= MAX_ALPHA:  # clamped alphas pass no gradient (gsplat)
-                        grad[5] += e * v_alpha
+                        v_o += e * v_alpha
                         v_sigma = -alpha * v_alpha
-                        grad[0] += v_sigma * (a * d + b * dy)
-                        grad[1] += v_sigma * (b * d + c * dy)
-                        grad[2] += v_sigma * 0.5 * d * d
-                        grad[3] += v_sigma * d * dy
-                        grad[4] += v_sigma * 0.5 * dy * dy
+                        s0 += v_sigma
+                        s1 += v_sigma * d
+                        s2 += v_sigma * d * d
                     later[p] += w * qf
                     T[p] = T_k
+                v_mx += a * s1 + b * dy * s0
+                v_my += b * s1 + c * dy * s0
+                v_a += 0.5 * s2
+                v_b += dy * s1
+                v_c += 0.5 * dy * dy * s0
+            grad[0], grad[1], grad[2], grad[3], grad[4], grad[5] = v_mx, v_my, v_a, v_b, v_c, v_o
             for f in range(N_GEOM_3D + D):
                 per_isect[j, f] = grad[f]
 

@@ -13,11 +13,19 @@ Pipeline, mirroring gsplat 1.5.3 with ``packed=False``, each stage a numba kerne
 
 Memory, all float64 whatever the caller's dtype: a row per (camera, Gaussian) of its screen-space
 parameters and features (6 + D values), per-pixel outputs and the per-pixel state backward needs (final T
-and last contributor), the tile lists (4 int64 per Gaussian-tile intersection) and, during backward, one
-gradient row per intersection (6 + D values); nothing per Gaussian-pixel pair. Gradients reach means,
+and last contributor), the tile lists (3 int64 per Gaussian-tile intersection, about 12 per visible
+Gaussian while binning) and, during backward, one gradient row per intersection (6 + D values) and one per
+visible Gaussian; nothing per Gaussian-pixel pair. Gradients reach means,
 quats, scales, opacities and colours; with camera tensors that require grad the projection falls back to
 the pure-PyTorch :func:`.projection.project_gaussians_3d` so that cameras get gradients too. ``means2d``
 in ``info`` receives the screen-space gradient that gsplat's ``DefaultStrategy`` reads.
+
+Why numba rather than a C++ extension: it installs as a wheel from the package registry like any other
+dependency (no compiler or build step at install time, on any platform), its code is Python that the
+tests exercise directly, it compiles through LLVM (clang's backend, so scalar loops come out as a C++
+compiler's would) and caches to disk (a cold compile takes about 30 s of CPU once per machine, a cached
+load about 1 s). What it lacks (explicit SIMD intrinsics, prefetch hints) these scalar kernels do not use;
+``tests/perf/bench_rasterizer.py`` has the measured distance to the machine's limit and why.
 """
 
 from __future__ import annotations
@@ -80,10 +88,11 @@ def as_f64(x: torch.Tensor) -> np.ndarray:
 
 
 def to_torch(x: np.ndarray, dtype: torch.dtype) -> Tensor:
-    """A float64 kernel output as a tensor of the caller's dtype (converted by NumPy, see :func:`as_f64`)."""
+    """A float64 kernel output as a tensor of the caller's dtype (converted by NumPy, see :func:`as_f64`),
+    C-contiguous when converted."""
     if dtype == torch.float64:
         return torch.from_numpy(x)
-    return torch.from_numpy(x.astype(torch.empty((), dtype=dtype).numpy().dtype))
+    return torch.from_numpy(x.astype(torch.empty((), dtype=dtype).numpy().dtype, order="C"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -91,26 +100,18 @@ def to_torch(x: np.ndarray, dtype: torch.dtype) -> Tensor:
 # ----------------------------------------------------------------------------------------------------
 
 
-def front_to_back(depth_bits: np.ndarray, visible: np.ndarray, C: int, N: int) -> np.ndarray:
-    """Visible (camera, Gaussian) ids c * N + g, by camera, then depth, then Gaussian index: the order of
-    gsplat's radix sort of (camera, tile, float32 depth bits) keys, which is stable over Gaussian index.
-    (Depths of visible Gaussians are positive, so their float32 bits sort as integers.)"""
-    ids = np.flatnonzero(visible)
-    parts = []
-    for c in range(C):
-        cam_ids = ids[(ids >= c * N) & (ids < (c + 1) * N)]
-        key = (depth_bits[cam_ids] << 32) | (cam_ids - c * N)
-        parts.append(cam_ids[np.argsort(key)])
-    return np.concatenate(parts) if parts else ids
-
-
 class TileBins:
     """Gaussian-tile intersections sorted by (camera, tile, depth), like gsplat's ``isect_tiles``.
 
-    Arrays are NumPy int64: ``flatten_ids`` [M] (c * N + g), ``tile_offsets`` [C * TH * TW + 1] (tile t
-    owns ``flatten_ids[tile_offsets[t]:tile_offsets[t + 1]]``), ``tiles_per_gauss`` [C * N],
-    ``gauss_offsets`` [C * N + 1], ``slot_of`` [M] and ``isect_ids`` [M] (see
-    :func:`.cpu_kernels.fill_tiles`).
+    The visible (camera, Gaussian) ids in front-to-back order are ``order`` [V]; a Gaussian's position
+    there is its rank. Binning gathers compact per-Gaussian rows once in that order (its one random access)
+    and works on rank-ordered arrays from then on, which stay in cache (at 300k Gaussians binning by
+    Gaussian id was dominated by cache misses and took twice as long). The compositing kernels read per-Gaussian rows
+    by id: gathering them into rank order cost more than the misses it saved.
+
+    Arrays are NumPy int64: ``flatten_ids`` [M] (c * N + g), ``tile_offsets`` [C * TH * TW + 1] (tile t owns
+    ``flatten_ids[tile_offsets[t]:tile_offsets[t + 1]]``), ``tiles_per_rank`` [V], ``rank_offsets`` [V + 1],
+    ``slot_of`` [M] and ``isect_ids`` [M] (see :func:`.cpu_kernels.fill_tiles`).
     """
 
     def __init__(self, means2d: np.ndarray, radii: np.ndarray, depths: np.ndarray, width: int, height: int):
@@ -121,24 +122,27 @@ class TileBins:
         n_tiles = C * self.tile_width * self.tile_height
         means2d, radii = means2d.reshape(C * N, 2), radii.reshape(C * N, 2)
         depth_bits = depths.reshape(-1).astype(np.float32).view(np.uint32).astype(np.int64)
-        order = front_to_back(depth_bits, (radii > 0).all(axis=1), C, N)
-        geometry = (means2d, radii, order, self.tile_width, self.tile_height, max(N, 1))
+        ids, keys, rects = K.visible_rects(means2d, radii, depth_bits, self.tile_width, self.tile_height)
+        perm, sorted_keys = K.front_to_back(ids, keys, C, max(N, 1))
+        V = perm.shape[0]
 
         # a counting sort by tile over the depth order, each worker taking a contiguous share of it
         n_workers = worker_count()
-        self.tiles_per_gauss = np.zeros(C * N, dtype=np.int64)
+        self.order, boxes = np.empty(V, dtype=np.int64), np.empty((V, 5), dtype=np.int64)
+        self.tiles_per_rank = np.empty(V, dtype=np.int64)
         hist = np.zeros((n_workers, n_tiles), dtype=np.int64)
-        run_workers(K.count_tiles, *geometry, self.tiles_per_gauss, hist, n_workers=n_workers)
-        self.gauss_offsets = np.zeros(C * N + 1, dtype=np.int64)
-        np.cumsum(self.tiles_per_gauss, out=self.gauss_offsets[1:])
+        tiles = (self.tile_width, self.tile_height, max(N, 1))
+        run_workers(K.count_tiles, ids, rects, perm, sorted_keys, *tiles, self.order, boxes, self.tiles_per_rank, hist,
+                    n_workers=n_workers)
+        self.rank_offsets = np.zeros(V + 1, dtype=np.int64)
+        np.cumsum(self.tiles_per_rank, out=self.rank_offsets[1:])
         self.tile_offsets = np.zeros(n_tiles + 1, dtype=np.int64)
         np.cumsum(hist.sum(axis=0), out=self.tile_offsets[1:])
         cursors = self.tile_offsets[:-1] + np.cumsum(hist, axis=0) - hist  # where each worker starts per tile
         M = int(self.tile_offsets[-1])
-        self.flatten_ids = np.empty(M, dtype=np.int64)
-        self.slot_of = np.empty(M, dtype=np.int64)
+        self.flatten_ids, self.slot_of = np.empty(M, dtype=np.int64), np.empty(M, dtype=np.int64)
         self.isect_ids = np.empty(M, dtype=np.int64)
-        run_workers(K.fill_tiles, *geometry, self.gauss_offsets, depth_bits, cursors, self.flatten_ids,
+        run_workers(K.fill_tiles, boxes, self.order, *tiles, self.rank_offsets, cursors, self.flatten_ids,
                     self.slot_of, self.isect_ids, n_workers=n_workers)
         self.pairs_evaluated = self.rows_evaluated = 0  # set by the forward rasterization
 
@@ -150,20 +154,35 @@ class TileBins:
     def n_tiles(self) -> int:
         return int(self.tile_offsets.shape[0] - 1)
 
-    def per_gaussian(self, per_isect: np.ndarray) -> np.ndarray:
-        """Sum per-intersection rows [M, F] into per-(camera, Gaussian) rows [C * N, F]."""
-        out = np.zeros((self.gauss_offsets.shape[0] - 1, per_isect.shape[1]))
-        run_workers(K.reduce_per_gaussian, per_isect, self.gauss_offsets, self.slot_of, out)
+    def per_rank(self, per_isect: np.ndarray) -> np.ndarray:
+        """Sum per-intersection rows [M, F] into per-rank rows [V, F]."""
+        out = np.zeros((self.order.shape[0], per_isect.shape[1]))
+        run_workers(K.reduce_per_gaussian, per_isect, self.rank_offsets, self.slot_of, out)
+        return out
+
+    def to_gaussians(self, rows: np.ndarray, shapes: list[tuple], dtype: torch.dtype) -> list[Tensor]:
+        """Per-rank rows [V, F] -> tensors of the given [C, N, ...] shapes (consecutive column blocks of
+        ``rows``) in ``dtype``, zero for the Gaussians no camera sees."""
+        out, col = [], 0
+        np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+        for shape in shapes:
+            width = int(np.prod(shape[2:], dtype=np.int64))
+            block = np.zeros((self.n_cameras * self.n_gaussians, width), dtype=np_dtype)
+            K.scatter_columns(rows, self.order, col, block)
+            out.append(torch.from_numpy(block.reshape(shape)))
+            col += width
         return out
 
     def info(self) -> dict:
         """gsplat's intersection keys for the ``info`` dict (torch tensors)."""
         C, N = self.n_cameras, self.n_gaussians
         offsets = self.tile_offsets[:-1].astype(np.int32).reshape(C, self.tile_height, self.tile_width)
+        tiles_per_gauss = np.zeros(C * N, dtype=np.int32)
+        tiles_per_gauss[self.order] = self.tiles_per_rank
         return {
             "tile_width": self.tile_width,
             "tile_height": self.tile_height,
-            "tiles_per_gauss": torch.from_numpy(self.tiles_per_gauss.astype(np.int32).reshape(C, N)),
+            "tiles_per_gauss": torch.from_numpy(tiles_per_gauss.reshape(C, N)),
             "isect_ids": torch.from_numpy(self.isect_ids),
             "flatten_ids": torch.from_numpy(self.flatten_ids.astype(np.int32)),
             "isect_offsets": torch.from_numpy(offsets),
@@ -257,17 +276,10 @@ def gaussian_rows(*per_camera: Tensor | np.ndarray) -> np.ndarray:
     """Concatenate [C, N, ...] (or [C, N]) tensors / float64 arrays into one float64 row per (camera,
     Gaussian)."""
     cols = [x if isinstance(x, np.ndarray) else as_f64(x) for x in per_camera]
-    return np.concatenate([x.reshape(x.shape[0] * x.shape[1], math.prod(x.shape[2:])) for x in cols], axis=1)
-
-
-def split_rows(rows: np.ndarray, shapes: list[tuple], dtype: torch.dtype) -> list[Tensor]:
-    """Inverse of :func:`gaussian_rows` for gradients: [C * N, F] -> tensors of the given shapes."""
-    out, col = [], 0
-    for shape in shapes:
-        width = int(np.prod(shape[2:], dtype=np.int64))
-        out.append(to_torch(np.ascontiguousarray(rows[:, col : col + width]).reshape(shape), dtype))
-        col += width
-    return out
+    cols = tuple(np.ascontiguousarray(x.reshape(x.shape[0] * x.shape[1], math.prod(x.shape[2:]))) for x in cols)
+    rows = np.empty((cols[0].shape[0], sum(x.shape[1] for x in cols)))
+    K.pack_rows(cols, rows)
+    return rows
 
 
 class RasterizeTiles3D(torch.autograd.Function):
@@ -299,7 +311,7 @@ class RasterizeTiles3D(torch.autograd.Function):
             K.rasterize_3dgs_bwd, ctx.params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
             bins.tile_height, False, ctx.T, ctx.last, as_f64(v_colors), as_f64(v_T[..., 0]), per_isect,
         )
-        grads = split_rows(bins.per_gaussian(per_isect), ctx.shapes, v_colors.dtype)
+        grads = bins.to_gaussians(bins.per_rank(per_isect), ctx.shapes, v_colors.dtype)
         return (*grads, None, None, None, None)
 
 

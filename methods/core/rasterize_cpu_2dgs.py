@@ -31,7 +31,6 @@ from .rasterize_cpu import (
     finish_render,
     gaussian_rows,
     run_workers,
-    split_rows,
     tile_info,
     to_torch,
 )
@@ -135,11 +134,13 @@ class RasterizeTiles2D(torch.autograd.Function):
             bins.tile_height, False, T, last, median_idx, depth_total, as_f64(v_features), as_f64(v_normals),
             as_f64(v_T[..., 0]), as_f64(v_distort[..., 0]), as_f64(v_median[..., 0]), per_isect,
         )
-        rows = bins.per_gaussian(per_isect)
-        grads = split_rows(rows, ctx.shapes, v_features.dtype)
+        rows = bins.per_rank(per_isect)
+        # dL/dM[0, 2], dL/dM[1, 2] (row columns 2 + 2, 2 + 5) times each rank's depth
+        rank_depths = ctx.depths.reshape(-1)[bins.order][:, None]
+        v_translation = np.ascontiguousarray(rows[:, [4, 7]] * rank_depths)
         C, N = ctx.depths.shape
-        v_translation = rows[:, 2:11].reshape(C, N, 3, 3)[:, :, :2, 2]  # dL/dM[0, 2], dL/dM[1, 2]
-        v_densify = to_torch(v_translation * ctx.depths[..., None], v_features.dtype)
+        grads = bins.to_gaussians(rows, ctx.shapes, v_features.dtype)
+        v_densify = bins.to_gaussians(v_translation, [(C, N, 2)], v_features.dtype)[0]
         return (*grads, v_densify, None, None, None, None)
 
 
