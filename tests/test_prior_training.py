@@ -173,7 +173,7 @@ def test_train_prior_command_trains_the_vae_then_the_diffusion_and_resumes(tmp_p
     history = json.loads((out / "losses.json").read_text())
     assert [step for step, _ in history["train"]] == [1, 2]
     assert (out / "autoencoder" / "loss_curve.png").stat().st_size > 0
-    assert Image.open(out / "repairs.png").size[1] == 18 + 3 * 40  # one held-out clip: artifact, repaired, target
+    assert Image.open(out / "repairs.png").size[1] == 18 + 3 * 80  # one held-out clip: artifact, repaired, target (x2)
 
 
 def test_zeroed_depth_clips_see_the_depth_estimate_input():

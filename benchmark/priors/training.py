@@ -400,6 +400,8 @@ def repair_sheet(prior: DiffusionVideoPrior, clips: list[Clip], path: Path, *, c
             rgb8 = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
             rows.append((f"{name} {label}", [np.concatenate([rgb8[k], colorize_depth(depth[k].cpu().numpy())], 1)
                                             for k in picked]))
+    zoom = max(1, -(-72 // data.target_rgb.shape[2]))  # small priors' frames enlarged (nearest) to >= 72 rows
+    rows = [(label, [np.kron(image, np.ones((zoom, zoom, 1), np.uint8)) for image in images]) for label, images in rows]
     labelled_grid(rows, title or f"{prior.source.name}: artifact -> repaired -> target (RGB | depth)").save(path)
     return path
 
