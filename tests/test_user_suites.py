@@ -285,3 +285,14 @@ def test_benchmark_your_own_capture_in_four_commands(tmp_path, monkeypatch):
     counts = f"{builtin_datasets + 1} datasets, {builtin_suites + 2} suites), 13 frozen split files"
     assert counts in validated.output, validated.output  # built-ins + mine, my-masked, my-sparse and its split
     assert package_state() == before
+
+
+def test_a_suite_of_your_own_does_not_inherit_the_shipped_synthetic_prior():
+    """`suite new --from synthetic-masked` writes `default_priors: {video: null}`: the shipped prior was trained for
+    the synthetic scenes, so a capture of your own names its prior by flag."""
+    from gfbench.cli.suite import _suite_text
+
+    base = specs.load_suite("synthetic-masked")
+    assert base.default_priors == {"video": "synthetic-video"}
+    data = yaml.safe_load(_suite_text("mine-masked", base, "synthetic-masked", "mine", None))
+    assert data["default_priors"] == {"video": None} and data["include"] == "synthetic-masked"

@@ -34,9 +34,14 @@ def _suite_text(suite_id: str, base: specs.SuiteSpec, include: str, dataset: str
     data = {"include": include, "id": suite_id, "kind": "suite", "version": 1,
             "description": f"The protocol, metrics and preset of suite {base.id} on dataset {dataset}.",
             "dataset": dataset, "scenes": scenes or "all"}
+    note = ""
+    if base.default_priors:  # priors shipped for the base suite's scenes (e.g. trained on synthetic ones)
+        data["default_priors"] = {kind: None for kind in sorted(base.default_priors)}
+        note = (f"# default_priors: {base.id}'s default priors ({', '.join(sorted(base.default_priors.values()))}) "
+                "were made for its own scenes, so this suite names none: pass them by flag.\n")
     return (f"# Written by `gfbench suite new`. Fields set here override those of {base.id} ({base.path});\n"
             "# bump `version` whenever you change what the suite trains on or how it scores.\n"
-            + yaml.safe_dump(data, sort_keys=False, width=100))
+            + note + yaml.safe_dump(data, sort_keys=False, width=100))
 
 
 @click.group("suite")
