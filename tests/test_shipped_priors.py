@@ -28,10 +28,12 @@ QUICK_GENFUSION = ["--set", "steps=2", "--set", "repair_start=1", "--set", "repa
 
 @pytest.fixture(scope="module")
 def shipped_root(tmp_path_factory):
-    """A shipped-priors root holding ``tiny-video`` (a tiny prior, two DDIM steps) and ``not-a-prior``."""
+    """A shipped-priors root holding ``tiny-video`` (a tiny prior, two DDIM steps), ``not-a-prior``, and the real
+    ``synthetic-video`` (linked: the built-in synthetic suites name it, and the test world's specs include them)."""
     from gfbench.priors.video import build_video_prior, video_prior_spec
 
     root = tmp_path_factory.mktemp("shipped")
+    (root / "synthetic-video").symlink_to(shipping.shipped_root() / "synthetic-video")
     spec = copy.deepcopy(video_prior_spec("tiny"))
     spec["prior"]["sampling"]["steps"] = 2
     build_video_prior(spec, seed=0).save_pretrained(root / SHIPPED)
@@ -111,7 +113,7 @@ def test_origin_is_recorded_but_no_part_of_a_job_identity(world, tmp_path):
 
 @pytest.mark.parametrize("default, problem", [
     ({"video": "no-such-prior"}, f"video: no shipped prior 'no-such-prior' (shipped with this gfbench: "
-                                 f"not-a-prior, {SHIPPED}; see 'gfbench ls priors')"),
+                                 f"not-a-prior, synthetic-video, {SHIPPED}; see 'gfbench ls priors')"),
     ({"audio": SHIPPED}, "unknown prior kind 'audio' (kinds: depth, video)"),
     ({"depth": SHIPPED}, f"depth: shipped prior '{SHIPPED}'"),
     ({"video": "not-a-prior"}, "is not a video prior folder: it has no 'prior.json'"),
