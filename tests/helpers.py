@@ -25,3 +25,23 @@ def tiny_scene(frames: int = 4, width: int = 12, height: int = 8, seed: int = 0,
     points = PointCloud(rng.normal(size=(20, 3)), rng.integers(0, 256, (20, 3)),
                         obs_point=[0, 3, 3], obs_frame=[0, 1, 2], obs_uv=[[1.5, 2.5], [3, 4], [5, 6]])
     return Scene(dataset, scene_id, out, points, meta={"provenance": {"made_by": "tests"}})
+
+
+def orbit_camera(i: int, step: float, width: int = 16, height: int = 12) -> Camera:
+    """The i-th camera of an orbit (``step`` radians apart) at radius 3, height 1.8, looking at the origin."""
+    eye = np.array([np.cos(step * i), np.sin(step * i), 0.6]) * 3
+    return Camera(intrinsics(14.0, 14.0, width / 2, height / 2), look_at(eye, np.zeros(3)), width, height)
+
+
+def orbit_views(step: float, count: int = 3) -> list:
+    """``count`` random 16x12 images on :func:`orbit_camera` poses, for training-loop tests."""
+    from gfbench.views import View
+
+    rng = np.random.default_rng(0)
+    return [View(f"v{i}", i, rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), orbit_camera(i, step))
+            for i in range(count)]
+
+
+def random_points(count: int = 150) -> PointCloud:
+    rng = np.random.default_rng(1)
+    return PointCloud(rng.normal(size=(count, 3)) * 0.5, rng.integers(0, 256, (count, 3)))

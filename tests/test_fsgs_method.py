@@ -12,15 +12,14 @@ import torch
 from click.testing import CliRunner
 
 from gfbench import results, specs
-from gfbench.camera import Camera, intrinsics, look_at
+from gfbench.camera import Camera
 from gfbench.cli import main
 from gfbench.leaderboard import method_label
 from gfbench.methods import ConfigError, load_preset
 from gfbench.methods.fsgs import FSGS
 from gfbench.priors import PriorSource, Priors
 from gfbench.priors.depth import DepthPrior
-from gfbench.scene import PointCloud
-from gfbench.views import View
+from helpers import orbit_camera, orbit_views, random_points
 from worlds import tiny_depth_anything
 
 STEPS = 12
@@ -45,21 +44,18 @@ class KeepsTrainer(FSGS):
         self.trainer = trainer
 
 
-def camera(i: int, width: int = 16, height: int = 12) -> Camera:
-    eye = np.array([np.cos(0.4 * i), np.sin(0.4 * i), 0.6]) * 3
-    return Camera(intrinsics(14.0, 14.0, width / 2, height / 2), look_at(eye, np.zeros(3)), width, height)
+def camera(i: int) -> Camera:
+    return orbit_camera(i, 0.4)
 
 
 @pytest.fixture(scope="module")
 def views():
-    rng = np.random.default_rng(0)
-    return [View(f"v{i}", i, rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), camera(i)) for i in range(3)]
+    return orbit_views(0.4)
 
 
 @pytest.fixture(scope="module")
 def points():
-    rng = np.random.default_rng(1)
-    return PointCloud(rng.normal(size=(150, 3)) * 0.5, rng.integers(0, 256, (150, 3)))
+    return random_points()
 
 
 def config(**overrides):

@@ -124,7 +124,7 @@ def test_the_autoencoder_stage_trains_the_vae_alone_and_calibrates_the_latent_sc
     assert any(not torch.equal(v, vae_before[k]) for k, v in prior.vae.state_dict().items())
     assert not any(p.requires_grad for p in prior.vae.parameters())
     # 1 / std of the latents of the clip's target video, computed independently:
-    video = prior._training_inputs(data.batch(torch.tensor([0]), torch.device("cpu")))[0].flatten(0, 1)
+    video = prior.model_inputs(data.batch(torch.tensor([0]), torch.device("cpu")))[0].flatten(0, 1)
     with torch.no_grad():
         std = float(prior.vae.encode(video).latent_dist.mean.std())
     assert prior.settings.latent_scale == pytest.approx(1.0 / std, rel=0.1)

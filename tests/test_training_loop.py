@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gfbench import specs
-from gfbench.camera import Camera, intrinsics, look_at
+from gfbench.camera import Camera
 from gfbench.methods import ConfigError, load_preset
 from gfbench.methods.core.densify import append_gaussians
 from gfbench.methods.core.strategies import MCMC, OpacityResettingStrategy, make_strategy
@@ -17,28 +17,23 @@ from gfbench.methods.core.training import TrainView, ViewSource
 from gfbench.methods.gs2d import GaussianSurfels2D
 from gfbench.methods.gs3d import GaussianSplatting3D
 from gfbench.protocols import make_split
-from gfbench.scene import PointCloud
-from gfbench.views import View
-from helpers import tiny_scene
+from helpers import orbit_camera, orbit_views, random_points, tiny_scene
 
 STEPS = 12
 
 
-def camera(i: int, width: int = 16, height: int = 12) -> Camera:
-    eye = np.array([np.cos(0.3 * i), np.sin(0.3 * i), 0.6]) * 3
-    return Camera(intrinsics(14.0, 14.0, width / 2, height / 2), look_at(eye, np.zeros(3)), width, height)
+def camera(i: int) -> Camera:
+    return orbit_camera(i, 0.3)
 
 
 @pytest.fixture(scope="module")
 def views():
-    rng = np.random.default_rng(0)
-    return [View(f"v{i}", i, rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), camera(i)) for i in range(3)]
+    return orbit_views(0.3)
 
 
 @pytest.fixture(scope="module")
 def points():
-    rng = np.random.default_rng(1)
-    return PointCloud(rng.normal(size=(150, 3)) * 0.5, rng.integers(0, 256, (150, 3)))
+    return random_points()
 
 
 def config(name="3dgs", **overrides):

@@ -63,11 +63,12 @@ class TrainSettings:
     validate_every: int
     seed: int
     mixed_precision: str
-    autoencoder_steps: int = 0
-    autoencoder_learning_rate: float = 1e-4
-    autoencoder_kl_weight: float = 1e-4
-    zero_depth_fraction: float = 0.0
-    autoencoder_frames: int = 8
+    autoencoder_steps: int
+    autoencoder_learning_rate: float
+    autoencoder_kl_weight: float
+    autoencoder_frames: int
+    latent_scale_clips: int
+    zero_depth_fraction: float
 
     @classmethod
     def defaults(cls) -> "TrainSettings":
@@ -81,7 +82,8 @@ class TrainSettings:
         return settings
 
     def check(self) -> None:
-        positive = ("steps", "batch_size", "checkpoint_every", "validate_every", "autoencoder_frames")
+        positive = ("steps", "batch_size", "checkpoint_every", "validate_every", "autoencoder_frames",
+                    "latent_scale_clips")
         for name in positive:
             if getattr(self, name) < 1:
                 raise TrainingError(f"training setting {name} must be >= 1, got {getattr(self, name)}")
@@ -170,7 +172,7 @@ def clip_posteriors(prior: DiffusionVideoPrior, clips: ClipTensors, *, chunk: in
     parts: dict[str, list] = {"target": [], "artifact": [], "zero_depth": [], "references": []}
     for start in range(0, len(clips), chunk):
         indices = torch.arange(start, min(start + chunk, len(clips)))
-        target, artifact, references = prior._training_inputs(clips.batch(indices, prior.device))
+        target, artifact, references = prior.model_inputs(clips.batch(indices, prior.device))
         zero_depth = artifact.clone()
         zero_depth[:, :, 3] = 0.0
         for name, video in (("target", target), ("artifact", artifact), ("zero_depth", zero_depth)):
@@ -351,9 +353,10 @@ class PriorTrainer:
         return self.prior.save_pretrained(self.out / PRIOR_FOLDER)
 
     def finish_autoencoder(self) -> Path:
-        """Calibrate the latent scale on (up to) 8 training clips, freeze the VAE and save it with its scale."""
+        """Calibrate the latent scale on (up to) ``latent_scale_clips`` training clips, freeze the VAE and save it
+        with its scale."""
         self.prior.vae.requires_grad_(False)
-        count = min(len(self.train), 8)
+        count = min(len(self.train), self.settings.latent_scale_clips)
         batch = self.train.batch(torch.arange(count), self.accelerator.device)
         scale = self.prior.calibrate_latent_scale(batch, step_generator(self.settings.seed, 0,
                                                                         self.accelerator.device, stream=2))
@@ -366,8 +369,6 @@ class PriorTrainer:
 def load_trained_autoencoder(prior: DiffusionVideoPrior, out: Path) -> bool:
     """Put the VAE an earlier autoencoder stage saved under ``out`` (and its latent scale) into ``prior``; False
     when there is none (or it is incomplete: the scale file is written last)."""
-    from dataclasses import replace as replace_settings
-
     from diffusers import AutoencoderKL
 
     folder = Path(out) / AUTOENCODER / "vae"
@@ -376,7 +377,7 @@ def load_trained_autoencoder(prior: DiffusionVideoPrior, out: Path) -> bool:
     scale = json.loads((folder / LATENT_SCALE).read_text())["latent_scale"]
     prior.vae = AutoencoderKL.from_pretrained(folder).to(prior.device)
     prior.vae.requires_grad_(False)
-    prior.settings = replace_settings(prior.settings, latent_scale=float(scale))
+    prior.settings = replace(prior.settings, latent_scale=float(scale))
     return True
 
 

@@ -427,14 +427,8 @@ class DiffusionVideoPrior:
 
     def encode_video(self, video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """``[B, T, 4, H, W]`` in [-1, 1] to scaled latents ``[B, 4, T, h, w]`` (a posterior sample, as the
-        official code takes), ``vae_chunk_frames`` frames at a time."""
-        batch, count = video.shape[:2]
-        frames = video.flatten(0, 1).to(self.device, self.dtype)
-        chunk = self.settings.vae_chunk_frames
-        latents = torch.cat([self.vae.encode(frames[start:start + chunk]).latent_dist.sample(generator=generator)
-                             for start in range(0, frames.shape[0], chunk)])
-        latents = latents.float() * self.settings.latent_scale
-        return latents.unflatten(0, (batch, count)).transpose(1, 2)
+        official code takes)."""
+        return self.sample_posterior(*self.posterior(video), generator)
 
     def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents ``[B, 4, T, h, w]`` to ``[B, T, 4, H, W]`` (model space), chunk by chunk."""
@@ -474,7 +468,7 @@ class DiffusionVideoPrior:
         ``zero_depth_fraction`` a clip's artifact disparity is set to 0, the input :meth:`estimate_depth` gives, so
         the model also learns depth from RGB (GenFusion's train-view depth). Every draw comes from ``generator``, so
         a batch and a generator state fix the loss."""
-        target, artifact, references = self._training_inputs(batch)
+        target, artifact, references = self.model_inputs(batch)
         posteriors = [self.posterior(target), self.posterior(artifact)]
         if zero_depth_fraction > 0:
             zero_depth = artifact.clone()
@@ -537,29 +531,30 @@ class DiffusionVideoPrior:
         per latent element. The official prior starts from LDM3D's trained VAE; a prior built from scratch trains
         its VAE with this first (train-prior's autoencoder stage). No perceptual or adversarial term: small
         RGB-D frames, a CPU budget. ``frames``: that many frames drawn from the batch's (all when None)."""
-        target, artifact, _ = self._training_inputs(batch)
+        target, artifact, _ = self.model_inputs(batch)
         pool = torch.cat([target, artifact]).flatten(0, 1)
         if frames is not None and frames < pool.shape[0]:
             pool = pool[torch.randperm(pool.shape[0], generator=generator, device=generator.device)[:frames].cpu()]
-        frames = pool.to(self.device, self.dtype)
-        posterior = self.vae.encode(frames).latent_dist
+        images = pool.to(self.device, self.dtype)
+        posterior = self.vae.encode(images).latent_dist
         decoded = self.vae.decode(posterior.sample(generator=generator)).sample
-        latent_elements = posterior.mean[0].numel()
-        kl = posterior.kl().mean() / latent_elements
-        return F.l1_loss(decoded.float(), frames.float()) + kl_weight * kl.float()
+        kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
+        return F.l1_loss(decoded.float(), images.float()) + kl_weight * kl.float()
 
     @torch.no_grad()
     def calibrate_latent_scale(self, batch: ClipBatch, generator: torch.Generator) -> float:
         """Set ``latent_scale`` to 1 / the standard deviation of the VAE's latents of ``batch``'s target videos, the
         rule that gave Stable Diffusion its 0.18215, so the diffusion sees unit-variance latents; returns it."""
-        target, _, _ = self._training_inputs(batch)
+        target, _, _ = self.model_inputs(batch)
         frames = target.flatten(0, 1).to(self.device, self.dtype)
         latents = self.vae.encode(frames).latent_dist.sample(generator=generator).float()
         scale = float(1.0 / latents.std())
         self.settings = dataclasses.replace(self.settings, latent_scale=scale)
         return scale
 
-    def _training_inputs(self, batch: ClipBatch):
+    def model_inputs(self, batch: ClipBatch):
+        """A batch in model space: target and artifact videos ``[B, T, 4, H, W]`` (RGB and normalised disparity in
+        [-1, 1]) and the references ``[B, 3, H, W]``."""
         expected = (self.settings.num_frames, self.settings.height, self.settings.width)
         for name in ("target", "artifact"):
             rgb, depth = getattr(batch, f"{name}_rgb"), getattr(batch, f"{name}_depth")
