@@ -314,6 +314,35 @@ def _camera_covariance(q, s, V, R, A, Sc):
 
 
 @njit(cache=True, fastmath=FASTMATH)
+def _camera_covariance_upper(q, s, V):
+    """The upper triangle (00, 01, 02, 11, 12, 22) of :func:`_camera_covariance`'s Sc, kept in registers
+    (the forward needs neither R nor A; the backward does)."""
+    norm = math.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
+    inv = 1.0 / max(norm, 1e-12)  # F.normalize's eps
+    w, x, y, z = q[0] * inv, q[1] * inv, q[2] * inv, q[3] * inv
+    r00, r01, r02 = 1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)
+    r10, r11, r12 = 2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)
+    r20, r21, r22 = 2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)
+    a00 = (V[0, 0] * r00 + V[0, 1] * r10 + V[0, 2] * r20) * s[0]
+    a01 = (V[0, 0] * r01 + V[0, 1] * r11 + V[0, 2] * r21) * s[1]
+    a02 = (V[0, 0] * r02 + V[0, 1] * r12 + V[0, 2] * r22) * s[2]
+    a10 = (V[1, 0] * r00 + V[1, 1] * r10 + V[1, 2] * r20) * s[0]
+    a11 = (V[1, 0] * r01 + V[1, 1] * r11 + V[1, 2] * r21) * s[1]
+    a12 = (V[1, 0] * r02 + V[1, 1] * r12 + V[1, 2] * r22) * s[2]
+    a20 = (V[2, 0] * r00 + V[2, 1] * r10 + V[2, 2] * r20) * s[0]
+    a21 = (V[2, 0] * r01 + V[2, 1] * r11 + V[2, 2] * r21) * s[1]
+    a22 = (V[2, 0] * r02 + V[2, 1] * r12 + V[2, 2] * r22) * s[2]
+    return (
+        a00 * a00 + a01 * a01 + a02 * a02,
+        a00 * a10 + a01 * a11 + a02 * a12,
+        a00 * a20 + a01 * a21 + a02 * a22,
+        a10 * a10 + a11 * a11 + a12 * a12,
+        a10 * a20 + a11 * a21 + a12 * a22,
+        a20 * a20 + a21 * a21 + a22 * a22,
+    )
+
+
+@njit(cache=True, fastmath=FASTMATH)
 def _fov_limits(K, width, height):
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     lim_x_pos = (width - cx) / fx + 0.3 * (0.5 * width / fx)
@@ -330,10 +359,17 @@ def project_3dgs_fwd(means, quats, scales, opacities, viewmats, Ks, width, heigh
     stay 0 where culled)."""
     C, N = viewmats.shape[0], means.shape[0]
     start, stop = block_share(C * N, worker, n_workers)
-    R, A, Sc = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))  # scratch
-    for k in range(start, stop):
-        c, n = k // N, k % N
-        V, K = viewmats[c], Ks[c]
+    if start >= stop:
+        return
+    c, n = start // N, start % N - 1
+    V, K = viewmats[c], Ks[c]
+    lxp, lxn, lyp, lyn = _fov_limits(K, width, height)
+    for _ in range(start, stop):
+        n += 1  # (c, n) walks the share without two integer divisions per Gaussian (a fifth of the kernel)
+        if n == N:
+            c, n = c + 1, 0
+            V, K = viewmats[c], Ks[c]
+            lxp, lxn, lyp, lyn = _fov_limits(K, width, height)
         x = V[0, 0] * means[n, 0] + V[0, 1] * means[n, 1] + V[0, 2] * means[n, 2] + V[0, 3]
         y = V[1, 0] * means[n, 0] + V[1, 1] * means[n, 1] + V[1, 2] * means[n, 2] + V[1, 3]
         z = V[2, 0] * means[n, 0] + V[2, 1] * means[n, 1] + V[2, 2] * means[n, 2] + V[2, 3]
@@ -342,17 +378,16 @@ def project_3dgs_fwd(means, quats, scales, opacities, viewmats, Ks, width, heigh
         o = opacities[n]
         if not (o >= ALPHA_THRESHOLD):
             continue
-        _camera_covariance(quats[n], scales[n], V, R, A, Sc)
+        s00, s01, s02, s11, s12, s22 = _camera_covariance_upper(quats[n], scales[n], V)
         fx, fy = K[0, 0], K[1, 1]
-        lxp, lxn, lyp, lyn = _fov_limits(K, width, height)
         tx = z * min(max(x / z, -lxn), lxp)
         ty = z * min(max(y / z, -lyn), lyp)
         # J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]];  cov2d = J Sc J^T
         j00, j02 = fx / z, -fx * tx / (z * z)
         j11, j12 = fy / z, -fy * ty / (z * z)
-        a = j00 * j00 * Sc[0, 0] + 2 * j00 * j02 * Sc[0, 2] + j02 * j02 * Sc[2, 2] + eps2d
-        b = j00 * (j11 * Sc[0, 1] + j12 * Sc[0, 2]) + j02 * (j11 * Sc[2, 1] + j12 * Sc[2, 2])
-        cc = j11 * j11 * Sc[1, 1] + 2 * j11 * j12 * Sc[1, 2] + j12 * j12 * Sc[2, 2] + eps2d
+        a = j00 * j00 * s00 + 2 * j00 * j02 * s02 + j02 * j02 * s22 + eps2d
+        b = j00 * (j11 * s01 + j12 * s02) + j02 * (j11 * s12 + j12 * s22)
+        cc = j11 * j11 * s11 + 2 * j11 * j12 * s12 + j12 * j12 * s22 + eps2d
         det = a * cc - b * b
         if not (det > 0):
             continue
@@ -498,9 +533,14 @@ def project_2dgs_fwd(means, quats, scales, viewmats, Ks, width, height, near, fa
     [C, N, 2] int32 (all zeroed; they stay 0 where culled)."""
     C, N = viewmats.shape[0], means.shape[0]
     start, stop = block_share(C * N, worker, n_workers)
+    if start >= stop:
+        return
     R, Rc, H = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))  # scratch
-    for k in range(start, stop):
-        c, n = k // N, k % N
+    c, n = start // N, start % N - 1
+    for _ in range(start, stop):
+        n += 1  # (c, n) walks the share without two integer divisions per surfel
+        if n == N:
+            c, n = c + 1, 0
         _, _, _, _, _, mc0, mc1, mc2 = _surfel_transform(means[n], quats[n], scales[n], viewmats[c], Ks[c],
                                                          R, Rc, H)
         # bounding box of the 1-sigma ellipse in closed form, with signs (1, 1, -1)
@@ -585,6 +625,10 @@ def project_2dgs_bwd(means, quats, scales, viewmats, Ks, radii, v_means2d, v_tra
 # ----------------------------------------------------------------------------------------------------
 
 N_GEOM_3D = 6  # per-Gaussian row: mean x, mean y, conic a, b, c, opacity; then the D features
+# Per-Gaussian rows end with what the compositing passes precompute per Gaussian (fill_aux_3dgs / _2dgs):
+AUX_SMAX, AUX_ROW_LO, AUX_ROW_HI, AUX_DECAY = 0, 1, 2, 3  # sigma bound (< 0: skip), row limits, exp(-a)
+N_AUX_3D, N_AUX_2D = 4, 3
+ALL_ROWS = 1e9  # row limits of a surfel whose image is not a bounded ellipse (every row of the tile)
 SPAN_MARGIN = 1e-6  # relative slack on the ellipse's sigma bound, so rounding never shrinks a span
 PIXEL_MARGIN = 1e-3  # and slack in pixels on the solved row and column limits
 
@@ -617,12 +661,11 @@ def positive_definite(a, b, c):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile):
-    """Rows [lo, hi) of the tile that the ellipse sigma <= smax reaches."""
+def row_range(g, aux, y0, y1, full_tile):
+    """Rows [lo, hi) of the tile that an intersection row's limits (``g[aux + AUX_ROW_LO]``, ...) reach."""
     if full_tile:
         return y0, y1
-    ey = math.sqrt(2.0 * smax * a / (a * c - b * b))  # max |dy| on the ellipse
-    return pixel_range(my - ey, my + ey, y0, y1)
+    return pixel_range(g[aux + AUX_ROW_LO], g[aux + AUX_ROW_HI], y0, y1)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -647,13 +690,55 @@ def ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile):
     return pixel_range(centre - half, centre + half, x0, x1)
 
 
+@njit(cache=True, fastmath=FASTMATH)
+def ellipse_row(mx, my, a, b, c, smax, y, x0, x1, full_tile):
+    """Set up pixel row ``y`` of a Gaussian in a tile (the forward's and backward's shared step): the offset
+    dy = my - pixel y, the columns [xlo, xhi) of the span, and, for a non-empty span, dx = mx - pixel x, E =
+    exp(-sigma) and the ratio r = E(x + 1) / E(x) at its first pixel (r shrinks by exp(-a) per pixel)."""
+    dy = my - (y + 0.5)
+    xlo, xhi = ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile)
+    if xlo >= xhi:
+        return dy, xlo, xhi, 0.0, 0.0, 0.0
+    row_c = 0.5 * c * dy * dy
+    row_b = b * dy
+    ha = 0.5 * a
+    dx = mx - (xlo + 0.5)
+    E = math.exp(-(row_c + dx * (ha * dx + row_b)))
+    r = math.exp(a * dx + row_b - ha)
+    return dy, xlo, xhi, dx, E, r
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def fill_aux_3dgs(params, worker, n_workers):
+    """Fill the last N_AUX_3D columns of each per-Gaussian row of ``params`` with what the compositing
+    passes need per Gaussian (the sigma bound, negative for a Gaussian to skip; the row limits; exp(-a)):
+    computed once per Gaussian, in order, rather than per intersection in each pass."""
+    aux = params.shape[1] - N_AUX_3D
+    start, stop = block_share(params.shape[0], worker, n_workers)
+    for i in range(start, stop):
+        g = params[i]
+        mx, my, a, b, c, o = g[0], g[1], g[2], g[3], g[4], g[5]
+        smax = sigma_bound(o)
+        if smax < 0 or not positive_definite(a, b, c):
+            smax = -1.0
+            g[aux + AUX_ROW_LO] = g[aux + AUX_ROW_HI] = g[aux + AUX_DECAY] = 0.0
+        else:
+            ey = math.sqrt(2.0 * smax * a / (a * c - b * b))  # max |dy| on the ellipse sigma <= smax
+            g[aux + AUX_ROW_LO] = my - ey
+            g[aux + AUX_ROW_HI] = my + ey
+            g[aux + AUX_DECAY] = math.exp(-a)  # E(x + 1) / E(x) shrinks by this factor per pixel
+        g[aux + AUX_SMAX] = smax
+
+
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
 def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, colors, T_final, last,
                        pairs, worker, n_workers):
     """Fill colours [C, H, W, D], final transmittance [C, H, W], last composited index [C, H, W] (into
     ``flatten_ids``, -1 if none) and, per tile, the Gaussian-pixel pairs evaluated and the Gaussian-rows
-    set up [n_tiles, 2] (the work counts behind the benchmark's compute bound)."""
-    D = params.shape[1] - N_GEOM_3D
+    set up [n_tiles, 2] (the work counts behind the benchmark's compute bound). ``params`` rows end with
+    the columns of :func:`fill_aux_3dgs`."""
+    aux = params.shape[1] - N_AUX_3D
+    D = aux - N_GEOM_3D
     height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
     for tile in range(worker, n_tiles, n_workers):
@@ -668,25 +753,16 @@ def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                 break
             g = params[flatten_ids[j]]
             mx, my, a, b, c, o = g[0], g[1], g[2], g[3], g[4], g[5]
-            smax = sigma_bound(o)
-            if smax < 0 or not positive_definite(a, b, c):
+            smax = g[aux + AUX_SMAX]
+            if smax < 0:
                 continue
-            feat = g[N_GEOM_3D:]
-            ha = 0.5 * a
-            q = math.exp(-a)  # the ratio E(x + 1) / E(x) shrinks by this factor per pixel
-            ylo, yhi = ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile)
+            feat = g[N_GEOM_3D:aux]
+            q = g[aux + AUX_DECAY]
+            ylo, yhi = row_range(g, aux, y0, y1, full_tile)
             n_rows += yhi - ylo
             for y in range(ylo, yhi):
-                dy = my - (y + 0.5)
-                row_c = 0.5 * c * dy * dy
-                row_b = b * dy
-                xlo, xhi = ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile)
-                if xlo >= xhi:
-                    continue
+                _, xlo, xhi, _, E, r = ellipse_row(mx, my, a, b, c, smax, y, x0, x1, full_tile)
                 p0 = (y - y0) * TILE_SIZE - x0
-                dx = mx - (xlo + 0.5)
-                E = math.exp(-(row_c + dx * (ha * dx + row_b)))  # exp(-sigma) at xlo
-                r = math.exp(a * dx + row_b - ha)  # E(xlo + 1) / E(xlo)
                 for x in range(xlo, xhi):
                     p = p0 + x
                     Ex = E
@@ -726,7 +802,8 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
     """Fill per-intersection gradient rows ``per_isect`` [M, 6 + D] (zeroed): dL/d(mean x, mean y, conic a,
     b, c, opacity, features). ``v_colors`` [C, H, W, D] and ``v_T`` [C, H, W] are the gradients of the
     forward's outputs."""
-    D = params.shape[1] - N_GEOM_3D
+    aux = params.shape[1] - N_AUX_3D
+    D = aux - N_GEOM_3D
     height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
     for tile in range(worker, n_tiles, n_workers):
@@ -752,27 +829,20 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
         for j in range(newest, start - 1, -1):
             g = params[flatten_ids[j]]
             mx, my, a, b, c, o = g[0], g[1], g[2], g[3], g[4], g[5]
-            smax = sigma_bound(o)
-            if smax < 0 or not positive_definite(a, b, c):
+            smax = g[aux + AUX_SMAX]
+            if smax < 0:
                 continue
             grad[:] = 0.0
             # geometry gradients in registers: dL/dsigma summed per row as sum v, sum v d, sum v d^2 (d = dx),
             # then chained through sigma = 0.5 a d^2 + b d dy + 0.5 c dy^2 once per row
             v_mx = v_my = v_a = v_b = v_c = v_o = 0.0
-            ha = 0.5 * a
-            q = math.exp(-a)
-            ylo, yhi = ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile)
+            q = g[aux + AUX_DECAY]
+            ylo, yhi = row_range(g, aux, y0, y1, full_tile)
             for y in range(ylo, yhi):
-                dy = my - (y + 0.5)
-                row_c = 0.5 * c * dy * dy
-                row_b = b * dy
-                xlo, xhi = ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile)
+                dy, xlo, xhi, dx, vis, r = ellipse_row(mx, my, a, b, c, smax, y, x0, x1, full_tile)
                 if xlo >= xhi:
                     continue
                 p0 = (y - y0) * TILE_SIZE - x0
-                dx = mx - (xlo + 0.5)
-                vis = math.exp(-(row_c + dx * (ha * dx + row_b)))  # as in the forward
-                r = math.exp(a * dx + row_b - ha)
                 s0 = s1 = s2 = 0.0
                 for x in range(xlo, xhi):
                     p = p0 + x
@@ -821,10 +891,9 @@ LOWPASS_INV_SQUARE = 2.0  # gsplat's FILTER_INV_SQUARE_2DGS
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def surfel_rows(g, smax, y0, y1, full_tile):
-    """Rows [lo, hi) that the splat disk's image or the low-pass disk can reach."""
-    if full_tile:
-        return y0, y1
+def surfel_row_limits(g, smax):
+    """Limits (lo, hi) in pixel y of the rows that the splat disk's image or the low-pass disk can reach,
+    (-ALL_ROWS, ALL_ROWS) when the image is not a bounded ellipse."""
     my = g[1]
     half = math.sqrt(smax)  # low-pass: |d|^2 <= smax
     lo_f, hi_f = my - half, my + half
@@ -836,10 +905,23 @@ def surfel_rows(g, smax, y0, y1, full_tile):
     c22 = r2 * (g[8] * g[8] + g[9] * g[9]) - g[10] * g[10]
     disc = c12 * c12 - c11 * c22
     if not (c22 < 0 and disc >= 0):
-        return y0, y1  # not a bounded ellipse: every row
+        return -ALL_ROWS, ALL_ROWS
     root = math.sqrt(disc)
     k1, k2 = (c12 + root) / c22, (c12 - root) / c22
-    return pixel_range(min(lo_f, min(k1, k2)), max(hi_f, max(k1, k2)), y0, y1)
+    return min(lo_f, min(k1, k2)), max(hi_f, max(k1, k2))
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def fill_aux_2dgs(params, worker, n_workers):
+    """Fill the last N_AUX_2D columns of each per-surfel row (sigma bound, row limits), as
+    :func:`fill_aux_3dgs` does for 3D Gaussians."""
+    aux = params.shape[1] - N_AUX_2D
+    start, stop = block_share(params.shape[0], worker, n_workers)
+    for i in range(start, stop):
+        g = params[i]
+        smax = sigma_bound(g[11])
+        lo, hi = (0.0, 0.0) if smax < 0 else surfel_row_limits(g, smax)
+        g[aux + AUX_SMAX], g[aux + AUX_ROW_LO], g[aux + AUX_ROW_HI] = smax, lo, hi
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -885,8 +967,10 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                        T_final, distort, median, last, median_idx, pairs, worker, n_workers):
     """Fill features [C, H, W, D], normals [C, H, W, 3], final T, distortion, median depth (each
     [C, H, W]), the last composited index and the median's index [C, H, W] (into ``flatten_ids``, -1 if
-    none) and the pairs evaluated and rows set up per tile [n_tiles, 2]."""
-    D = params.shape[1] - N_GEOM_2D - 3
+    none) and the pairs evaluated and rows set up per tile [n_tiles, 2]. ``params`` rows end with the
+    columns of :func:`fill_aux_2dgs`."""
+    aux = params.shape[1] - N_AUX_2D
+    D = aux - N_GEOM_2D - 3
     height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
     for tile in range(worker, n_tiles, n_workers):
@@ -906,11 +990,11 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             g = params[flatten_ids[j]]
             mx, my, o = g[0], g[1], g[11]
             depth = g[N_GEOM_2D + D - 1]
-            smax = sigma_bound(o)
+            smax = g[aux + AUX_SMAX]
             if smax < 0:
                 continue
-            feat = g[N_GEOM_2D:]
-            ylo, yhi = surfel_rows(g, smax, y0, y1, full_tile)
+            feat = g[N_GEOM_2D:aux]
+            ylo, yhi = row_range(g, aux, y0, y1, full_tile)
             n_rows += yhi - ylo
             for y in range(ylo, yhi):
                 py = y + 0.5
@@ -976,9 +1060,9 @@ def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                        median_idx, depth_total, v_features, v_normals, v_T, v_distort, v_median, per_isect,
                        worker, n_workers):
     """Fill per-intersection gradient rows ``per_isect`` [M, 12 + D + 3] (zeroed) in the layout of
-    ``params``. ``depth_total`` [C, H, W] is the forward's sum of w * depth (its last feature channel)."""
-    D = params.shape[1] - N_GEOM_2D - 3
-    F = params.shape[1]
+    ``params`` without its N_AUX_2D last columns. ``depth_total`` [C, H, W] is the forward's sum of w * depth (its last feature channel)."""
+    F = params.shape[1] - N_AUX_2D
+    D = F - N_GEOM_2D - 3
     height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
     for tile in range(worker, n_tiles, n_workers):
@@ -1017,11 +1101,11 @@ def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             g = params[flatten_ids[j]]
             mx, my, o = g[0], g[1], g[11]
             depth = g[N_GEOM_2D + D - 1]
-            smax = sigma_bound(o)
+            smax = g[F + AUX_SMAX]
             if smax < 0:
                 continue
             grad[:] = 0.0
-            ylo, yhi = surfel_rows(g, smax, y0, y1, full_tile)
+            ylo, yhi = row_range(g, F, y0, y1, full_tile)
             for y in range(ylo, yhi):
                 py = y + 0.5
                 dy = my - py
