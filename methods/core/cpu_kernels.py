@@ -1060,7 +1060,8 @@ def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                        median_idx, depth_total, v_features, v_normals, v_T, v_distort, v_median, per_isect,
                        worker, n_workers):
     """Fill per-intersection gradient rows ``per_isect`` [M, 12 + D + 3] (zeroed) in the layout of
-    ``params`` without its N_AUX_2D last columns. ``depth_total`` [C, H, W] is the forward's sum of w * depth (its last feature channel)."""
+    ``params`` without its N_AUX_2D last columns. ``depth_total`` [C, H, W] is the forward's sum of w * depth
+    (its last feature channel)."""
     F = params.shape[1] - N_AUX_2D
     D = F - N_GEOM_2D - 3
     height, width = T_final.shape[1], T_final.shape[2]

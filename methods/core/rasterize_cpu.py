@@ -11,14 +11,14 @@ Pipeline, mirroring gsplat 1.5.3 with ``packed=False``, each stage a numba kerne
    would take its transmittance to <= 1e-4); backward walks back to front from each pixel's last
    contributor, as gsplat's CUDA backward does (:mod:`.cpu_kernels`).
 
-Memory, all float64 whatever the caller's dtype: a row per (camera, Gaussian) of its screen-space
-parameters, features and the compositing's per-Gaussian constants (10 + D values), per-pixel outputs and
-the per-pixel state backward needs (final T and last contributor), the tile lists (3 int64 per Gaussian-tile intersection, about 12 per visible
-Gaussian while binning) and, during backward, one gradient row per intersection (6 + D values) and one per
-visible Gaussian; nothing per Gaussian-pixel pair. Gradients reach means,
-quats, scales, opacities and colours; with camera tensors that require grad the projection falls back to
-the pure-PyTorch :func:`.projection.project_gaussians_3d` so that cameras get gradients too. ``means2d``
-in ``info`` receives the screen-space gradient that gsplat's ``DefaultStrategy`` reads.
+Memory, all float64 whatever the caller's dtype: a row per (camera, Gaussian) of its screen-space parameters,
+features and the compositing's per-Gaussian constants (10 + D values), per-pixel outputs and the per-pixel
+state backward needs (final T and last contributor), the tile lists (3 int64 per Gaussian-tile intersection,
+about 12 per visible Gaussian while binning) and, during backward, one gradient row per intersection (6 + D
+values) and one per visible Gaussian; nothing per Gaussian-pixel pair. Gradients reach means, quats, scales,
+opacities and colours; with camera tensors that require grad the projection falls back to the pure-PyTorch
+:func:`.projection.project_gaussians_3d` so that cameras get gradients too. ``means2d`` in ``info`` receives
+the screen-space gradient that gsplat's ``DefaultStrategy`` reads.
 
 Why numba rather than a C++ extension: it installs as a wheel from the package registry like any other
 dependency (no compiler or build step at install time, on any platform), its code is Python that the
