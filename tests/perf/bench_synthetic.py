@@ -21,7 +21,7 @@ every frame bit-identical):
     synthetic        room                  0.580            0.240    2.4
     synthetic        courtyard             0.679            0.290    2.3
     synthetic-train  train-000             0.092            0.057    1.6
-    ... (train-004 to train-023: 1.5-1.9x)
+    ... (train-001 to train-023: 1.5x-2.8x each)
     all                                    3.848            1.929    2.0  (sums of s/frame)
 
 Whole builds, old code then new one after the other on the same machine (`gfbench build-data synthetic`,
