@@ -314,35 +314,6 @@ def _camera_covariance(q, s, V, R, A, Sc):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _camera_covariance_upper(q, s, V):
-    """The upper triangle (00, 01, 02, 11, 12, 22) of :func:`_camera_covariance`'s Sc, kept in registers
-    (the forward needs neither R nor A; the backward does)."""
-    norm = math.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
-    inv = 1.0 / max(norm, 1e-12)  # F.normalize's eps
-    w, x, y, z = q[0] * inv, q[1] * inv, q[2] * inv, q[3] * inv
-    r00, r01, r02 = 1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)
-    r10, r11, r12 = 2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)
-    r20, r21, r22 = 2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)
-    a00 = (V[0, 0] * r00 + V[0, 1] * r10 + V[0, 2] * r20) * s[0]
-    a01 = (V[0, 0] * r01 + V[0, 1] * r11 + V[0, 2] * r21) * s[1]
-    a02 = (V[0, 0] * r02 + V[0, 1] * r12 + V[0, 2] * r22) * s[2]
-    a10 = (V[1, 0] * r00 + V[1, 1] * r10 + V[1, 2] * r20) * s[0]
-    a11 = (V[1, 0] * r01 + V[1, 1] * r11 + V[1, 2] * r21) * s[1]
-    a12 = (V[1, 0] * r02 + V[1, 1] * r12 + V[1, 2] * r22) * s[2]
-    a20 = (V[2, 0] * r00 + V[2, 1] * r10 + V[2, 2] * r20) * s[0]
-    a21 = (V[2, 0] * r01 + V[2, 1] * r11 + V[2, 2] * r21) * s[1]
-    a22 = (V[2, 0] * r02 + V[2, 1] * r12 + V[2, 2] * r22) * s[2]
-    return (
-        a00 * a00 + a01 * a01 + a02 * a02,
-        a00 * a10 + a01 * a11 + a02 * a12,
-        a00 * a20 + a01 * a21 + a02 * a22,
-        a10 * a10 + a11 * a11 + a12 * a12,
-        a10 * a20 + a11 * a21 + a12 * a22,
-        a20 * a20 + a21 * a21 + a22 * a22,
-    )
-
-
-@njit(cache=True, fastmath=FASTMATH)
 def _fov_limits(K, width, height):
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     lim_x_pos = (width - cx) / fx + 0.3 * (0.5 * width / fx)
@@ -361,6 +332,7 @@ def project_3dgs_fwd(means, quats, scales, opacities, viewmats, Ks, width, heigh
     start, stop = block_share(C * N, worker, n_workers)
     if start >= stop:
         return
+    R, A, Sc = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))  # scratch
     c, n = start // N, start % N - 1
     V, K = viewmats[c], Ks[c]
     lxp, lxn, lyp, lyn = _fov_limits(K, width, height)
@@ -378,16 +350,16 @@ def project_3dgs_fwd(means, quats, scales, opacities, viewmats, Ks, width, heigh
         o = opacities[n]
         if not (o >= ALPHA_THRESHOLD):
             continue
-        s00, s01, s02, s11, s12, s22 = _camera_covariance_upper(quats[n], scales[n], V)
+        _camera_covariance(quats[n], scales[n], V, R, A, Sc)
         fx, fy = K[0, 0], K[1, 1]
         tx = z * min(max(x / z, -lxn), lxp)
         ty = z * min(max(y / z, -lyn), lyp)
         # J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]];  cov2d = J Sc J^T
         j00, j02 = fx / z, -fx * tx / (z * z)
         j11, j12 = fy / z, -fy * ty / (z * z)
-        a = j00 * j00 * s00 + 2 * j00 * j02 * s02 + j02 * j02 * s22 + eps2d
-        b = j00 * (j11 * s01 + j12 * s02) + j02 * (j11 * s12 + j12 * s22)
-        cc = j11 * j11 * s11 + 2 * j11 * j12 * s12 + j12 * j12 * s22 + eps2d
+        a = j00 * j00 * Sc[0, 0] + 2 * j00 * j02 * Sc[0, 2] + j02 * j02 * Sc[2, 2] + eps2d
+        b = j00 * (j11 * Sc[0, 1] + j12 * Sc[0, 2]) + j02 * (j11 * Sc[2, 1] + j12 * Sc[2, 2])
+        cc = j11 * j11 * Sc[1, 1] + 2 * j11 * j12 * Sc[1, 2] + j12 * j12 * Sc[2, 2] + eps2d
         det = a * cc - b * b
         if not (det > 0):
             continue
@@ -690,24 +662,6 @@ def ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile):
     return pixel_range(centre - half, centre + half, x0, x1)
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def ellipse_row(mx, my, a, b, c, smax, y, x0, x1, full_tile):
-    """Set up pixel row ``y`` of a Gaussian in a tile (the forward's and backward's shared step): the offset
-    dy = my - pixel y, the columns [xlo, xhi) of the span, and, for a non-empty span, dx = mx - pixel x, E =
-    exp(-sigma) and the ratio r = E(x + 1) / E(x) at its first pixel (r shrinks by exp(-a) per pixel)."""
-    dy = my - (y + 0.5)
-    xlo, xhi = ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile)
-    if xlo >= xhi:
-        return dy, xlo, xhi, 0.0, 0.0, 0.0
-    row_c = 0.5 * c * dy * dy
-    row_b = b * dy
-    ha = 0.5 * a
-    dx = mx - (xlo + 0.5)
-    E = math.exp(-(row_c + dx * (ha * dx + row_b)))
-    r = math.exp(a * dx + row_b - ha)
-    return dy, xlo, xhi, dx, E, r
-
-
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
 def fill_aux_3dgs(params, worker, n_workers):
     """Fill the last N_AUX_3D columns of each per-Gaussian row of ``params`` with what the compositing
@@ -760,9 +714,18 @@ def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             q = g[aux + AUX_DECAY]
             ylo, yhi = row_range(g, aux, y0, y1, full_tile)
             n_rows += yhi - ylo
+            ha = 0.5 * a
             for y in range(ylo, yhi):
-                _, xlo, xhi, _, E, r = ellipse_row(mx, my, a, b, c, smax, y, x0, x1, full_tile)
+                dy = my - (y + 0.5)
+                row_c = 0.5 * c * dy * dy
+                row_b = b * dy
+                xlo, xhi = ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile)
+                if xlo >= xhi:
+                    continue
                 p0 = (y - y0) * TILE_SIZE - x0
+                dx = mx - (xlo + 0.5)
+                E = math.exp(-(row_c + dx * (ha * dx + row_b)))  # exp(-sigma) at xlo
+                r = math.exp(a * dx + row_b - ha)  # E(xlo + 1) / E(xlo)
                 for x in range(xlo, xhi):
                     p = p0 + x
                     Ex = E
@@ -838,11 +801,18 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             v_mx = v_my = v_a = v_b = v_c = v_o = 0.0
             q = g[aux + AUX_DECAY]
             ylo, yhi = row_range(g, aux, y0, y1, full_tile)
+            ha = 0.5 * a
             for y in range(ylo, yhi):
-                dy, xlo, xhi, dx, vis, r = ellipse_row(mx, my, a, b, c, smax, y, x0, x1, full_tile)
+                dy = my - (y + 0.5)
+                row_c = 0.5 * c * dy * dy
+                row_b = b * dy
+                xlo, xhi = ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile)
                 if xlo >= xhi:
                     continue
                 p0 = (y - y0) * TILE_SIZE - x0
+                dx = mx - (xlo + 0.5)
+                vis = math.exp(-(row_c + dx * (ha * dx + row_b)))  # as in the forward
+                r = math.exp(a * dx + row_b - ha)
                 s0 = s1 = s2 = 0.0
                 for x in range(xlo, xhi):
                     p = p0 + x
