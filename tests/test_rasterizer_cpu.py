@@ -464,7 +464,7 @@ def _kernel_inputs_3dgs(scene, viewmats, Ks):
     feats = torch.cat([scene["colors"][None].expand(C, -1, -1), proj.depths[..., None]], dim=-1)
     opac = scene["opacities"][None].expand(C, -1)
     bins = rc.bin_tiles(proj, W, H)
-    return rc.gaussian_rows_3d(proj.means2d, proj.conics, opac, feats), bins
+    return rc.gaussian_rows(proj.means2d, proj.conics, opac, feats), bins
 
 
 def _kernel_inputs_2dgs(scene, viewmats, Ks):
@@ -479,7 +479,7 @@ def _kernel_inputs_2dgs(scene, viewmats, Ks):
     feats = torch.cat([scene["colors"][None].expand(C, -1, -1), proj.depths[..., None]], dim=-1)
     opac = scene["opacities"][None].expand(C, -1)
     bins = rc.bin_tiles(proj, W, H)
-    return rc2.gaussian_rows_2d(proj.means2d, proj.ray_transforms, opac, feats, proj.normals), bins
+    return rc.gaussian_rows(proj.means2d, proj.ray_transforms, opac, feats, proj.normals), bins
 
 
 def _edge_on_surfels(scene, n: int = 12):
@@ -510,10 +510,8 @@ def test_pixel_spans_equal_whole_tiles(kind):
     viewmats, Ks = make_cameras()
     if kind == "3dgs":
         params, bins = _kernel_inputs_3dgs(scene, viewmats, Ks)
-        n_grads = params.shape[1] - K.N_AUX_3D
     else:
         params, bins = _kernel_inputs_2dgs(scene, viewmats, Ks)
-        n_grads = params.shape[1] - K.N_AUX_2D
     C, D = 2, 4
     common = (params, bins.tile_offsets, bins.flatten_ids, bins.tile_width, bins.tile_height)
 
@@ -530,7 +528,7 @@ def test_pixel_spans_equal_whole_tiles(kind):
         return out, pairs
 
     def backward(full_tile, *upstream):
-        per_isect = np.zeros((bins.n_isects, n_grads))
+        per_isect = np.zeros((bins.n_isects, params.shape[1]))
         kernel = K.rasterize_3dgs_bwd if kind == "3dgs" else K.rasterize_2dgs_bwd
         kernel(*common, full_tile, *upstream, per_isect, 0, 1)
         return per_isect

@@ -597,10 +597,6 @@ def project_2dgs_bwd(means, quats, scales, viewmats, Ks, radii, v_means2d, v_tra
 # ----------------------------------------------------------------------------------------------------
 
 N_GEOM_3D = 6  # per-Gaussian row: mean x, mean y, conic a, b, c, opacity; then the D features
-# Per-Gaussian rows end with what the compositing passes precompute per Gaussian (fill_aux_3dgs / _2dgs):
-AUX_SMAX, AUX_ROW_LO, AUX_ROW_HI, AUX_DECAY = 0, 1, 2, 3  # sigma bound (< 0: skip), row limits, exp(-a)
-N_AUX_3D, N_AUX_2D = 4, 3
-ALL_ROWS = 1e9  # row limits of a surfel whose image is not a bounded ellipse (every row of the tile)
 SPAN_MARGIN = 1e-6  # relative slack on the ellipse's sigma bound, so rounding never shrinks a span
 PIXEL_MARGIN = 1e-3  # and slack in pixels on the solved row and column limits
 
@@ -633,11 +629,12 @@ def positive_definite(a, b, c):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def row_range(g, aux, y0, y1, full_tile):
-    """Rows [lo, hi) of the tile that an intersection row's limits (``g[aux + AUX_ROW_LO]``, ...) reach."""
+def ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile):
+    """Rows [lo, hi) of the tile that the ellipse sigma <= smax reaches."""
     if full_tile:
         return y0, y1
-    return pixel_range(g[aux + AUX_ROW_LO], g[aux + AUX_ROW_HI], y0, y1)
+    ey = math.sqrt(2.0 * smax * a / (a * c - b * b))  # max |dy| on the ellipse
+    return pixel_range(my - ey, my + ey, y0, y1)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -663,36 +660,12 @@ def ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def fill_aux_3dgs(params, worker, n_workers):
-    """Fill the last N_AUX_3D columns of each per-Gaussian row of ``params`` with what the compositing
-    passes need per Gaussian (the sigma bound, negative for a Gaussian to skip; the row limits; exp(-a)):
-    computed once per Gaussian, in order, rather than per intersection in each pass."""
-    aux = params.shape[1] - N_AUX_3D
-    start, stop = block_share(params.shape[0], worker, n_workers)
-    for i in range(start, stop):
-        g = params[i]
-        mx, my, a, b, c, o = g[0], g[1], g[2], g[3], g[4], g[5]
-        smax = sigma_bound(o)
-        if smax < 0 or not positive_definite(a, b, c):
-            smax = -1.0
-            g[aux + AUX_ROW_LO] = g[aux + AUX_ROW_HI] = g[aux + AUX_DECAY] = 0.0
-        else:
-            ey = math.sqrt(2.0 * smax * a / (a * c - b * b))  # max |dy| on the ellipse sigma <= smax
-            g[aux + AUX_ROW_LO] = my - ey
-            g[aux + AUX_ROW_HI] = my + ey
-            g[aux + AUX_DECAY] = math.exp(-a)  # E(x + 1) / E(x) shrinks by this factor per pixel
-        g[aux + AUX_SMAX] = smax
-
-
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, colors, T_final, last,
                        pairs, worker, n_workers):
     """Fill colours [C, H, W, D], final transmittance [C, H, W], last composited index [C, H, W] (into
     ``flatten_ids``, -1 if none) and, per tile, the Gaussian-pixel pairs evaluated and the Gaussian-rows
-    set up [n_tiles, 2] (the work counts behind the benchmark's compute bound). ``params`` rows end with
-    the columns of :func:`fill_aux_3dgs`."""
-    aux = params.shape[1] - N_AUX_3D
-    D = aux - N_GEOM_3D
+    set up [n_tiles, 2] (the work counts behind the benchmark's compute bound)."""
+    D = params.shape[1] - N_GEOM_3D
     height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
     for tile in range(worker, n_tiles, n_workers):
@@ -707,14 +680,14 @@ def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                 break
             g = params[flatten_ids[j]]
             mx, my, a, b, c, o = g[0], g[1], g[2], g[3], g[4], g[5]
-            smax = g[aux + AUX_SMAX]
-            if smax < 0:
+            smax = sigma_bound(o)
+            if smax < 0 or not positive_definite(a, b, c):
                 continue
-            feat = g[N_GEOM_3D:aux]
-            q = g[aux + AUX_DECAY]
-            ylo, yhi = row_range(g, aux, y0, y1, full_tile)
-            n_rows += yhi - ylo
+            feat = g[N_GEOM_3D:]
             ha = 0.5 * a
+            q = math.exp(-a)  # the ratio E(x + 1) / E(x) shrinks by this factor per pixel
+            ylo, yhi = ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile)
+            n_rows += yhi - ylo
             for y in range(ylo, yhi):
                 dy = my - (y + 0.5)
                 row_c = 0.5 * c * dy * dy
@@ -765,8 +738,7 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
     """Fill per-intersection gradient rows ``per_isect`` [M, 6 + D] (zeroed): dL/d(mean x, mean y, conic a,
     b, c, opacity, features). ``v_colors`` [C, H, W, D] and ``v_T`` [C, H, W] are the gradients of the
     forward's outputs."""
-    aux = params.shape[1] - N_AUX_3D
-    D = aux - N_GEOM_3D
+    D = params.shape[1] - N_GEOM_3D
     height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
     for tile in range(worker, n_tiles, n_workers):
@@ -792,16 +764,16 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
         for j in range(newest, start - 1, -1):
             g = params[flatten_ids[j]]
             mx, my, a, b, c, o = g[0], g[1], g[2], g[3], g[4], g[5]
-            smax = g[aux + AUX_SMAX]
-            if smax < 0:
+            smax = sigma_bound(o)
+            if smax < 0 or not positive_definite(a, b, c):
                 continue
             grad[:] = 0.0
             # geometry gradients in registers: dL/dsigma summed per row as sum v, sum v d, sum v d^2 (d = dx),
             # then chained through sigma = 0.5 a d^2 + b d dy + 0.5 c dy^2 once per row
             v_mx = v_my = v_a = v_b = v_c = v_o = 0.0
-            q = g[aux + AUX_DECAY]
-            ylo, yhi = row_range(g, aux, y0, y1, full_tile)
             ha = 0.5 * a
+            q = math.exp(-a)
+            ylo, yhi = ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile)
             for y in range(ylo, yhi):
                 dy = my - (y + 0.5)
                 row_c = 0.5 * c * dy * dy
@@ -861,9 +833,10 @@ LOWPASS_INV_SQUARE = 2.0  # gsplat's FILTER_INV_SQUARE_2DGS
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def surfel_row_limits(g, smax):
-    """Limits (lo, hi) in pixel y of the rows that the splat disk's image or the low-pass disk can reach,
-    (-ALL_ROWS, ALL_ROWS) when the image is not a bounded ellipse."""
+def surfel_rows(g, smax, y0, y1, full_tile):
+    """Rows [lo, hi) that the splat disk's image or the low-pass disk can reach."""
+    if full_tile:
+        return y0, y1
     my = g[1]
     half = math.sqrt(smax)  # low-pass: |d|^2 <= smax
     lo_f, hi_f = my - half, my + half
@@ -875,23 +848,10 @@ def surfel_row_limits(g, smax):
     c22 = r2 * (g[8] * g[8] + g[9] * g[9]) - g[10] * g[10]
     disc = c12 * c12 - c11 * c22
     if not (c22 < 0 and disc >= 0):
-        return -ALL_ROWS, ALL_ROWS
+        return y0, y1  # not a bounded ellipse: every row
     root = math.sqrt(disc)
     k1, k2 = (c12 + root) / c22, (c12 - root) / c22
-    return min(lo_f, min(k1, k2)), max(hi_f, max(k1, k2))
-
-
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
-def fill_aux_2dgs(params, worker, n_workers):
-    """Fill the last N_AUX_2D columns of each per-surfel row (sigma bound, row limits), as
-    :func:`fill_aux_3dgs` does for 3D Gaussians."""
-    aux = params.shape[1] - N_AUX_2D
-    start, stop = block_share(params.shape[0], worker, n_workers)
-    for i in range(start, stop):
-        g = params[i]
-        smax = sigma_bound(g[11])
-        lo, hi = (0.0, 0.0) if smax < 0 else surfel_row_limits(g, smax)
-        g[aux + AUX_SMAX], g[aux + AUX_ROW_LO], g[aux + AUX_ROW_HI] = smax, lo, hi
+    return pixel_range(min(lo_f, min(k1, k2)), max(hi_f, max(k1, k2)), y0, y1)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -937,10 +897,8 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                        T_final, distort, median, last, median_idx, pairs, worker, n_workers):
     """Fill features [C, H, W, D], normals [C, H, W, 3], final T, distortion, median depth (each
     [C, H, W]), the last composited index and the median's index [C, H, W] (into ``flatten_ids``, -1 if
-    none) and the pairs evaluated and rows set up per tile [n_tiles, 2]. ``params`` rows end with the
-    columns of :func:`fill_aux_2dgs`."""
-    aux = params.shape[1] - N_AUX_2D
-    D = aux - N_GEOM_2D - 3
+    none) and the pairs evaluated and rows set up per tile [n_tiles, 2]."""
+    D = params.shape[1] - N_GEOM_2D - 3
     height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
     for tile in range(worker, n_tiles, n_workers):
@@ -960,11 +918,11 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             g = params[flatten_ids[j]]
             mx, my, o = g[0], g[1], g[11]
             depth = g[N_GEOM_2D + D - 1]
-            smax = g[aux + AUX_SMAX]
+            smax = sigma_bound(o)
             if smax < 0:
                 continue
-            feat = g[N_GEOM_2D:aux]
-            ylo, yhi = row_range(g, aux, y0, y1, full_tile)
+            feat = g[N_GEOM_2D:]
+            ylo, yhi = surfel_rows(g, smax, y0, y1, full_tile)
             n_rows += yhi - ylo
             for y in range(ylo, yhi):
                 py = y + 0.5
@@ -1030,10 +988,9 @@ def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                        median_idx, depth_total, v_features, v_normals, v_T, v_distort, v_median, per_isect,
                        worker, n_workers):
     """Fill per-intersection gradient rows ``per_isect`` [M, 12 + D + 3] (zeroed) in the layout of
-    ``params`` without its N_AUX_2D last columns. ``depth_total`` [C, H, W] is the forward's sum of w * depth
-    (its last feature channel)."""
-    F = params.shape[1] - N_AUX_2D
-    D = F - N_GEOM_2D - 3
+    ``params``. ``depth_total`` [C, H, W] is the forward's sum of w * depth (its last feature channel)."""
+    D = params.shape[1] - N_GEOM_2D - 3
+    F = params.shape[1]
     height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
     for tile in range(worker, n_tiles, n_workers):
@@ -1072,11 +1029,11 @@ def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             g = params[flatten_ids[j]]
             mx, my, o = g[0], g[1], g[11]
             depth = g[N_GEOM_2D + D - 1]
-            smax = g[F + AUX_SMAX]
+            smax = sigma_bound(o)
             if smax < 0:
                 continue
             grad[:] = 0.0
-            ylo, yhi = row_range(g, F, y0, y1, full_tile)
+            ylo, yhi = surfel_rows(g, smax, y0, y1, full_tile)
             for y in range(ylo, yhi):
                 py = y + 0.5
                 dy = my - py

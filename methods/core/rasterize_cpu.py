@@ -11,14 +11,14 @@ Pipeline, mirroring gsplat 1.5.3 with ``packed=False``, each stage a numba kerne
    would take its transmittance to <= 1e-4); backward walks back to front from each pixel's last
    contributor, as gsplat's CUDA backward does (:mod:`.cpu_kernels`).
 
-Memory, all float64 whatever the caller's dtype: a row per (camera, Gaussian) of its screen-space parameters,
-features and the compositing's per-Gaussian constants (10 + D values), per-pixel outputs and the per-pixel
-state backward needs (final T and last contributor), the tile lists (3 int64 per Gaussian-tile intersection,
-about 12 per visible Gaussian while binning) and, during backward, one gradient row per intersection (6 + D
-values) and one per visible Gaussian; nothing per Gaussian-pixel pair. Gradients reach means, quats, scales,
-opacities and colours; with camera tensors that require grad the projection falls back to the pure-PyTorch
-:func:`.projection.project_gaussians_3d` so that cameras get gradients too. ``means2d`` in ``info`` receives
-the screen-space gradient that gsplat's ``DefaultStrategy`` reads.
+Memory, all float64 whatever the caller's dtype: a row per (camera, Gaussian) of its screen-space
+parameters and features (6 + D values), per-pixel outputs and the per-pixel state backward needs (final T
+and last contributor), the tile lists (3 int64 per Gaussian-tile intersection, about 12 per visible
+Gaussian while binning) and, during backward, one gradient row per intersection (6 + D values) and one per
+visible Gaussian; nothing per Gaussian-pixel pair. Gradients reach means,
+quats, scales, opacities and colours; with camera tensors that require grad the projection falls back to
+the pure-PyTorch :func:`.projection.project_gaussians_3d` so that cameras get gradients too. ``means2d``
+in ``info`` receives the screen-space gradient that gsplat's ``DefaultStrategy`` reads.
 
 Why numba rather than a C++ extension: it installs as a wheel from the package registry like any other
 dependency (no compiler or build step at install time, on any platform), its code is Python that the
@@ -272,21 +272,14 @@ def bin_tiles(proj, width: int, height: int) -> TileBins:
 # ----------------------------------------------------------------------------------------------------
 
 
-def gaussian_rows(*per_camera: Tensor | np.ndarray, aux_kernel=None, n_aux: int = 0) -> np.ndarray:
+def gaussian_rows(*per_camera: Tensor | np.ndarray) -> np.ndarray:
     """Concatenate [C, N, ...] (or [C, N]) tensors / float64 arrays into one float64 row per (camera,
-    Gaussian), followed by ``n_aux`` columns that ``aux_kernel`` fills from the rest of the row."""
+    Gaussian)."""
     cols = [x if isinstance(x, np.ndarray) else as_f64(x) for x in per_camera]
     cols = tuple(np.ascontiguousarray(x.reshape(x.shape[0] * x.shape[1], math.prod(x.shape[2:]))) for x in cols)
-    rows = np.empty((cols[0].shape[0], sum(x.shape[1] for x in cols) + n_aux))
+    rows = np.empty((cols[0].shape[0], sum(x.shape[1] for x in cols)))
     K.pack_rows(cols, rows)
-    if aux_kernel is not None:
-        run_workers(aux_kernel, rows)
     return rows
-
-
-def gaussian_rows_3d(means2d, conics, opacities, features) -> np.ndarray:
-    """The 3DGS compositing kernels' per-Gaussian rows (see :data:`.cpu_kernels.N_GEOM_3D`)."""
-    return gaussian_rows(means2d, conics, opacities, features, aux_kernel=K.fill_aux_3dgs, n_aux=K.N_AUX_3D)
 
 
 class RasterizeTiles3D(torch.autograd.Function):
@@ -297,7 +290,7 @@ class RasterizeTiles3D(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, opacities, features, bins: TileBins, width: int, height: int, host=None):
         host = host or {}
-        params = gaussian_rows_3d(host.get("means2d", means2d), host.get("conics", conics), opacities, features)
+        params = gaussian_rows(host.get("means2d", means2d), host.get("conics", conics), opacities, features)
         C, D = bins.n_cameras, features.shape[-1]
         colors, T = np.empty((C, height, width, D)), np.empty((C, height, width))
         last, pairs = np.empty((C, height, width), dtype=np.int64), np.zeros((bins.n_tiles, 2), dtype=np.int64)
@@ -313,7 +306,7 @@ class RasterizeTiles3D(torch.autograd.Function):
     @staticmethod
     def backward(ctx, v_colors, v_T):
         bins = ctx.bins
-        per_isect = np.zeros((bins.n_isects, ctx.params.shape[1] - K.N_AUX_3D))
+        per_isect = np.zeros((bins.n_isects, ctx.params.shape[1]))
         run_workers(
             K.rasterize_3dgs_bwd, ctx.params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
             bins.tile_height, False, ctx.T, ctx.last, as_f64(v_colors), as_f64(v_T[..., 0]), per_isect,

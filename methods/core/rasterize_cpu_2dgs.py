@@ -36,12 +36,6 @@ from .rasterize_cpu import (
 )
 
 
-def gaussian_rows_2d(means2d, ray_transforms, opacities, features, normals) -> np.ndarray:
-    """The 2DGS compositing kernels' per-surfel rows (see :data:`.cpu_kernels.N_GEOM_2D`)."""
-    return gaussian_rows(means2d, ray_transforms, opacities, features, normals, aux_kernel=K.fill_aux_2dgs,
-                         n_aux=K.N_AUX_2D)
-
-
 class ProjectSurfels(torch.autograd.Function):
     """(means, quats, scales, cameras) -> means2d [C, N, 2], ray_transforms [C, N, 3, 3], depths [C, N],
     camera-space normals [C, N, 3], radii [C, N, 2] int32. The float64 outputs also go into ``host``."""
@@ -112,7 +106,7 @@ class RasterizeTiles2D(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, ray_transforms, opacities, features, normals, densify, bins: TileBins, width, height,
                 host):
-        params = gaussian_rows_2d(host["means2d"], host["ray_transforms"], opacities, features, host["normals"])
+        params = gaussian_rows(host["means2d"], host["ray_transforms"], opacities, features, host["normals"])
         C, D = bins.n_cameras, features.shape[-1]
         feats, norms = np.empty((C, height, width, D)), np.empty((C, height, width, 3))
         T, distort, median = (np.empty((C, height, width)) for _ in range(3))
@@ -134,12 +128,11 @@ class RasterizeTiles2D(torch.autograd.Function):
     def backward(ctx, v_features, v_normals, v_T, v_distort, v_median):
         bins = ctx.bins
         T, last, median_idx, depth_total = ctx.saved
-        per_isect = np.zeros((bins.n_isects, ctx.params.shape[1] - K.N_AUX_2D))
+        per_isect = np.zeros((bins.n_isects, ctx.params.shape[1]))
         run_workers(
             K.rasterize_2dgs_bwd, ctx.params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
-            bins.tile_height, False, T, last,
-            median_idx, depth_total, as_f64(v_features), as_f64(v_normals), as_f64(v_T[..., 0]),
-            as_f64(v_distort[..., 0]), as_f64(v_median[..., 0]), per_isect,
+            bins.tile_height, False, T, last, median_idx, depth_total, as_f64(v_features), as_f64(v_normals),
+            as_f64(v_T[..., 0]), as_f64(v_distort[..., 0]), as_f64(v_median[..., 0]), per_isect,
         )
         rows = bins.per_rank(per_isect)
         # dL/dM[0, 2], dL/dM[1, 2] (row columns 2 + 2, 2 + 5) times each rank's depth
