@@ -41,9 +41,11 @@ def sample_texture(texture: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndar
     x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
     fx, fy = (x - x0)[:, None], (y - y0)[:, None]
     x0, x1 = x0 % w, (x0 + 1) % w
-    y0, y1 = y0 % h, (y0 + 1) % h
-    top = texture[y0, x0] * (1 - fx) + texture[y0, x1] * fx
-    bottom = texture[y1, x0] * (1 - fx) + texture[y1, x1] * fx
+    y0, y1 = (y0 % h) * w, ((y0 + 1) % h) * w  # row offsets into the flattened texture
+    texels = texture.reshape(-1, texture.shape[2])
+    gx = 1 - fx
+    top = texels[y0 + x0] * gx + texels[y0 + x1] * fx
+    bottom = texels[y1 + x0] * gx + texels[y1 + x1] * fx
     return top * (1 - fy) + bottom * fy
 
 
@@ -52,10 +54,73 @@ def sample_texture(texture: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndar
 
 @dataclass
 class Hit:
+    """Where rays meet one shape: ``t`` for every ray (inf where missed); ``u``, ``v`` and ``normal`` only for
+    the rays listed in ``rays`` (ascending indices; every ray with a finite ``t`` among them)."""
+
     t: np.ndarray  # ray parameter, inf where missed
+    rays: np.ndarray
     u: np.ndarray
     v: np.ndarray
     normal: np.ndarray
+
+
+@dataclass
+class Rays:
+    """A bundle of rays. When they share one origin (a camera's rays), ``eye`` is it and consecutive runs
+    of ``CHUNK`` rays carry a bounding cone (unit axis, chord radius over their unit directions), so that
+    culling tests whole runs first and single rays only where a run straddles a shape's outline."""
+
+    origins: np.ndarray
+    dirs: np.ndarray
+    eye: np.ndarray | None = None
+    units: np.ndarray | None = None  # unit directions
+    unit_length: bool = False  # whether the directions are unit vectors already (as the sphere test assumes)
+    chunk_axes: np.ndarray | None = None
+    chunk_radii: np.ndarray | None = None
+
+    CHUNK = 32
+
+    @classmethod
+    def of(cls, origins: np.ndarray, dirs: np.ndarray) -> "Rays":
+        if not (origins.ndim == 2 and len(origins) > 1 and origins.strides[0] == 0):
+            return cls(origins, dirs)
+        lengths = np.linalg.norm(dirs, axis=1, keepdims=True)
+        units = dirs / lengths
+        padded = np.concatenate([units, np.repeat(units[-1:], -len(units) % cls.CHUNK, axis=0)])
+        runs = padded.reshape(-1, cls.CHUNK, 3)
+        axes = runs.mean(axis=1)
+        axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+        radii = np.linalg.norm(runs - axes[:, None], axis=2).max(axis=1)
+        unit_length = bool(np.abs(lengths - 1).max() < 1e-9)
+        return cls(origins, dirs, origins[0], units, unit_length, axes, radii)
+
+    def select(self, chunk_out: np.ndarray, chunk_in: np.ndarray, ray_test: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Ascending indices of the rays in chunks not ruled out: all rays of chunks wholly in, and those
+        of straddling chunks that ``ray_test`` (unit directions -> bool) keeps."""
+        chunks = np.flatnonzero(~chunk_out)
+        ids = (chunks[:, None] * self.CHUNK + np.arange(self.CHUNK)).ravel()
+        straddling = np.repeat(~chunk_in[chunks], self.CHUNK)
+        valid = ids < len(self.dirs)
+        ids, straddling = ids[valid], straddling[valid]
+        keep = np.ones(len(ids), bool)
+        keep[straddling] = ray_test(self.units[ids[straddling]])
+        return ids[keep]
+
+
+# Culling (below) only decides which rays to compute; every value is then computed with the arithmetic of
+# the plain formulas, applied to the candidate rays only. Element-wise numpy operations give the same bits
+# on a subset; so does a matrix @ 3-vector product, which numpy hands to BLAS gemv for two or more rows (each
+# row's arithmetic independent of where it sits) but computes as a plain dot for a single row, which can
+# differ in the last bit: a lone candidate is therefore computed as a pair (see ``_dot_rows``). The
+# tolerances are far above rounding (1e-7 relative against ~1e-16), so a culled ray could never have hit.
+CULL_TOLERANCE = 1e-7
+
+
+def _dot_rows(rows: np.ndarray, vector: np.ndarray, total: int) -> np.ndarray:
+    """``rows @ vector`` with the bits each row would get inside the full ``total``-row product."""
+    if len(rows) == 1 and total > 1:
+        return (np.concatenate([rows, rows]) @ vector)[:1]
+    return rows @ vector
 
 
 class Rectangle:
@@ -73,15 +138,50 @@ class Rectangle:
         return float(np.linalg.norm(np.cross(self.edge_u, self.edge_v)))
 
     def intersect(self, origins: np.ndarray, dirs: np.ndarray) -> Hit:
-        denom = dirs @ self.normal
+        return self.hit(Rays.of(origins, dirs))
+
+    def candidates(self, rays: Rays) -> np.ndarray | None:
+        """Indices of the rays from a shared eye that may meet the parallelogram (a superset: the rays
+        inside the cone from the eye through its corners, with a margin), or None to test them all."""
+        if rays.eye is None:
+            return None
+        corners = self.origin + np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float64) @ np.stack([self.edge_u, self.edge_v])
+        to_corners = corners - rays.eye
+        size = np.linalg.norm(self.edge_u) + np.linalg.norm(self.edge_v)
+        if abs(to_corners[0] @ self.normal) < 1e-3 * size:  # the eye (nearly) in the plane: no cone to speak of
+            return None
+        sides = np.cross(to_corners, np.roll(to_corners, -1, axis=0))  # normals of the cone's four faces
+        sides *= np.sign(sides @ to_corners.mean(0))[:, None]  # pointing into the cone
+        sides /= np.maximum(np.linalg.norm(sides, axis=1, keepdims=True), 1e-300)
+        along, spread = rays.chunk_axes @ sides.T, rays.chunk_radii[:, None]
+        chunk_out = (along + spread < -CULL_TOLERANCE).any(axis=1)
+        chunk_in = (along - spread >= CULL_TOLERANCE).all(axis=1)
+
+        def in_cone(units: np.ndarray) -> np.ndarray:
+            keep = np.ones(len(units), bool)
+            for side in sides:
+                keep &= units @ side >= -CULL_TOLERANCE
+            return keep
+
+        return rays.select(chunk_out, chunk_in, in_cone)
+
+    def hit(self, rays: Rays) -> Hit:
+        total = len(rays.dirs)
+        ids = self.candidates(rays)
+        if ids is None:
+            ids = np.arange(total)
+        origins, dirs = rays.origins[ids], rays.dirs[ids]
+        denom = _dot_rows(dirs, self.normal, total)
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = ((self.origin - origins) @ self.normal) / denom
+            t = _dot_rows(self.origin - origins, self.normal, total) / denom
         p = origins + t[:, None] * dirs - self.origin
-        a = p @ self.edge_u / (self.edge_u @ self.edge_u)
-        b = p @ self.edge_v / (self.edge_v @ self.edge_v)
+        a = _dot_rows(p, self.edge_u, total) / (self.edge_u @ self.edge_u)
+        b = _dot_rows(p, self.edge_v, total) / (self.edge_v @ self.edge_v)
         inside = (np.abs(denom) > 1e-12) & (t > 1e-6) & (a >= 0) & (a <= 1) & (b >= 0) & (b <= 1)
         normal = np.where((denom < 0)[:, None], self.normal, -self.normal)
-        return Hit(np.where(inside, t, np.inf), a * self.repeat[0], b * self.repeat[1], normal)
+        all_t = np.full(total, np.inf)
+        all_t[ids] = np.where(inside, t, np.inf)
+        return Hit(all_t, ids, a * self.repeat[0], b * self.repeat[1], normal)
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         a, b = rng.random(n), rng.random(n)
@@ -103,6 +203,31 @@ class Sphere:
         return u, v
 
     def intersect(self, origins: np.ndarray, dirs: np.ndarray) -> Hit:
+        return self.hit(Rays.of(origins, dirs))
+
+    def candidates(self, rays: Rays) -> np.ndarray | None:
+        """Indices of the rays from a shared eye that may meet the sphere (those passing within the radius
+        of its center, with a margin), or None to test them all (also when the eye is inside)."""
+        if rays.eye is None or not rays.unit_length:
+            return None
+        to_center = self.center - rays.eye
+        distance2 = to_center @ to_center
+        if distance2 <= self.radius**2 * (1 + 1e-3):
+            return None
+        # a unit direction passes within the radius where cos >= cos_limit (the cone's half-angle)
+        cos_limit = np.sqrt(distance2 - self.radius**2) / np.sqrt(distance2)
+        along = rays.chunk_axes @ (to_center / np.sqrt(distance2))
+        chunk_out = along + rays.chunk_radii < cos_limit - CULL_TOLERANCE
+        chunk_in = along - rays.chunk_radii >= cos_limit + CULL_TOLERANCE
+        return rays.select(chunk_out, chunk_in,
+                           lambda units: units @ (to_center / np.sqrt(distance2)) >= cos_limit - CULL_TOLERANCE)
+
+    def hit(self, rays: Rays) -> Hit:
+        total = len(rays.dirs)
+        ids = self.candidates(rays)
+        if ids is None:
+            ids = np.arange(total)
+        origins, dirs = rays.origins[ids], rays.dirs[ids]
         oc = origins - self.center
         b = np.einsum("ij,ij->i", oc, dirs)
         c = np.einsum("ij,ij->i", oc, oc) - self.radius**2
@@ -113,7 +238,9 @@ class Sphere:
         t = np.where((disc >= 0) & (t > 1e-6), t, np.inf)
         normal = (origins + np.where(np.isfinite(t), t, 0)[:, None] * dirs - self.center) / self.radius
         u, v = self._uv(normal)
-        return Hit(t, u, v, normal)
+        all_t = np.full(total, np.inf)
+        all_t[ids] = t
+        return Hit(all_t, ids, u, v, normal)
 
     def sample(self, rng: np.random.Generator, n: int):
         normal = rng.normal(size=(n, 3))
@@ -169,18 +296,23 @@ def shade(albedo: np.ndarray, normal: np.ndarray, lighting: dict[str, Any]) -> n
     return np.clip(albedo * (lighting["ambient"] + lighting["diffuse"] * diffuse), 0, 1)
 
 
-def cast(surfaces: list[Surface], origins: np.ndarray, dirs: np.ndarray, lighting: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest hit per ray: shaded color (N, 3) and ray parameter t (N,), background black at t=inf."""
+def cast(surfaces: list[Surface], origins: np.ndarray, dirs: np.ndarray, lighting: dict,
+         colors: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+    """Nearest hit per ray: shaded color (N, 3) and ray parameter t (N,), background black at t=inf.
+    With ``colors=False`` only t is computed (color is None)."""
+    rays = Rays.of(origins, dirs)
     best_t = np.full(len(dirs), np.inf)
-    color = np.zeros((len(dirs), 3))
+    color = np.zeros((len(dirs), 3)) if colors else None
     for surface in surfaces:
-        hit = surface.shape.intersect(origins, dirs)
-        closer = hit.t < best_t
-        if not closer.any():
+        hit = surface.shape.hit(rays)
+        closer = np.flatnonzero(hit.t[hit.rays] < best_t[hit.rays])  # positions within the hit's rays
+        if len(closer) == 0:
             continue
-        best_t[closer] = hit.t[closer]
-        albedo = sample_texture(surface.texture, hit.u[closer], hit.v[closer])
-        color[closer] = shade(albedo, hit.normal[closer], lighting)
+        ids = hit.rays[closer]
+        best_t[ids] = hit.t[ids]
+        if colors:
+            albedo = sample_texture(surface.texture, hit.u[closer], hit.v[closer])
+            color[ids] = shade(albedo, hit.normal[closer], lighting)
     return color, best_t
 
 
@@ -208,7 +340,7 @@ def render_frame(surfaces: list[Surface], camera: Camera, supersample: int, ligh
     color, _ = cast(surfaces, origins, dirs, lighting)
     color = color.reshape(supersample * supersample, h, w, 3).mean(0)
     origins, dirs, z = pixel_rays(camera, [(0.5, 0.5)])
-    _, t = cast(surfaces, origins, dirs, lighting)
+    _, t = cast(surfaces, origins, dirs, lighting, colors=False)
     depth = np.where(np.isfinite(t), t * z, 0.0).reshape(h, w)
     return (color * 255.0 + 0.5).astype(np.uint8), depth.astype(np.float32)
 

@@ -190,10 +190,12 @@ def parse_setting(name: str, spec: Any, where: str) -> Setting:
 
 # ---------------------------------------------------------------- presets files
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader where PyYAML has it
+
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_YAML_LOADER)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the presets file: {exc}") from exc
     except yaml.YAMLError as exc:
