@@ -123,6 +123,22 @@ def _dot_rows(rows: np.ndarray, vector: np.ndarray, total: int) -> np.ndarray:
     return rows @ vector
 
 
+def _candidate_rays(shape, rays: Rays) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """(number of rays, the indices of the shape's candidate rays, their origins, their directions)."""
+    total = len(rays.dirs)
+    ids = shape.candidates(rays)
+    if ids is None:
+        ids = np.arange(total)
+    return total, ids, rays.origins[ids], rays.dirs[ids]
+
+
+def _on_all_rays(total: int, ids: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The candidates' ray parameters ``t`` spread over all ``total`` rays (inf for the culled ones)."""
+    all_t = np.full(total, np.inf)
+    all_t[ids] = t
+    return all_t
+
+
 class Rectangle:
     """The parallelogram ``origin + a * edge_u + b * edge_v`` for a, b in [0, 1]."""
 
@@ -166,11 +182,7 @@ class Rectangle:
         return rays.select(chunk_out, chunk_in, in_cone)
 
     def hit(self, rays: Rays) -> Hit:
-        total = len(rays.dirs)
-        ids = self.candidates(rays)
-        if ids is None:
-            ids = np.arange(total)
-        origins, dirs = rays.origins[ids], rays.dirs[ids]
+        total, ids, origins, dirs = _candidate_rays(self, rays)
         denom = _dot_rows(dirs, self.normal, total)
         with np.errstate(divide="ignore", invalid="ignore"):
             t = _dot_rows(self.origin - origins, self.normal, total) / denom
@@ -179,9 +191,8 @@ class Rectangle:
         b = _dot_rows(p, self.edge_v, total) / (self.edge_v @ self.edge_v)
         inside = (np.abs(denom) > 1e-12) & (t > 1e-6) & (a >= 0) & (a <= 1) & (b >= 0) & (b <= 1)
         normal = np.where((denom < 0)[:, None], self.normal, -self.normal)
-        all_t = np.full(total, np.inf)
-        all_t[ids] = np.where(inside, t, np.inf)
-        return Hit(all_t, ids, a * self.repeat[0], b * self.repeat[1], normal)
+        return Hit(_on_all_rays(total, ids, np.where(inside, t, np.inf)), ids, a * self.repeat[0],
+                   b * self.repeat[1], normal)
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         a, b = rng.random(n), rng.random(n)
@@ -223,11 +234,7 @@ class Sphere:
                            lambda units: units @ (to_center / np.sqrt(distance2)) >= cos_limit - CULL_TOLERANCE)
 
     def hit(self, rays: Rays) -> Hit:
-        total = len(rays.dirs)
-        ids = self.candidates(rays)
-        if ids is None:
-            ids = np.arange(total)
-        origins, dirs = rays.origins[ids], rays.dirs[ids]
+        total, ids, origins, dirs = _candidate_rays(self, rays)
         oc = origins - self.center
         b = np.einsum("ij,ij->i", oc, dirs)
         c = np.einsum("ij,ij->i", oc, oc) - self.radius**2
@@ -238,9 +245,7 @@ class Sphere:
         t = np.where((disc >= 0) & (t > 1e-6), t, np.inf)
         normal = (origins + np.where(np.isfinite(t), t, 0)[:, None] * dirs - self.center) / self.radius
         u, v = self._uv(normal)
-        all_t = np.full(total, np.inf)
-        all_t[ids] = t
-        return Hit(all_t, ids, u, v, normal)
+        return Hit(_on_all_rays(total, ids, t), ids, u, v, normal)
 
     def sample(self, rng: np.random.Generator, n: int):
         normal = rng.normal(size=(n, 3))
