@@ -62,12 +62,13 @@ compute bound: 3DGS 8.2-16.3x in wall time (4 of 9 points within 10x), 2DGS 10.7
 seconds 7.9-13.9x (5 of 9) and 9.6-17.6x (1 of 9). The farthest points have few pixels per Gaussian
 (256x160 with 100k-300k Gaussians), where the per-Gaussian stages (projection, binning, reduction, dtype
 conversions) outweigh the compositing, and 2DGS, whose per-pair loop is scalar and branchy (about 50 ns per
-pair in the forward). Wall time is further from the bound than CPU time because the second core speeds
-dgemm up 2x and gfbench 1.6-1.9x (its NumPy/torch glue and the radix sort are single-threaded).
+pair in the forward). Wall time is further from the bound than CPU time because dgemm keeps both cores
+busy and gfbench 1.7-1.9 of them on average (its NumPy/torch glue and the radix sort are single-threaded).
 
-The bound moves with the machine: the same code measured 9.9x (3DGS, 20k, 256x160) in a run where the
-host was contended (dgemm 16.7 Gflop/s on 2 threads, 8.4 per CPU second: contention slows the dgemm probe
-far more than these latency-bound scalar kernels) and 13.4x in the quiet run below. The table of the
+The bound moves with the machine: a variant of this code 2-6% faster on 3DGS measured 9.9x (3DGS, 20k,
+256x160) in a run where the host was contended (dgemm 16.7 Gflop/s on 2 threads, 8.4 per CPU second:
+contention slows the dgemm probe far more than these latency-bound scalar kernels), against 13.4x in the
+quiet run below. The table of the
 previous version (2026-11-30, one core busy) had 7 of 18 points within 10x for the same reason. Compare
 ratios from one run.
 
