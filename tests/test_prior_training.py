@@ -44,6 +44,22 @@ def test_defaults_are_the_papers():
         defaults.with_overrides(val_fraction=1.5)
 
 
+def test_train_prior_help_quotes_the_defaults_of_training_json():
+    """The command's help takes its default numbers from video_presets/training.json, so editing the file
+    cannot leave the help stale."""
+    from click.testing import CliRunner
+
+    from gfbench.cli import main
+    from gfbench.priors import training_defaults
+
+    defaults = training_defaults()
+    help_text = " ".join(CliRunner().invoke(main, ["train-prior", "--help"]).output.split())
+    for key in ("steps", "checkpoint_every", "validate_every", "autoencoder_steps"):
+        assert f"(default {defaults[key]}" in help_text
+    for key in ("learning_rate", "autoencoder_learning_rate", "autoencoder_kl_weight", "zero_depth_fraction"):
+        assert f"(default {defaults[key]:g}" in help_text
+
+
 def test_loss_falls_on_a_fixed_batch(tmp_path):
     prior = build_video_prior("tiny", seed=0)
     data = clip_tensors(synthetic_clips(1, scenes=1), prior)

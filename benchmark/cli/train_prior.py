@@ -7,6 +7,10 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from gfbench.priors import training_defaults
+
+_DEFAULTS = training_defaults()  # video_presets/training.json: the help quotes the numbers from there
+
 
 @click.command("train-prior")
 @click.option("--clips", "clips_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -16,28 +20,34 @@ from tqdm import tqdm
                    "with checkpoints there resumes from the newest.")
 @click.option("--init", "init", default="tiny", show_default=True,
               help="Starting prior: a preset built from scratch (tiny) or a prior folder (save_pretrained).")
-@click.option("--steps", type=int, default=None, help="Total optimizer steps (default: video_presets/training.json).")
+@click.option("--steps", type=int, default=None, help=f"Total optimizer steps (default {_DEFAULTS['steps']}).")
 @click.option("--lr", "learning_rate", type=float, default=None,
-              help="AdamW learning rate (default 1e-5, the paper's; see video_presets/training.json).")
-@click.option("--batch-size", type=int, default=None, help="Clips per step per device (default 2, the paper's).")
+              help=f"AdamW learning rate (default {_DEFAULTS['learning_rate']:g}, the paper's).")
+@click.option("--batch-size", type=int, default=None,
+              help=f"Clips per step per device (default {_DEFAULTS['batch_size']}, the paper's).")
 @click.option("--val-fraction", type=float, default=None,
-              help="Fraction of scenes (the last in name order) held out for the validation loss (default 0.1).")
-@click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints (default 200).")
-@click.option("--validate-every", type=int, default=None, help="Steps between validation losses (default 100).")
+              help=f"Fraction of scenes (the last in name order) held out for the validation loss (default "
+                   f"{_DEFAULTS['val_fraction']:g}).")
+@click.option("--checkpoint-every", type=int, default=None,
+              help=f"Steps between checkpoints (default {_DEFAULTS['checkpoint_every']}).")
+@click.option("--validate-every", type=int, default=None,
+              help=f"Steps between validation losses (default {_DEFAULTS['validate_every']}).")
 @click.option("--seed", type=int, default=None, help="Seed of every draw (batches, noise, timesteps, dropout).")
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default=None,
               help="accelerate's mixed precision (GPU; default no). Several GPUs: launch with 'accelerate launch'.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
 @click.option("--autoencoder-steps", type=int, default=None,
-              help="VAE steps before the diffusion steps (default: video_presets/training.json's 1000 when --init "
-                   "is a preset, whose VAE is untrained; 0 for a prior folder, which keeps its VAE).")
+              help=f"VAE steps before the diffusion steps (default {_DEFAULTS['autoencoder_steps']} when --init is a "
+                   "preset, whose VAE is untrained; 0 for a prior folder, which keeps its VAE).")
 @click.option("--autoencoder-lr", "autoencoder_learning_rate", type=float, default=None,
-              help="AdamW learning rate of the autoencoder stage (default 1e-4).")
+              help=f"AdamW learning rate of the autoencoder stage (default "
+                   f"{_DEFAULTS['autoencoder_learning_rate']:g}).")
 @click.option("--autoencoder-kl-weight", type=float, default=None,
-              help="Weight of the autoencoder stage's KL term per latent element (default 1e-4).")
+              help=f"Weight of the autoencoder stage's KL term per latent element (default "
+                   f"{_DEFAULTS['autoencoder_kl_weight']:g}).")
 @click.option("--zero-depth-fraction", type=float, default=None,
               help="Share of training clips whose artifact depth input is zeroed, so the prior learns the depth "
-                   "estimate GenFusion asks of it for train views (default 0.1).")
+                   f"estimate GenFusion asks of it for train views (default {_DEFAULTS['zero_depth_fraction']:g}).")
 def train_prior(clips_dir: Path, out: Path, init: str, steps: int | None, learning_rate: float | None,
                 batch_size: int | None, val_fraction: float | None, checkpoint_every: int | None,
                 validate_every: int | None, seed: int | None, mixed_precision: str | None,
@@ -69,7 +79,8 @@ def train_prior(clips_dir: Path, out: Path, init: str, steps: int | None, learni
             mixed_precision=mixed_precision, autoencoder_learning_rate=autoencoder_learning_rate,
             autoencoder_kl_weight=autoencoder_kl_weight, zero_depth_fraction=zero_depth_fraction,
             autoencoder_steps=autoencoder_steps if autoencoder_steps is not None or from_preset else 0)
-        prior = build_video_prior(init, seed=settings.seed) if from_preset else DiffusionVideoPrior.from_pretrained(init)
+        prior = (build_video_prior(init, seed=settings.seed) if from_preset
+                 else DiffusionVideoPrior.from_pretrained(init))
         train, val = split_by_scene(read_clip_folder(clips_dir), settings.val_fraction)
         train_clips, val_clips = clip_tensors(train, prior), clip_tensors(val, prior) if val else None
         click.echo(f"{len(train_clips)} training clips, {len(val)} validation clips")

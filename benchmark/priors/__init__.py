@@ -178,6 +178,15 @@ def files_digest(files_sha256: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(files_sha256, sort_keys=True).encode()).hexdigest()
 
 
+def training_defaults() -> dict[str, Any]:
+    """``gfbench train-prior``'s settings, ``video_presets/training.json`` without its comments (read without
+    torch, so that the command's help can quote them)."""
+    from importlib import resources
+
+    text = resources.files("gfbench.priors").joinpath("video_presets/training.json").read_text()
+    return {key: value for key, value in json.loads(text).items() if not key.startswith("_")}
+
+
 def folder_fingerprint(folder: str | os.PathLike) -> dict[str, str]:
     """sha256 of every regular file under ``folder`` (relative POSIX paths, sorted); hidden files skipped."""
     from gfbench.metrics import sha256_file  # imported here: gfbench.metrics loads torch
@@ -213,4 +222,4 @@ from gfbench.priors import video_kind as _video_kind  # noqa: E402,F401  registe
 
 __all__ = ["FROM_ENV", "FROM_FLAG", "FROM_SUITE", "KINDS", "NamedPrior", "ORACLE", "PriorError", "PriorKind",
            "PriorSource", "Priors", "files_digest", "folder_fingerprint", "prior_kind", "priors_label",
-           "register_kind", "resolve_prior_folder"]
+           "register_kind", "resolve_prior_folder", "training_defaults"]

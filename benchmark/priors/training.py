@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from gfbench.clips import Clip, fit_depth, fit_rgb
+from gfbench.priors import training_defaults
 from gfbench.priors.video import ClipBatch, DiffusionVideoPrior
 
 CHECKPOINTS = "checkpoints"
@@ -72,8 +73,7 @@ class TrainSettings:
 
     @classmethod
     def defaults(cls) -> "TrainSettings":
-        text = resources.files("gfbench.priors").joinpath("video_presets/training.json").read_text()
-        data = {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+        data = training_defaults()
         return cls(**{**data, "adam_betas": tuple(data["adam_betas"])})
 
     def with_overrides(self, **overrides) -> "TrainSettings":
@@ -91,7 +91,8 @@ class TrainSettings:
             if not getattr(self, name) > 0:
                 raise TrainingError(f"training setting {name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.zero_depth_fraction <= 1:
-            raise TrainingError(f"training setting zero_depth_fraction must be in [0, 1], got {self.zero_depth_fraction}")
+            raise TrainingError(f"training setting zero_depth_fraction must be in [0, 1], got "
+                                f"{self.zero_depth_fraction}")
         if self.autoencoder_steps < 0 or self.autoencoder_kl_weight < 0:
             raise TrainingError(f"training settings autoencoder_steps and autoencoder_kl_weight must be >= 0, got "
                                 f"{self.autoencoder_steps} and {self.autoencoder_kl_weight}")
