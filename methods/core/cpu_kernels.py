@@ -210,10 +210,12 @@ def fill_tiles(boxes, order, tile_w, tile_h, n_per_camera, rank_offsets, cursors
 
 
 @njit(nogil=True, cache=True)
-def pack_rows(sources, out):
+def pack_rows(sources, out, worker, n_workers):
     """out[i] = the concatenation of row i of each of ``sources`` (a tuple of [R, F_s] float64 arrays), in one
-    pass over ``out`` (NumPy's concatenate of narrow columns sweeps it once per source)."""
-    for i in range(out.shape[0]):
+    pass over ``worker``'s contiguous block of ``out`` (NumPy's concatenate of narrow columns sweeps it once
+    per source, on one thread)."""
+    start, stop = block_share(out.shape[0], worker, n_workers)
+    for i in range(start, stop):
         col = 0
         for src in sources:
             for f in range(src.shape[1]):
@@ -222,13 +224,19 @@ def pack_rows(sources, out):
 
 
 @njit(nogil=True, cache=True)
-def scatter_columns(rows, order, col, out):
-    """out[order[r]] = rows[r, col:col + F] for out [C * N, F] (zeroed, float32 or float64): per-rank
-    gradient columns to per-(camera, Gaussian) ones, converted to the caller's dtype in the same pass."""
-    for r in range(order.shape[0]):
+def scatter_columns(rows, order, outs, worker, n_workers):
+    """outs[s][order[r]] = the s-th consecutive column block of rows[r], for ``worker``'s contiguous block of
+    ranks r: per-rank gradient rows [V, F] to per-(camera, Gaussian) blocks [C * N, F_s] (zeroed, all
+    float32 or all float64), converted to the caller's dtype in the same pass. Ranks are distinct (camera,
+    Gaussian) ids, so workers never write the same row."""
+    start, stop = block_share(order.shape[0], worker, n_workers)
+    for r in range(start, stop):
         i = order[r]
-        for f in range(out.shape[1]):
-            out[i, f] = rows[r, col + f]
+        col = 0
+        for out in outs:
+            for f in range(out.shape[1]):
+                out[i, f] = rows[r, col + f]
+            col += out.shape[1]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -163,15 +163,11 @@ class TileBins:
     def to_gaussians(self, rows: np.ndarray, shapes: list[tuple], dtype: torch.dtype) -> list[Tensor]:
         """Per-rank rows [V, F] -> tensors of the given [C, N, ...] shapes (consecutive column blocks of
         ``rows``) in ``dtype``, zero for the Gaussians no camera sees."""
-        out, col = [], 0
         np_dtype = torch.empty((), dtype=dtype).numpy().dtype
-        for shape in shapes:
-            width = int(np.prod(shape[2:], dtype=np.int64))
-            block = np.zeros((self.n_cameras * self.n_gaussians, width), dtype=np_dtype)
-            K.scatter_columns(rows, self.order, col, block)
-            out.append(torch.from_numpy(block.reshape(shape)))
-            col += width
-        return out
+        widths = [int(np.prod(shape[2:], dtype=np.int64)) for shape in shapes]
+        blocks = tuple(np.zeros((self.n_cameras * self.n_gaussians, width), dtype=np_dtype) for width in widths)
+        run_workers(K.scatter_columns, rows, self.order, blocks)
+        return [torch.from_numpy(block.reshape(shape)) for block, shape in zip(blocks, shapes)]
 
     def info(self) -> dict:
         """gsplat's intersection keys for the ``info`` dict (torch tensors)."""
@@ -278,7 +274,7 @@ def gaussian_rows(*per_camera: Tensor | np.ndarray) -> np.ndarray:
     cols = [x if isinstance(x, np.ndarray) else as_f64(x) for x in per_camera]
     cols = tuple(np.ascontiguousarray(x.reshape(x.shape[0] * x.shape[1], math.prod(x.shape[2:]))) for x in cols)
     rows = np.empty((cols[0].shape[0], sum(x.shape[1] for x in cols)))
-    K.pack_rows(cols, rows)
+    run_workers(K.pack_rows, cols, rows)
     return rows
 
 
