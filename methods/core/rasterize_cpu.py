@@ -15,7 +15,8 @@ Memory, all float64 whatever the caller's dtype: a row per (camera, Gaussian) of
 parameters and features (6 + D values), per-pixel outputs and the per-pixel state backward needs (final T
 and last contributor), the tile lists (3 int64 per Gaussian-tile intersection, about 12 per visible
 Gaussian while binning) and, during backward, one gradient row per intersection (6 + D values) and one per
-visible Gaussian; nothing per Gaussian-pixel pair. Gradients reach means,
+visible Gaussian; nothing per Gaussian-pixel pair. The Gaussian rows and the two gradient buffers are
+reused across calls (:class:`ScratchPool`): fresh pages cost more than the work on them. Gradients reach means,
 quats, scales, opacities and colours; with camera tensors that require grad the projection falls back to
 the pure-PyTorch :func:`.projection.project_gaussians_3d` so that cameras get gradients too. ``means2d``
 in ``info`` receives the screen-space gradient that gsplat's ``DefaultStrategy`` reads.
@@ -77,6 +78,62 @@ def run_workers(kernel, *args, n_workers: Optional[int] = None) -> None:
     kernel(*args, 0, n_workers)
     for future in others:
         future.result()
+
+
+class ScratchPool:
+    """Large scratch arrays kept for reuse across rasterizer calls.
+
+    Fresh memory is not free: the OS maps and zeroes every page on first touch. On the 2-core development
+    VM filling a fresh 45 MB array took 56 ms (its 2 MB transparent huge pages are faulted in through the
+    hypervisor) against 3.5 ms for the same array filled again, and a 2DGS forward + backward at 300k
+    Gaussians allocates about 160 MB of such scratch: the Gaussian rows, the per-intersection gradient rows
+    and their per-Gaussian sums. Those are taken from here and given back when the backward is done.
+
+    An array is never handed out twice before it is given back, so interleaved renders (several forwards
+    before their backwards) each get their own; contents are whatever the last user left. At most ``keep``
+    free buffers stay (the largest); the rest are released to the allocator."""
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self._free: list[np.ndarray] = []  # flat uint8 buffers, smallest first
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple, dtype=np.float64) -> np.ndarray:
+        """An uninitialised C-contiguous array of ``shape`` and ``dtype``."""
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        with self._lock:
+            fits = [i for i, buffer in enumerate(self._free) if buffer.nbytes >= nbytes]
+            buffer = self._free.pop(fits[0]) if fits else None
+        if buffer is None:
+            buffer = np.empty(max(nbytes, dtype.itemsize), dtype=np.uint8)
+        return buffer[:nbytes].view(dtype).reshape(shape)
+
+    def give_back(self, array: np.ndarray) -> None:
+        """Return an array from :meth:`take`; the caller must hold no other reference into it."""
+        buffer = array.base
+        if not (isinstance(buffer, np.ndarray) and buffer.dtype == np.uint8 and buffer.flags.owndata):
+            raise ValueError("give_back takes arrays that ScratchPool.take returned")
+        with self._lock:
+            if any(held is buffer for held in self._free):
+                raise ValueError("this array was already given back")
+            self._free.append(buffer)
+            self._free.sort(key=lambda held: held.nbytes)
+            del self._free[: max(0, len(self._free) - self.keep)]
+
+    @property
+    def free_bytes(self) -> int:
+        """Bytes held in free buffers."""
+        with self._lock:
+            return sum(buffer.nbytes for buffer in self._free)
+
+    def clear(self) -> None:
+        """Release every free buffer (e.g. after rendering at a size that will not come again)."""
+        with self._lock:
+            self._free.clear()
+
+
+SCRATCH = ScratchPool()
 
 
 def as_f64(x: torch.Tensor) -> np.ndarray:
@@ -155,8 +212,8 @@ class TileBins:
         return int(self.tile_offsets.shape[0] - 1)
 
     def per_rank(self, per_isect: np.ndarray) -> np.ndarray:
-        """Sum per-intersection rows [M, F] into per-rank rows [V, F]."""
-        out = np.zeros((self.order.shape[0], per_isect.shape[1]))
+        """Sum per-intersection rows [M, F] into per-rank rows [V, F] (from :data:`SCRATCH`: give it back)."""
+        out = SCRATCH.take((self.order.shape[0], per_isect.shape[1]))
         run_workers(K.reduce_per_gaussian, per_isect, self.rank_offsets, self.slot_of, out)
         return out
 
@@ -270,12 +327,22 @@ def bin_tiles(proj, width: int, height: int) -> TileBins:
 
 def gaussian_rows(*per_camera: Tensor | np.ndarray) -> np.ndarray:
     """Concatenate [C, N, ...] (or [C, N]) tensors / float64 arrays into one float64 row per (camera,
-    Gaussian)."""
+    Gaussian), in an array from :data:`SCRATCH` (the backward gives it back)."""
     cols = [x if isinstance(x, np.ndarray) else as_f64(x) for x in per_camera]
     cols = tuple(np.ascontiguousarray(x.reshape(x.shape[0] * x.shape[1], math.prod(x.shape[2:]))) for x in cols)
-    rows = np.empty((cols[0].shape[0], sum(x.shape[1] for x in cols)))
+    rows = SCRATCH.take((cols[0].shape[0], sum(x.shape[1] for x in cols)))
     run_workers(K.pack_rows, cols, rows)
     return rows
+
+
+def take_saved_rows(ctx) -> np.ndarray:
+    """The forward's Gaussian rows, which the backward gives back to :data:`SCRATCH` when it is done: a
+    second backward through the same graph (``retain_graph=True``) is refused rather than reading rows
+    another render may have reused."""
+    params, ctx.params = ctx.params, None
+    if params is None:
+        raise RuntimeError("the CPU rasterizer's backward runs once per forward (retain_graph=True is not supported)")
+    return params
 
 
 class RasterizeTiles3D(torch.autograd.Function):
@@ -301,13 +368,16 @@ class RasterizeTiles3D(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, v_colors, v_T):
-        bins = ctx.bins
-        per_isect = np.zeros((bins.n_isects, ctx.params.shape[1]))
+        bins, params = ctx.bins, take_saved_rows(ctx)
+        per_isect = SCRATCH.take((bins.n_isects, params.shape[1]))
         run_workers(
-            K.rasterize_3dgs_bwd, ctx.params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
+            K.rasterize_3dgs_bwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
             bins.tile_height, False, ctx.T, ctx.last, as_f64(v_colors), as_f64(v_T[..., 0]), per_isect,
         )
-        grads = bins.to_gaussians(bins.per_rank(per_isect), ctx.shapes, v_colors.dtype)
+        rows = bins.per_rank(per_isect)
+        grads = bins.to_gaussians(rows, ctx.shapes, v_colors.dtype)
+        for scratch in (params, per_isect, rows):
+            SCRATCH.give_back(scratch)
         return (*grads, None, None, None, None)
 
 

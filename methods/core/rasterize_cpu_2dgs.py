@@ -22,6 +22,7 @@ from torch import Tensor
 from . import cpu_kernels as K
 from .projection import project_surfels_2d
 from .rasterize_cpu import (
+    SCRATCH,
     TileBins,
     _cameras_need_grad,
     add_depth_channel,
@@ -31,6 +32,7 @@ from .rasterize_cpu import (
     finish_render,
     gaussian_rows,
     run_workers,
+    take_saved_rows,
     tile_info,
     to_torch,
 )
@@ -126,11 +128,11 @@ class RasterizeTiles2D(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, v_features, v_normals, v_T, v_distort, v_median):
-        bins = ctx.bins
+        bins, params = ctx.bins, take_saved_rows(ctx)
         T, last, median_idx, depth_total = ctx.saved
-        per_isect = np.zeros((bins.n_isects, ctx.params.shape[1]))
+        per_isect = SCRATCH.take((bins.n_isects, params.shape[1]))
         run_workers(
-            K.rasterize_2dgs_bwd, ctx.params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
+            K.rasterize_2dgs_bwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
             bins.tile_height, False, T, last, median_idx, depth_total, as_f64(v_features), as_f64(v_normals),
             as_f64(v_T[..., 0]), as_f64(v_distort[..., 0]), as_f64(v_median[..., 0]), per_isect,
         )
@@ -141,6 +143,8 @@ class RasterizeTiles2D(torch.autograd.Function):
         C, N = ctx.depths.shape
         grads = bins.to_gaussians(rows, ctx.shapes, v_features.dtype)
         v_densify = bins.to_gaussians(v_translation, [(C, N, 2)], v_features.dtype)[0]
+        for scratch in (params, per_isect, rows):
+            SCRATCH.give_back(scratch)
         return (*grads, v_densify, None, None, None, None)
 
 
