@@ -795,15 +795,15 @@ def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
 def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, T_final, last, v_colors,
                        v_T, per_isect, worker, n_workers):
-    """Fill per-intersection gradient rows ``per_isect`` [M, 6 + D] (any contents; each tile zeroes its rows): dL/d(mean x, mean y, conic a,
-    b, c, opacity, features). ``v_colors`` [C, H, W, D] and ``v_T`` [C, H, W] are the gradients of the
+    """Fill per-intersection gradient rows ``per_isect`` [M, 6 + D] (any contents; each tile zeroes its rows):
+    dL/d(mean x, mean y, conic a, b, c, opacity, features). ``v_colors`` [C, H, W, D] and ``v_T`` [C, H, W] are the gradients of the
     forward's outputs."""
     D = params.shape[1] - N_GEOM_3D
     height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
     for tile in range(worker, n_tiles, n_workers):
         start, end = tile_offsets[tile], tile_offsets[tile + 1]
-        per_isect[start:end] = 0.0  # the rows of Gaussians this tile skips or never reaches stay zero
+        per_isect[start:end] = 0.0  # rows of the Gaussians this tile skips or never reaches stay zero
         if start == end:
             continue
         cam, x0, y0, x1, y1 = tile_origin(tile, tile_w, tile_h, width, height)
@@ -1054,14 +1054,15 @@ def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                        median_idx, depth_total, v_features, v_normals, v_T, v_distort, v_median, per_isect,
                        worker, n_workers):
     """Fill per-intersection gradient rows ``per_isect`` [M, 12 + D + 3] (any contents; each tile zeroes its
-    rows) in the layout of ``params``. ``depth_total`` [C, H, W] is the forward's sum of w * depth (its last feature channel)."""
+    rows) in the layout of ``params``. ``depth_total`` [C, H, W] is the forward's sum of w * depth (its last
+    feature channel)."""
     D = params.shape[1] - N_GEOM_2D - 3
     F = params.shape[1]
     height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
     for tile in range(worker, n_tiles, n_workers):
         start, end = tile_offsets[tile], tile_offsets[tile + 1]
-        per_isect[start:end] = 0.0  # the rows of Gaussians this tile skips or never reaches stay zero
+        per_isect[start:end] = 0.0  # rows of the Gaussians this tile skips or never reaches stay zero
         if start == end:
             continue
         cam, x0, y0, x1, y1 = tile_origin(tile, tile_w, tile_h, width, height)
