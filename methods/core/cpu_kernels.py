@@ -796,8 +796,8 @@ def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
 def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, T_final, last, v_colors,
                        v_T, per_isect, worker, n_workers):
     """Fill per-intersection gradient rows ``per_isect`` [M, 6 + D] (any contents; each tile zeroes its rows):
-    dL/d(mean x, mean y, conic a, b, c, opacity, features). ``v_colors`` [C, H, W, D] and ``v_T`` [C, H, W] are the gradients of the
-    forward's outputs."""
+    dL/d(mean x, mean y, conic a, b, c, opacity, features). ``v_colors`` [C, H, W, D] and ``v_T`` [C, H, W]
+    are the gradients of the forward's outputs."""
     D = params.shape[1] - N_GEOM_3D
     height, width = T_final.shape[1], T_final.shape[2]
     n_tiles = tile_offsets.shape[0] - 1
