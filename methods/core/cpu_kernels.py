@@ -206,7 +206,12 @@ def count_tiles(ids, rects, perm, sorted_keys, tile_w, tile_h, n_per_camera, ord
     through rank-ordered arrays."""
     tiles_per_camera = tile_w * tile_h
     start, stop = block_share(perm.shape[0], worker, n_workers)
+    id_rows = ids.reshape(ids.shape[0], 1)
     for k in range(start, stop):
+        if k + PREFETCH_AHEAD < stop:
+            ahead = perm[k + PREFETCH_AHEAD]
+            _prefetch(rects, ahead, 0)
+            _prefetch(id_rows, ahead, 0)
         v = perm[k]
         i = ids[v]
         x0, x1, y0, y1 = rects[v, 0], rects[v, 1], rects[v, 2], rects[v, 3]
