@@ -748,3 +748,19 @@ def test_scratch_pool_hands_out_each_buffer_once():
     pool.give_back(c)
     pool.give_back(pool.take((1000,)))
     assert pool.free_bytes == 240 + 8000  # the two largest of 240, 240 and 8000 bytes
+
+
+@pytest.mark.parametrize("render", [rasterize_3dgs, rasterize_2dgs])
+def test_a_no_grad_render_gives_its_rows_back_at_once(render):
+    """Evaluation renders run without grad: no backward will give the Gaussian rows back, so the forward
+    does, and the next render reuses them instead of drawing fresh memory."""
+    from gfbench.methods.core.rasterize_cpu import SCRATCH
+
+    scene = make_scene(200, seed=6, size=2.0 if render is rasterize_2dgs else 1.0)
+    viewmats, Ks = make_cameras()
+    SCRATCH.clear()
+    with torch.no_grad():
+        render(*scene.values(), viewmats, Ks, W, H)
+    assert SCRATCH.free_bytes > 0
+    render(*scene.values(), viewmats, Ks, W, H)  # with grad: the rows wait for a backward
+    assert SCRATCH.free_bytes == 0

@@ -335,6 +335,20 @@ def gaussian_rows(*per_camera: Tensor | np.ndarray) -> np.ndarray:
     return rows
 
 
+def grad_will_flow(*inputs: Tensor) -> bool:
+    """Whether autograd records a function applied now to ``inputs`` (inside ``forward`` grad mode is
+    always off, so the caller asks)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+
+
+def keep_rows_for_backward(ctx, params: np.ndarray, backward_follows: bool) -> None:
+    """Save the forward's Gaussian rows for the backward, or give them back to :data:`SCRATCH` at once when
+    no backward will run (a no-grad render)."""
+    ctx.params = params if backward_follows else None
+    if not backward_follows:
+        SCRATCH.give_back(params)
+
+
 def take_saved_rows(ctx) -> np.ndarray:
     """The forward's Gaussian rows, which the backward gives back to :data:`SCRATCH` when it is done: a
     second backward through the same graph (``retain_graph=True``) is refused rather than reading rows
@@ -351,7 +365,8 @@ class RasterizeTiles3D(torch.autograd.Function):
     (the projection's), which then spare a conversion."""
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, features, bins: TileBins, width: int, height: int, host=None):
+    def forward(ctx, means2d, conics, opacities, features, bins: TileBins, width: int, height: int, host=None,
+                backward_follows=True):
         host = host or {}
         params = gaussian_rows(host.get("means2d", means2d), host.get("conics", conics), opacities, features)
         C, D = bins.n_cameras, features.shape[-1]
@@ -361,7 +376,8 @@ class RasterizeTiles3D(torch.autograd.Function):
             K.rasterize_3dgs_fwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
             bins.tile_height, False, colors, T, last, pairs,
         )
-        ctx.bins, ctx.params, ctx.T, ctx.last = bins, params, T, last
+        ctx.bins, ctx.T, ctx.last = bins, T, last
+        keep_rows_for_backward(ctx, params, backward_follows)
         ctx.shapes = [tuple(t.shape) for t in (means2d, conics, opacities, features)]
         bins.pairs_evaluated, bins.rows_evaluated = (int(v) for v in pairs.sum(axis=0))
         return to_torch(colors, means2d.dtype), to_torch(T[..., None], means2d.dtype)
@@ -378,7 +394,7 @@ class RasterizeTiles3D(torch.autograd.Function):
         grads = bins.to_gaussians(rows, ctx.shapes, v_colors.dtype)
         for scratch in (params, per_isect, rows):
             SCRATCH.give_back(scratch)
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -450,7 +466,10 @@ def rasterize_3dgs_cpu(
     features = camera_colors(colors, sh_degree, means, viewmats)
     features, backgrounds = add_depth_channel(features, proj.depths, render_mode, backgrounds)
     bins = bin_tiles(proj, width, height)
-    render, T = RasterizeTiles3D.apply(proj.means2d, proj.conics, opac, features, bins, width, height, proj.host)
+    render, T = RasterizeTiles3D.apply(
+        proj.means2d, proj.conics, opac, features, bins, width, height, proj.host,
+        grad_will_flow(proj.means2d, proj.conics, opac, features),
+    )
     alphas = 1.0 - T
     render = finish_render(render, alphas, backgrounds, render_mode)
     info = {

@@ -31,6 +31,8 @@ from .rasterize_cpu import (
     camera_colors,
     finish_render,
     gaussian_rows,
+    grad_will_flow,
+    keep_rows_for_backward,
     run_workers,
     take_saved_rows,
     tile_info,
@@ -107,7 +109,7 @@ class RasterizeTiles2D(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means2d, ray_transforms, opacities, features, normals, densify, bins: TileBins, width, height,
-                host):
+                host, backward_follows=True):
         params = gaussian_rows(host["means2d"], host["ray_transforms"], opacities, features, host["normals"])
         C, D = bins.n_cameras, features.shape[-1]
         feats, norms = np.empty((C, height, width, D)), np.empty((C, height, width, 3))
@@ -118,7 +120,8 @@ class RasterizeTiles2D(torch.autograd.Function):
             K.rasterize_2dgs_fwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
             bins.tile_height, False, feats, norms, T, distort, median, last, median_idx, pairs,
         )
-        ctx.bins, ctx.params, ctx.depths = bins, params, host["depths"]
+        ctx.bins, ctx.depths = bins, host["depths"]
+        keep_rows_for_backward(ctx, params, backward_follows)
         ctx.saved = (T, last, median_idx, feats[..., -1].copy())
         ctx.shapes = [tuple(t.shape) for t in (means2d, ray_transforms, opacities, features, normals)]
         bins.pairs_evaluated, bins.rows_evaluated = (int(v) for v in pairs.sum(axis=0))
@@ -145,7 +148,7 @@ class RasterizeTiles2D(torch.autograd.Function):
         v_densify = bins.to_gaussians(v_translation, [(C, N, 2)], v_features.dtype)[0]
         for scratch in (params, per_isect, rows):
             SCRATCH.give_back(scratch)
-        return (*grads, v_densify, None, None, None, None)
+        return (*grads, v_densify, None, None, None, None, None)
 
 
 def rasterize_2dgs_cpu(
@@ -175,7 +178,8 @@ def rasterize_2dgs_cpu(
     features, backgrounds = add_depth_channel(features, proj.depths, render_mode, backgrounds)
     bins = bin_tiles(proj, width, height)
     render, normals_cam, T, distort, median = RasterizeTiles2D.apply(
-        proj.means2d, proj.ray_transforms, opac, features, proj.normals, densify, bins, width, height, proj.host
+        proj.means2d, proj.ray_transforms, opac, features, proj.normals, densify, bins, width, height, proj.host,
+        grad_will_flow(proj.means2d, proj.ray_transforms, opac, features, proj.normals, densify),
     )
     alphas = 1.0 - T
     render = finish_render(render, alphas, backgrounds, render_mode)

@@ -165,7 +165,17 @@ def machine_gflops(threads: int, size: int = 768, repeats: int = 10) -> tuple[fl
     return wall, cpu
 
 
-def _status_mb_of(path: Path, key: str) -> float:
+def cpu_description() -> str:
+    """The CPU as LLVM (numba's compiler) sees it and its widest float64 vectors: the dgemm bound scales with
+    them (4 lanes with AVX2, 8 with AVX-512), scalar code does not."""
+    import llvmlite.binding as llvm
+
+    features = llvm.get_host_cpu_features()
+    lanes = 8 if features.get("avx512f") else 4 if features.get("avx2") else 2
+    return f"{llvm.get_host_cpu_name()}, {lanes} float64 lanes per vector"
+
+
+
     for line in path.read_text().splitlines():
         if line.startswith(key):
             return int(line.split()[1]) / 1024
@@ -262,7 +272,7 @@ def work_counts(kind: str, p, viewmats, Ks, W, H) -> dict[str, int]:
                                  eps2d=0.3, near_plane=0.01, far_plane=1e10, radius_clip=0.0)
             bins = rc.bin_tiles(proj, W, H)
             feats = torch.cat([p["colors"][None], proj.depths[..., None]], -1)
-            rc.RasterizeTiles3D.apply(proj.means2d, proj.conics, opac, feats, bins, W, H, proj.host)
+            rc.RasterizeTiles3D.apply(proj.means2d, proj.conics, opac, feats, bins, W, H, proj.host, False)
         else:
             proj = rc2.project_2d(p["means"], p["quats"], p["scales"], viewmats, Ks, W, H,
                                   near_plane=0.01, far_plane=1e10, radius_clip=0.0)
@@ -270,7 +280,7 @@ def work_counts(kind: str, p, viewmats, Ks, W, H) -> dict[str, int]:
             feats = torch.cat([p["colors"][None], proj.depths[..., None]], -1)
             densify = torch.zeros(proj.means2d.shape)
             rc2.RasterizeTiles2D.apply(proj.means2d, proj.ray_transforms, opac, feats, proj.normals, densify, bins,
-                                       W, H, proj.host)
+                                       W, H, proj.host, False)
     return {"pair": bins.pairs_evaluated, "row": bins.rows_evaluated, "isect": bins.n_isects,
             "gaussian": p["means"].shape[0]}
 
@@ -346,8 +356,9 @@ def main() -> None:
 
     first = first_call_seconds()
     gflops = machine_gflops(args.threads)
-    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.threads} threads; gfbench first call (JIT "
-          f"compile, or load from numba's cache) {first:.1f} s; machine float64 throughput (dgemm) "
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_description()}; {args.threads} threads; "
+          f"gfbench first call (JIT compile, or load from numba's cache) {first:.1f} s; "
+          f"machine float64 throughput (dgemm) "
           f"{gflops[0]:.1f} Gflop/s per wall second on {args.threads} threads, {gflops[1]:.1f} per CPU second")
     header = (f"{'kind':5s} {'N':>7s} {'size':>8s} | {'ref f+b':>8s} {'gfb f+b':>8s} {'ratio':>7s} | "
               f"{'ref cpu':>8s} {'gfb cpu':>8s} {'ratio':>7s} | {'gfb fwd':>8s} | {'ref mem':>8s} {'gfb mem':>8s} | "
