@@ -287,12 +287,14 @@ def test_benchmark_your_own_capture_in_four_commands(tmp_path, monkeypatch):
     assert package_state() == before
 
 
-def test_a_suite_of_your_own_does_not_inherit_the_shipped_synthetic_prior():
+def test_a_suite_of_your_own_does_not_inherit_the_shipped_synthetic_prior(tmp_path):
     """`suite new --from synthetic-masked` writes `default_priors: {video: null}`: the shipped prior was trained for
     the synthetic scenes, so a capture of your own names its prior by flag."""
-    from gfbench.cli.suite import _suite_text
-
-    base = specs.load_suite("synthetic-masked")
-    assert base.default_priors == {"video": "synthetic-video"}
-    data = yaml.safe_load(_suite_text("mine-masked", base, "synthetic-masked", "mine", None))
+    assert specs.load_suite("synthetic-masked").default_priors == {"video": "synthetic-video"}
+    write_yaml(tmp_path / "mine.yaml", dataset())  # the dataset's spec beside the suite: nothing to build
+    result = invoke("suite", "new", str(tmp_path / "mine-masked.yaml"), "--from", "synthetic-masked",
+                    "--dataset", "mine")
+    assert result.exit_code == 0, result.output
+    data = yaml.safe_load((tmp_path / "mine-masked.yaml").read_text())
     assert data["default_priors"] == {"video": None} and data["include"] == "synthetic-masked"
+    assert not specs.load_suite(str(tmp_path / "mine-masked.yaml")).default_priors  # none inherited
