@@ -735,6 +735,8 @@ def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
         T = np.ones(TILE_PIXELS)
         acc = np.zeros((TILE_PIXELS, D))
         last_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
+        spans = np.empty((TILE_SIZE, 2), dtype=np.int64)
+        starts = np.empty((TILE_SIZE, 2))
         n_live = (x1 - x0) * (y1 - y0)
         n_pairs = n_rows = 0
         end = tile_offsets[tile + 1]
@@ -753,17 +755,28 @@ def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             q = math.exp(-a)  # the ratio E(x + 1) / E(x) shrinks by this factor per pixel
             ylo, yhi = ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile)
             n_rows += yhi - ylo
+            # every row's span and starting exponentials first: rows are independent, so their latency chains
+            # (square root, division, two exps) overlap here instead of waiting behind the pixel loop's
+            # unpredictable branches
             for y in range(ylo, yhi):
+                i = y - ylo
                 dy = my - (y + 0.5)
                 row_c = 0.5 * c * dy * dy
                 row_b = b * dy
                 xlo, xhi = ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile)
+                spans[i, 0], spans[i, 1] = xlo, xhi
+                if xlo >= xhi:
+                    continue
+                dx = mx - (xlo + 0.5)
+                starts[i, 0] = math.exp(-(row_c + dx * (ha * dx + row_b)))  # exp(-sigma) at xlo
+                starts[i, 1] = math.exp(a * dx + row_b - ha)  # E(xlo + 1) / E(xlo)
+            for y in range(ylo, yhi):
+                i = y - ylo
+                xlo, xhi = spans[i, 0], spans[i, 1]
                 if xlo >= xhi:
                     continue
                 p0 = (y - y0) * TILE_SIZE - x0
-                dx = mx - (xlo + 0.5)
-                E = math.exp(-(row_c + dx * (ha * dx + row_b)))  # exp(-sigma) at xlo
-                r = math.exp(a * dx + row_b - ha)  # E(xlo + 1) / E(xlo)
+                E, r = starts[i, 0], starts[i, 1]
                 for x in range(xlo, xhi):
                     p = p0 + x
                     Ex = E
@@ -816,6 +829,8 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
         later = np.zeros(TILE_PIXELS)  # dL/dT_final T_final + sum over later Gaussians of w dL/dw
         last_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
         g_out = np.zeros((TILE_PIXELS, D))
+        spans = np.empty((TILE_SIZE, 2), dtype=np.int64)
+        starts = np.empty((TILE_SIZE, 2))
         newest = -1
         for y in range(y0, y1):
             for x in range(x0, x1):
@@ -842,17 +857,27 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             ha = 0.5 * a
             q = math.exp(-a)
             ylo, yhi = ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile)
-            for y in range(ylo, yhi):
+            for y in range(ylo, yhi):  # every row's span and starting exponentials first, as in the forward
+                i = y - ylo
                 dy = my - (y + 0.5)
                 row_c = 0.5 * c * dy * dy
                 row_b = b * dy
                 xlo, xhi = ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile)
+                spans[i, 0], spans[i, 1] = xlo, xhi
                 if xlo >= xhi:
                     continue
+                dx = mx - (xlo + 0.5)
+                starts[i, 0] = math.exp(-(row_c + dx * (ha * dx + row_b)))  # as in the forward
+                starts[i, 1] = math.exp(a * dx + row_b - ha)
+            for y in range(ylo, yhi):
+                i = y - ylo
+                xlo, xhi = spans[i, 0], spans[i, 1]
+                if xlo >= xhi:
+                    continue
+                dy = my - (y + 0.5)
                 p0 = (y - y0) * TILE_SIZE - x0
                 dx = mx - (xlo + 0.5)
-                vis = math.exp(-(row_c + dx * (ha * dx + row_b)))  # as in the forward
-                r = math.exp(a * dx + row_b - ha)
+                vis, r = starts[i, 0], starts[i, 1]
                 s0 = s1 = s2 = 0.0
                 for x in range(xlo, xhi):
                     p = p0 + x
@@ -978,6 +1003,8 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
         med_t = np.zeros(TILE_PIXELS)
         last_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
         med_idx_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
+        planes = np.empty((TILE_SIZE, 6))
+        spans = np.empty((TILE_SIZE, 2), dtype=np.int64)
         n_live = (x1 - x0) * (y1 - y0)
         n_pairs = n_rows = 0
         end = tile_offsets[tile + 1]
@@ -995,12 +1022,26 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             feat = g[N_GEOM_2D:]
             ylo, yhi = surfel_rows(g, smax, y0, y1, full_tile)
             n_rows += yhi - ylo
+            # every row's planes and span first: rows are independent, so their latency chains (square roots,
+            # divisions) overlap here instead of waiting behind the pixel loop's unpredictable branches
             for y in range(ylo, yhi):
+                r = y - ylo
+                py = y + 0.5
+                dy = my - py
+                ax, ay, az, bx, by, bz, _, _, _ = row_planes(g, py)
+                planes[r, 0], planes[r, 1], planes[r, 2] = ax, ay, az
+                planes[r, 3], planes[r, 4], planes[r, 5] = bx, by, bz
+                spans[r, 0], spans[r, 1] = surfel_span(g, dy, ax, ay, az, bx, by, bz, smax, x0, x1, full_tile)
+            for y in range(ylo, yhi):
+                r = y - ylo
+                xlo, xhi = spans[r, 0], spans[r, 1]
+                if xlo >= xhi:
+                    continue
                 py = y + 0.5
                 dy = my - py
                 row_g2 = LOWPASS_INV_SQUARE * dy * dy
-                ax, ay, az, bx, by, bz, _, _, _ = row_planes(g, py)
-                xlo, xhi = surfel_span(g, dy, ax, ay, az, bx, by, bz, smax, x0, x1, full_tile)
+                ax, ay, az = planes[r, 0], planes[r, 1], planes[r, 2]
+                bx, by, bz = planes[r, 3], planes[r, 4], planes[r, 5]
                 p0 = (y - y0) * TILE_SIZE - x0
                 for x in range(xlo, xhi):
                     p = p0 + x
@@ -1081,6 +1122,8 @@ def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
         g_out = np.zeros((TILE_PIXELS, D + 3))
         g_dist = np.zeros(TILE_PIXELS)
         g_med = np.zeros(TILE_PIXELS)
+        planes = np.empty((TILE_SIZE, 9))
+        spans = np.empty((TILE_SIZE, 2), dtype=np.int64)
         newest = -1
         for y in range(y0, y1):
             for x in range(x0, x1):
@@ -1109,11 +1152,24 @@ def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                 continue
             grad[:] = 0.0
             ylo, yhi = surfel_rows(g, smax, y0, y1, full_tile)
+            for y in range(ylo, yhi):  # every row's planes and span first, as in the forward
+                r = y - ylo
+                dy = my - (y + 0.5)
+                ax, ay, az, bx, by, bz, hx, hy, hz = row_planes(g, y + 0.5)
+                planes[r, 0], planes[r, 1], planes[r, 2] = ax, ay, az
+                planes[r, 3], planes[r, 4], planes[r, 5] = bx, by, bz
+                planes[r, 6], planes[r, 7], planes[r, 8] = hx, hy, hz
+                spans[r, 0], spans[r, 1] = surfel_span(g, dy, ax, ay, az, bx, by, bz, smax, x0, x1, full_tile)
             for y in range(ylo, yhi):
+                r = y - ylo
+                xlo, xhi = spans[r, 0], spans[r, 1]
+                if xlo >= xhi:
+                    continue
                 py = y + 0.5
                 dy = my - py
-                ax, ay, az, bx, by, bz, hx, hy, hz = row_planes(g, py)
-                xlo, xhi = surfel_span(g, dy, ax, ay, az, bx, by, bz, smax, x0, x1, full_tile)
+                ax, ay, az = planes[r, 0], planes[r, 1], planes[r, 2]
+                bx, by, bz = planes[r, 3], planes[r, 4], planes[r, 5]
+                hx, hy, hz = planes[r, 6], planes[r, 7], planes[r, 8]
                 # sums over the row of dL/dc and x dL/dc
                 s0x = s0y = s0z = s1x = s1y = s1z = 0.0
                 for x in range(xlo, xhi):
