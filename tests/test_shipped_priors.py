@@ -9,6 +9,7 @@ import copy
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 from gfbench import leaderboard, results, specs
 from gfbench.cli import main
 from gfbench.priors import FROM_ENV, FROM_FLAG, FROM_SUITE, KINDS, PriorError, folder_fingerprint, priors_label
-from gfbench.priors import shipping
+from gfbench.priors import prior_kind, shipping, video_kind
 from gfbench.runner import plan_jobs
 from worlds import make_world
 
@@ -203,3 +204,35 @@ def test_record_and_leaderboard_name_the_default_prior_with_sha256(world):
     suite = specs.load_suite("test-default")
     entry_label = leaderboard.method_label(record, suite)  # genfusion@cfg-<hash>: the steps were set
     assert entry_label.startswith("genfusion") and entry_label.endswith(label)
+
+
+def _planned_default(world, **changes):
+    """The video source planning makes of test-default's shipped prior, with ``changes`` (e.g. the path a
+    driver installed elsewhere would record)."""
+    source = prior_kind("video").resolve_named(None, specs.load_suite("test-default"))
+    assert source.origin == FROM_SUITE and source.path == str(world["prior"].resolve())
+    return replace(source, **changes)
+
+
+def test_a_worker_loads_the_shipped_default_from_its_own_install(world, monkeypatch):
+    """A Ray worker's gfbench may be installed at another path than the driver's: the shipped prior a suite
+    names is found by name in the worker's own package, and its files must hash as planned."""
+    monkeypatch.setattr(video_kind, "_loaded", {})
+    source = _planned_default(world, path="/driver/site-packages/gfbench/priors/shipped/tiny-video")
+    prior = video_kind.loaded_prior(source)
+    assert prior.source is source and prior.source.files_sha256 == folder_fingerprint(world["prior"])
+
+
+def test_a_worker_refuses_a_shipped_copy_that_differs_from_the_planned_one(world, monkeypatch):
+    monkeypatch.setattr(video_kind, "_loaded", {})
+    source = _planned_default(world, path="/driver/shipped/tiny-video",
+                              files_sha256={**folder_fingerprint(world["prior"]), "prior.json": "0" * 64})
+    with pytest.raises(PriorError, match="is not the prior the run planned .* differs from /driver/shipped/tiny-video"):
+        video_kind.loaded_prior(source)
+
+
+def test_a_flag_named_prior_missing_on_a_worker_is_a_clear_error(world, monkeypatch):
+    monkeypatch.setattr(video_kind, "_loaded", {})
+    source = _planned_default(world, path="/mnt/not-mounted/my-prior", origin=FROM_FLAG)
+    with pytest.raises(PriorError, match=r"/mnt/not-mounted/my-prior is not a folder on .*every machine"):
+        video_kind.loaded_prior(source)

@@ -199,6 +199,26 @@ def folder_fingerprint(folder: str | os.PathLike) -> dict[str, str]:
     }
 
 
+def local_folder(source: PriorSource) -> Path:
+    """The folder of ``source`` on this machine. Planning records the driver's path; a prior shipped in the
+    package and named by a suite's default lives inside each machine's own install, so a Ray worker whose
+    gfbench is installed at another path loads its own copy, found by name (loading checks every file's
+    sha256 against the planned ones, so a worker with another version of the prior refuses it). Any other
+    prior must be at the planned path on every machine: a clear error names the path and the host."""
+    import platform
+
+    path = Path(source.path)
+    if path.is_dir():
+        return path
+    if source.origin == FROM_SUITE:
+        from gfbench.priors.shipping import shipped_folder
+
+        return shipped_folder(source.name)
+    raise PriorError(f"{source.kind} prior {source.name!r}: {path} is not a folder on {platform.node()}; a prior "
+                     "named by flag or variable must be at that path on every machine that runs jobs (shared "
+                     "storage, or the same path on each)")
+
+
 def resolve_prior_folder(value: str | os.PathLike | None, *, env_var: str, what: str, flag: str,
                          required_files: tuple[str, ...] = ()) -> Path:
     """The prior folder named by ``value`` (a flag), else by ``$env_var``; a clear :class:`PriorError` when

@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gfbench.priors import PriorKind, PriorSource, folder_fingerprint, register_kind, resolve_prior_folder
+from gfbench.priors import (PriorKind, PriorSource, folder_fingerprint, local_folder, register_kind,
+                            resolve_prior_folder)
 
 KIND = "video"
 FLAG = "--prior"
@@ -46,11 +47,13 @@ def loaded_prior(source: PriorSource, device: str = "cpu"):
 
     key = (source.digest, str(device))
     if key not in _loaded:
-        prior = DiffusionVideoPrior.from_pretrained(Path(source.path), device=device)
+        folder = local_folder(source)
+        prior = DiffusionVideoPrior.from_pretrained(folder, device=device)
         if prior.source.files_sha256 != source.files_sha256:
             from gfbench.priors import PriorError
 
-            raise PriorError(f"{WHAT}: {source.path} changed after the run was planned; run again")
+            raise PriorError(f"{WHAT}: {folder} is not the prior the run planned (its files changed, or this "
+                             f"machine's copy differs from {source.path}); run again")
         _loaded[key] = prior
     _loaded[key].source = source
     return _loaded[key]
