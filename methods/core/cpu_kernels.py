@@ -721,6 +721,27 @@ def ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile):
     return pixel_range(centre - half, centre + half, x0, x1)
 
 
+@njit(cache=True, fastmath=FASTMATH, inline="always")  # numba-level inlining: a call per Gaussian cost 3-8%
+def ellipse_row_setup(mx, my, a, b, c, ha, smax, ylo, yhi, x0, x1, full_tile, spans, starts):
+    """For rows ylo..yhi - 1 (index i = y - ylo): their :func:`ellipse_span` into ``spans[i]`` and, for a
+    non-empty span, exp(-sigma) at its first pixel and the ratio to the next (the row recurrence's start)
+    into ``starts[i]``. Done for all of a Gaussian's rows before any pixel: rows are independent, so their
+    latency chains (square root, division, two exps) overlap here instead of waiting behind the pixel loop's
+    unpredictable branches."""
+    for y in range(ylo, yhi):
+        i = y - ylo
+        dy = my - (y + 0.5)
+        row_c = 0.5 * c * dy * dy
+        row_b = b * dy
+        xlo, xhi = ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile)
+        spans[i, 0], spans[i, 1] = xlo, xhi
+        if xlo >= xhi:
+            continue
+        dx = mx - (xlo + 0.5)
+        starts[i, 0] = math.exp(-(row_c + dx * (ha * dx + row_b)))  # exp(-sigma) at xlo
+        starts[i, 1] = math.exp(a * dx + row_b - ha)  # E(xlo + 1) / E(xlo)
+
+
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
 def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, colors, T_final, last,
                        pairs, worker, n_workers):
@@ -755,21 +776,7 @@ def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             q = math.exp(-a)  # the ratio E(x + 1) / E(x) shrinks by this factor per pixel
             ylo, yhi = ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile)
             n_rows += yhi - ylo
-            # every row's span and starting exponentials first: rows are independent, so their latency chains
-            # (square root, division, two exps) overlap here instead of waiting behind the pixel loop's
-            # unpredictable branches
-            for y in range(ylo, yhi):
-                i = y - ylo
-                dy = my - (y + 0.5)
-                row_c = 0.5 * c * dy * dy
-                row_b = b * dy
-                xlo, xhi = ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile)
-                spans[i, 0], spans[i, 1] = xlo, xhi
-                if xlo >= xhi:
-                    continue
-                dx = mx - (xlo + 0.5)
-                starts[i, 0] = math.exp(-(row_c + dx * (ha * dx + row_b)))  # exp(-sigma) at xlo
-                starts[i, 1] = math.exp(a * dx + row_b - ha)  # E(xlo + 1) / E(xlo)
+            ellipse_row_setup(mx, my, a, b, c, ha, smax, ylo, yhi, x0, x1, full_tile, spans, starts)
             for y in range(ylo, yhi):
                 i = y - ylo
                 xlo, xhi = spans[i, 0], spans[i, 1]
@@ -857,18 +864,7 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             ha = 0.5 * a
             q = math.exp(-a)
             ylo, yhi = ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile)
-            for y in range(ylo, yhi):  # every row's span and starting exponentials first, as in the forward
-                i = y - ylo
-                dy = my - (y + 0.5)
-                row_c = 0.5 * c * dy * dy
-                row_b = b * dy
-                xlo, xhi = ellipse_span(mx, dy, a, b, c, smax, x0, x1, full_tile)
-                spans[i, 0], spans[i, 1] = xlo, xhi
-                if xlo >= xhi:
-                    continue
-                dx = mx - (xlo + 0.5)
-                starts[i, 0] = math.exp(-(row_c + dx * (ha * dx + row_b)))  # as in the forward
-                starts[i, 1] = math.exp(a * dx + row_b - ha)
+            ellipse_row_setup(mx, my, a, b, c, ha, smax, ylo, yhi, x0, x1, full_tile, spans, starts)
             for y in range(ylo, yhi):
                 i = y - ylo
                 xlo, xhi = spans[i, 0], spans[i, 1]
@@ -985,6 +981,24 @@ def row_planes(g, py):
     return ax, ay, az, bx, by, bz, hx, hy, hz
 
 
+@njit(cache=True, fastmath=FASTMATH, inline="always")  # numba-level inlining: a call per Gaussian cost 3-8%
+def surfel_row_setup(g, smax, ylo, yhi, x0, x1, full_tile, planes, spans):
+    """For rows ylo..yhi - 1 (index r = y - ylo): their :func:`row_planes` into ``planes[r]`` [9] (a, b, h) and
+    their :func:`surfel_span` into ``spans[r]``. Done for all of a surfel's rows before any pixel: rows are
+    independent, so their latency chains (square roots, divisions) overlap here instead of waiting behind the
+    pixel loop's unpredictable branches."""
+    my = g[1]
+    for y in range(ylo, yhi):
+        r = y - ylo
+        py = y + 0.5
+        dy = my - py
+        ax, ay, az, bx, by, bz, hx, hy, hz = row_planes(g, py)
+        planes[r, 0], planes[r, 1], planes[r, 2] = ax, ay, az
+        planes[r, 3], planes[r, 4], planes[r, 5] = bx, by, bz
+        planes[r, 6], planes[r, 7], planes[r, 8] = hx, hy, hz
+        spans[r, 0], spans[r, 1] = surfel_span(g, dy, ax, ay, az, bx, by, bz, smax, x0, x1, full_tile)
+
+
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
 def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, features, normals,
                        T_final, distort, median, last, median_idx, pairs, worker, n_workers):
@@ -1003,7 +1017,7 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
         med_t = np.zeros(TILE_PIXELS)
         last_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
         med_idx_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
-        planes = np.empty((TILE_SIZE, 6))
+        planes = np.empty((TILE_SIZE, 9))
         spans = np.empty((TILE_SIZE, 2), dtype=np.int64)
         n_live = (x1 - x0) * (y1 - y0)
         n_pairs = n_rows = 0
@@ -1022,16 +1036,7 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             feat = g[N_GEOM_2D:]
             ylo, yhi = surfel_rows(g, smax, y0, y1, full_tile)
             n_rows += yhi - ylo
-            # every row's planes and span first: rows are independent, so their latency chains (square roots,
-            # divisions) overlap here instead of waiting behind the pixel loop's unpredictable branches
-            for y in range(ylo, yhi):
-                r = y - ylo
-                py = y + 0.5
-                dy = my - py
-                ax, ay, az, bx, by, bz, _, _, _ = row_planes(g, py)
-                planes[r, 0], planes[r, 1], planes[r, 2] = ax, ay, az
-                planes[r, 3], planes[r, 4], planes[r, 5] = bx, by, bz
-                spans[r, 0], spans[r, 1] = surfel_span(g, dy, ax, ay, az, bx, by, bz, smax, x0, x1, full_tile)
+            surfel_row_setup(g, smax, ylo, yhi, x0, x1, full_tile, planes, spans)
             for y in range(ylo, yhi):
                 r = y - ylo
                 xlo, xhi = spans[r, 0], spans[r, 1]
@@ -1152,14 +1157,7 @@ def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                 continue
             grad[:] = 0.0
             ylo, yhi = surfel_rows(g, smax, y0, y1, full_tile)
-            for y in range(ylo, yhi):  # every row's planes and span first, as in the forward
-                r = y - ylo
-                dy = my - (y + 0.5)
-                ax, ay, az, bx, by, bz, hx, hy, hz = row_planes(g, y + 0.5)
-                planes[r, 0], planes[r, 1], planes[r, 2] = ax, ay, az
-                planes[r, 3], planes[r, 4], planes[r, 5] = bx, by, bz
-                planes[r, 6], planes[r, 7], planes[r, 8] = hx, hy, hz
-                spans[r, 0], spans[r, 1] = surfel_span(g, dy, ax, ay, az, bx, by, bz, smax, x0, x1, full_tile)
+            surfel_row_setup(g, smax, ylo, yhi, x0, x1, full_tile, planes, spans)
             for y in range(ylo, yhi):
                 r = y - ylo
                 xlo, xhi = spans[r, 0], spans[r, 1]
