@@ -57,57 +57,58 @@ measured peak throughput); ``x cpu`` only measures it in CPU seconds.
 
 Results (2026-12-01, from the repository root, on the 2-core Zen 4 VM):
 
-    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python tests/perf/bench_rasterizer.py --threads 2
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python tests/perf/bench_rasterizer.py --threads 2 --repeats 5
 
-gfbench is 22-145x faster than the reference wherever the reference ran (3DGS 31-145x, 2DGS 22-107x); it
-was skipped where it would not fit in memory (see below). Against the run's best dgemm rate (101 Gflop/s on
-2 threads, 51 per CPU second) gfbench is 10.9-26x from the bound for 3DGS and 13-34x for 2DGS in wall time
-(10.4-19.4x and 12.6-25.6x in CPU seconds): no point within 10x. The farthest are 2DGS with 20k Gaussians
-(its per-pair loop is scalar and branchy, about 46 ns per pair with its row set-up) and the 256x160 points,
-where per-Gaussian stages and fixed costs weigh most. Peak memory gfbench adds: 20-570 MB (the reference
-0.5-11.6 GB). Timings on this VM vary by tens of percent between minutes (3DGS 100k at 512x320 here took
-longer than at 960x540); compare ratios from one run.
+gfbench is 22-153x faster than the reference wherever the reference ran (3DGS 28-122x, 2DGS 22-153x); it
+was skipped where it would not fit in memory (see below). Against the run's best dgemm rate (95 Gflop/s on
+2 threads, 48 per CPU second) gfbench is 13.4-27.7x from the bound for 3DGS and 15.4-35.3x for 2DGS in wall
+time (11.7-22.9x and 14.1-27.3x in CPU seconds): no point within 10x. The farthest are 2DGS with 20k
+Gaussians (its per-pair loop is scalar and branchy, about 46 ns per pair with its row set-up) and the
+256x160 points, where per-Gaussian stages and fixed costs weigh most. Peak memory gfbench adds: 20-580 MB
+(the reference 0.5-11.8 GB). Timings on this VM vary by tens of percent between minutes: half an hour earlier,
+with the machine quieter, nearly the same code measured 10.9-26x (3DGS) and 13-34x (2DGS) against 101
+Gflop/s, and this run's reference took 20-40% longer than that one's. Compare ratios from one run.
 
-    2026-12-01 02:37 UTC; znver4, 8 float64 lanes per vector; 2 threads; gfbench first call (JIT compile, or load from numba's cache) 0.6 s; machine float64 throughput (dgemm) 54.9 Gflop/s per wall second on 2 threads, 33.2 per CPU second
+    2026-12-01 03:09 UTC; znver4, 8 float64 lanes per vector; 2 threads; gfbench first call (JIT compile, or load from numba's cache) 0.7 s; machine float64 throughput (dgemm) 77.5 Gflop/s per wall second on 2 threads, 39.7 per CPU second
     kind        N     size |  ref f+b  gfb f+b   ratio |  ref cpu  gfb cpu   ratio |  gfb fwd |  ref mem  gfb mem | max|dRGB|  max|dA|  max|dN| |   isects     rows     pairs   bound x bound  x cpu
     ------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------
-    3dgs    20000  256x160 |    0.74s   0.024s   30.9x |    1.25s   0.039s   32.2x |   0.010s |    476MB     20MB |   2.9e-03  2.3e-03          |    39034   193730    737928     2ms   12.6x  12.4x
-    3dgs    20000  512x320 |    1.54s   0.045s   34.3x |    2.63s   0.079s   33.4x |   0.019s |    915MB     45MB |   2.4e-03  2.3e-03          |    61492   450775   2406123     3ms   14.9x  13.2x
-    3dgs    20000  960x540 |    7.10s   0.150s   47.4x |   11.31s   0.245s   46.2x |   0.045s |   1895MB    138MB |   2.5e-03  2.5e-03          |   118162  1161230   7924558     9ms   16.8x  13.9x
-    3dgs   100000  256x160 |    6.18s   0.085s   72.4x |    9.58s   0.154s   62.2x |   0.041s |   2370MB     89MB |   2.1e-03  2.6e-05          |   193433   956202   2764195     5ms   17.9x  16.3x
-    3dgs   100000  512x320 |   13.74s   0.319s   43.1x |   20.91s   0.442s   47.4x |   0.131s |   3699MB     96MB |   1.6e-03  3.1e-04          |   305726  2228668  10407448    13ms   24.1x  16.9x
-    3dgs   100000  960x540 |   37.82s   0.382s   99.0x |   58.74s   0.723s   81.3x |   0.173s |   8759MB    195MB |   1.9e-03  2.0e-04          |   584888  5629976  33460615    37ms   10.4x  10.0x
-    3dgs   300000  256x160 |   14.54s   0.137s  106.3x |   22.57s   0.239s   94.5x |   0.094s |   6962MB    231MB |   1.5e-03  1.1e-06          |   582620   952253   2826565     6ms   22.0x  19.4x
-    3dgs   300000  512x320 |   36.60s   0.252s  145.1x |   57.07s   0.441s  129.4x |   0.107s |  11154MB    259MB |   8.0e-04  1.3e-04          |   918920  2555735  11302750    15ms   16.3x  14.4x
-    3dgs   300000  960x540 | ~    23s   0.496s    skip |            0.912s         |   0.208s | ~   23GB    397MB |                             |  1760892  5908421  35764927    40ms   12.4x  11.5x
-    2dgs    20000  256x160 |    1.54s   0.042s   36.9x |    2.39s   0.063s   37.9x |   0.015s |    931MB     26MB |   1.8e-02  1.9e-02  2.8e-02 |    32383   142787    403585     1ms   33.6x  25.6x
-    2dgs    20000  512x320 |    2.43s   0.090s   27.0x |    4.07s   0.139s   29.2x |   0.043s |   1307MB     84MB |   3.3e-02  3.4e-02  5.8e-02 |    50614   313360   1110599     3ms   29.7x  23.2x
-    2dgs    20000  960x540 |    4.87s   0.221s   22.0x |    8.00s   0.365s   21.9x |   0.075s |   2330MB    213MB |   5.1e-03  5.3e-03  1.9e-02 |    93750   794211   3621211     9ms   24.3x  20.2x
-    2dgs   100000  256x160 |    8.75s   0.110s   79.3x |   13.27s   0.196s   67.8x |   0.062s |   3954MB    112MB |   3.8e-03  6.9e-04  9.1e-03 |   160333   701874   1959317     6ms   18.2x  16.3x
-    2dgs   100000  512x320 |   15.76s   0.261s   60.3x |   25.68s   0.448s   57.3x |   0.092s |   6070MB    146MB |   3.8e-03  3.7e-03  6.7e-03 |   250355  1533952   5435385    15ms   17.6x  15.2x
-    2dgs   100000  960x540 | ~    24s   0.629s    skip |            1.171s         |   0.326s | ~   13GB    302MB |                             |   462759  3866099  17689964    44ms   14.2x  13.3x
-    2dgs   300000  256x160 |   30.75s   0.288s  106.9x |   50.40s   0.398s  126.6x |   0.106s |  11632MB    334MB |   1.8e-03  4.9e-05  3.8e-03 |   484390  1626287   2827323    11ms   26.0x  18.2x
-    2dgs   300000  512x320 | ~    36s   0.679s    skip |            1.087s         |   0.210s | ~   18GB    338MB |                             |   756980  4544242  11244661    34ms   19.9x  16.0x
-    2dgs   300000  960x540 | ~    73s   1.246s    skip |            2.399s         |   0.499s | ~   34GB    570MB |                             |  1401141 10462787  35551705    96ms   13.0x  12.6x
-    peak float64 throughput (dgemm) over the run: 101.1 Gflop/s per wall second on 2 threads, 51.0 per CPU second; against it:
-    3dgs    20000  256x160  bound   1.0 ms  x bound  23.2  x cpu  19.0
-    3dgs    20000  512x320  bound   2.7 ms  x bound  16.6  x cpu  14.7
-    3dgs    20000  960x540  bound   8.0 ms  x bound  18.7  x cpu  15.4
-    3dgs   100000  256x160  bound   4.4 ms  x bound  19.3  x cpu  17.5
-    3dgs   100000  512x320  bound  12.3 ms  x bound  26.0  x cpu  18.2
-    3dgs   100000  960x540  bound  35.2 ms  x bound  10.9  x cpu  10.4
-    3dgs   300000  256x160  bound   6.2 ms  x bound  22.0  x cpu  19.4
-    3dgs   300000  512x320  bound  15.5 ms  x bound  16.3  x cpu  14.4
-    3dgs   300000  960x540  bound  40.0 ms  x bound  12.4  x cpu  11.5
-    2dgs    20000  256x160  bound   1.2 ms  x bound  33.6  x cpu  25.6
-    2dgs    20000  512x320  bound   3.0 ms  x bound  29.7  x cpu  23.2
-    2dgs    20000  960x540  bound   9.1 ms  x bound  24.3  x cpu  20.2
-    2dgs   100000  256x160  bound   6.0 ms  x bound  18.2  x cpu  16.3
-    2dgs   100000  512x320  bound  14.8 ms  x bound  17.6  x cpu  15.2
-    2dgs   100000  960x540  bound  44.4 ms  x bound  14.2  x cpu  13.3
-    2dgs   300000  256x160  bound  11.0 ms  x bound  26.0  x cpu  18.2
-    2dgs   300000  512x320  bound  34.2 ms  x bound  19.9  x cpu  16.0
-    2dgs   300000  960x540  bound  95.8 ms  x bound  13.0  x cpu  12.6
+    3dgs    20000  256x160 |    0.86s   0.030s   28.3x |    1.43s   0.050s   28.9x |   0.013s |    475MB     20MB |   2.9e-03  2.3e-03          |    39034   193730    737928     1ms   23.0x  19.2x
+    3dgs    20000  512x320 |    1.58s   0.054s   29.4x |    2.70s   0.089s   30.4x |   0.022s |    860MB     44MB |   2.4e-03  2.3e-03          |    61492   450775   2406123     3ms   15.5x  13.1x
+    3dgs    20000  960x540 |    7.31s   0.131s   55.7x |   11.05s   0.243s   45.5x |   0.053s |   1895MB    139MB |   2.5e-03  2.5e-03          |   118162  1161230   7924558    10ms   13.1x  12.5x
+    3dgs   100000  256x160 |    6.36s   0.105s   60.4x |   10.01s   0.177s   56.6x |   0.047s |   2407MB     91MB |   2.1e-03  2.6e-05          |   193433   956202   2764195     5ms   22.3x  18.9x
+    3dgs   100000  512x320 |   19.49s   0.220s   88.8x |   28.35s   0.416s   68.2x |   0.099s |   3861MB    100MB |   1.6e-03  3.1e-04          |   305726  2228668  10407448    13ms   16.8x  16.1x
+    3dgs   100000  960x540 |   49.18s   0.583s   84.4x |   74.63s   0.933s   80.0x |   0.171s |   8961MB    211MB |   1.9e-03  2.0e-04          |   584888  5629976  33460615    38ms   15.5x  12.6x
+    3dgs   300000  256x160 |   19.03s   0.164s  115.8x |   29.13s   0.249s  117.2x |   0.077s |   7096MB    230MB |   1.5e-03  1.1e-06          |   582620   952253   2826565     7ms   24.8x  19.0x
+    3dgs   300000  512x320 |   41.76s   0.342s  122.0x |   65.05s   0.605s  107.6x |   0.159s |  11139MB    258MB |   8.0e-04  1.3e-04          |   918920  2555735  11302750    17ms   20.7x  18.5x
+    3dgs   300000  960x540 | ~    24s   0.573s    skip |            0.987s         |   0.291s | ~   22GB    405MB |                             |  1760892  5908421  35764927    43ms   13.4x  11.7x
+    2dgs    20000  256x160 |    2.43s   0.047s   52.0x |    3.49s   0.071s   48.8x |   0.022s |    871MB     24MB |   1.8e-02  1.9e-02  2.8e-02 |    32383   142787    403585     1ms   35.3x  27.3x
+    2dgs    20000  512x320 |    1.93s   0.088s   21.9x |    3.41s   0.152s   22.5x |   0.042s |   1259MB     72MB |   3.3e-02  3.4e-02  5.8e-02 |    50614   313360   1110599     3ms   27.3x  23.7x
+    2dgs    20000  960x540 |    6.39s   0.243s   26.3x |   10.25s   0.434s   23.6x |   0.116s |   2324MB    220MB |   5.1e-03  5.3e-03  1.9e-02 |    93750   794211   3621211    10ms   25.0x  22.6x
+    2dgs   100000  256x160 |   10.65s   0.140s   76.0x |   16.92s   0.246s   68.9x |   0.063s |   3976MB    110MB |   3.8e-03  6.9e-04  9.1e-03 |   160333   701874   1959317     6ms   21.7x  19.2x
+    2dgs   100000  512x320 |   20.04s   0.282s   71.0x |   32.65s   0.477s   68.5x |   0.134s |   6171MB    152MB |   3.8e-03  3.7e-03  6.7e-03 |   250355  1533952   5435385    16ms   17.8x  15.2x
+    2dgs   100000  960x540 | ~    31s   0.729s    skip |            1.326s         |   0.238s | ~   14GB    305MB |                             |   462759  3866099  17689964    47ms   15.4x  14.1x
+    2dgs   300000  256x160 |   38.40s   0.251s  153.2x |   62.55s   0.437s  143.2x |   0.098s |  11775MB    334MB |   1.8e-03  4.9e-05  3.8e-03 |   484390  1626287   2827323    12ms   21.2x  18.7x
+    2dgs   300000  512x320 | ~    29s   0.673s    skip |            1.194s         |   0.374s | ~   18GB    344MB |                             |   756980  4544242  11244661    37ms   18.4x  16.5x
+    2dgs   300000  960x540 | ~    62s   1.672s    skip |            3.049s         |   0.704s | ~   34GB    580MB |                             |  1401141 10462787  35551705   102ms   16.3x  15.1x
+    peak float64 throughput (dgemm) over the run: 94.7 Gflop/s per wall second on 2 threads, 47.9 per CPU second; against it:
+    3dgs    20000  256x160  bound   1.1 ms  x bound  27.7  x cpu  22.9
+    3dgs    20000  512x320  bound   2.9 ms  x bound  18.6  x cpu  15.6
+    3dgs    20000  960x540  bound   8.6 ms  x bound  15.3  x cpu  14.3
+    3dgs   100000  256x160  bound   4.7 ms  x bound  22.3  x cpu  18.9
+    3dgs   100000  512x320  bound  13.1 ms  x bound  16.8  x cpu  16.1
+    3dgs   100000  960x540  bound  37.6 ms  x bound  15.5  x cpu  12.6
+    3dgs   300000  256x160  bound   6.6 ms  x bound  24.8  x cpu  19.0
+    3dgs   300000  512x320  bound  16.5 ms  x bound  20.7  x cpu  18.5
+    3dgs   300000  960x540  bound  42.7 ms  x bound  13.4  x cpu  11.7
+    2dgs    20000  256x160  bound   1.3 ms  x bound  35.3  x cpu  27.3
+    2dgs    20000  512x320  bound   3.2 ms  x bound  27.3  x cpu  23.7
+    2dgs    20000  960x540  bound   9.7 ms  x bound  25.0  x cpu  22.6
+    2dgs   100000  256x160  bound   6.5 ms  x bound  21.7  x cpu  19.2
+    2dgs   100000  512x320  bound  15.8 ms  x bound  17.8  x cpu  15.2
+    2dgs   100000  960x540  bound  47.5 ms  x bound  15.4  x cpu  14.1
+    2dgs   300000  256x160  bound  11.8 ms  x bound  21.2  x cpu  18.7
+    2dgs   300000  512x320  bound  36.5 ms  x bound  18.4  x cpu  16.5
+    2dgs   300000  960x540  bound 102.3 ms  x bound  16.3  x cpu  15.1
 
 On the AVX2 machine of the previous version (2026-12-01 01:00, dgemm 33-35 Gflop/s on 2 threads) the same
 grid measured 8.2-16.3x (3DGS) and 10.7-21.7x (2DGS) from its bound with that version's code: the dgemm
