@@ -39,9 +39,9 @@ over the CPU seconds its flops need at the dgemm's best rate per CPU second, whi
 jobs in this machine take cores away from the run; contention from outside the VM, which slows each core,
 still moves both.
 
-What that bound assumes: every flop at the rate of a dgemm, i.e. both FMA pipes busy with full vectors (16
-float64 flops per cycle per core on the AMD machines measured here, AVX2 or AVX-512: Zen 4 runs a 512-bit FMA
-as two 256-bit halves). It is the top of a roofline, not a bound this algorithm can reach: the compositing
+What that bound assumes: every flop at the rate of a dgemm, i.e. both FMA pipes busy with full vectors (on
+the Zen 4 VM below, 16 float64 flops per cycle per core: two 256-bit FMA pipes, a 512-bit FMA running as two
+halves). It is the top of a roofline, not a bound this algorithm can reach: the compositing
 is a chain of data-dependent steps per pixel (alpha threshold, a pixel's early stop, the transmittance
 recurrence) over spans of 1 to 16 pixels (2 to 5 on average in this grid), so it runs in scalar code,
 which retires at most 4 flops per cycle (two scalar FMAs), a quarter of the bound's rate, and far less in
