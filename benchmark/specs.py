@@ -32,7 +32,7 @@ from gfbench.paths import spec_dirs, specs_root
 SUITES_DIR = "suites"
 SPLITS_DIR = "splits"
 SUITE_FILE_SUFFIXES = (".yaml", ".yml")
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader where PyYAML was built with it
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader where PyYAML was built with it
 KNOWN_LAYOUTS = ("synthetic", "colmap", "nerfstudio")
 
 
@@ -92,7 +92,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise SpecError(f"{path}: file not found")
     try:
-        data = yaml.load(path.read_text(), Loader=_LOADER)
+        data = yaml.load(path.read_text(), Loader=YAML_LOADER)
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -190,7 +190,7 @@ def _holds_suite(path: Path) -> bool:
 @functools.lru_cache(maxsize=256)
 def _holds_suite_cached(path: str, mtime_ns: int, size: int) -> bool:
     try:
-        data = yaml.load(Path(path).read_text(), Loader=_LOADER)
+        data = yaml.load(Path(path).read_text(), Loader=YAML_LOADER)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     return isinstance(data, dict) and (data.get("kind") == "suite" or "include" in data)

@@ -94,7 +94,8 @@ class Rays:
         unit_length = bool(np.abs(lengths - 1).max() < 1e-9)
         return cls(origins, dirs, origins[0], units, unit_length, axes, radii)
 
-    def select(self, chunk_out: np.ndarray, chunk_in: np.ndarray, ray_test: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    def select(self, chunk_out: np.ndarray, chunk_in: np.ndarray,
+               ray_test: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """Ascending indices of the rays in chunks not ruled out: all rays of chunks wholly in, and those
         of straddling chunks that ``ray_test`` (unit directions -> bool) keeps."""
         chunks = np.flatnonzero(~chunk_out)
@@ -161,7 +162,8 @@ class Rectangle:
         inside the cone from the eye through its corners, with a margin), or None to test them all."""
         if rays.eye is None:
             return None
-        corners = self.origin + np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float64) @ np.stack([self.edge_u, self.edge_v])
+        unit_square = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float64)
+        corners = self.origin + unit_square @ np.stack([self.edge_u, self.edge_v])
         to_corners = corners - rays.eye
         size = np.linalg.norm(self.edge_u) + np.linalg.norm(self.edge_v)
         if abs(to_corners[0] @ self.normal) < 1e-3 * size:  # the eye (nearly) in the plane: no cone to speak of
@@ -227,11 +229,11 @@ class Sphere:
             return None
         # a unit direction passes within the radius where cos >= cos_limit (the cone's half-angle)
         cos_limit = np.sqrt(distance2 - self.radius**2) / np.sqrt(distance2)
-        along = rays.chunk_axes @ (to_center / np.sqrt(distance2))
+        axis = to_center / np.sqrt(distance2)
+        along = rays.chunk_axes @ axis
         chunk_out = along + rays.chunk_radii < cos_limit - CULL_TOLERANCE
         chunk_in = along - rays.chunk_radii >= cos_limit + CULL_TOLERANCE
-        return rays.select(chunk_out, chunk_in,
-                           lambda units: units @ (to_center / np.sqrt(distance2)) >= cos_limit - CULL_TOLERANCE)
+        return rays.select(chunk_out, chunk_in, lambda units: units @ axis >= cos_limit - CULL_TOLERANCE)
 
     def hit(self, rays: Rays) -> Hit:
         total, ids, origins, dirs = _candidate_rays(self, rays)

@@ -39,6 +39,8 @@ from typing import Any
 
 import yaml
 
+from gfbench.specs import YAML_LOADER
+
 TYPES = ("int", "float", "bool", "str")
 PROTOCOLS = ("masked", "corner", "sparse")  # suite protocol types a preset value may be given per
 _SETTING_FIELDS = {"type", "min", "max", "gt", "lt", "choices", "odd", "nullable", "optional", "help"}
@@ -190,12 +192,10 @@ def parse_setting(name: str, spec: Any, where: str) -> Setting:
 
 # ---------------------------------------------------------------- presets files
 
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader where PyYAML has it
-
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.load(path.read_text(), Loader=_YAML_LOADER)
+        data = yaml.load(path.read_text(), Loader=YAML_LOADER)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the presets file: {exc}") from exc
     except yaml.YAMLError as exc:

@@ -227,7 +227,8 @@ def test_a_worker_refuses_a_shipped_copy_that_differs_from_the_planned_one(world
     monkeypatch.setattr(video_kind, "_loaded", {})
     source = _planned_default(world, path="/driver/shipped/tiny-video",
                               files_sha256={**folder_fingerprint(world["prior"]), "prior.json": "0" * 64})
-    with pytest.raises(PriorError, match="is not the prior the run planned .* differs from /driver/shipped/tiny-video"):
+    planned = "is not the prior the run planned .* differs from /driver/shipped/tiny-video"
+    with pytest.raises(PriorError, match=planned):
         video_kind.loaded_prior(source)
 
 

@@ -27,7 +27,6 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
-from importlib import resources
 from pathlib import Path
 from typing import Callable
 

@@ -206,7 +206,7 @@ def count_tiles(ids, rects, perm, sorted_keys, tile_w, tile_h, n_per_camera, ord
     through rank-ordered arrays."""
     tiles_per_camera = tile_w * tile_h
     start, stop = block_share(perm.shape[0], worker, n_workers)
-    id_rows = ids.reshape(ids.shape[0], 1)
+    id_rows = ids.reshape(ids.shape[0], 1)  # a 2-D view, the shape _prefetch takes
     for k in range(start, stop):
         if k + PREFETCH_AHEAD < stop:
             ahead = perm[k + PREFETCH_AHEAD]
