@@ -321,7 +321,9 @@ def random_loss(outputs) -> torch.Tensor:
 
 def time_side(render, p, viewmats, Ks, W, H, repeats: int):
     """Best forward+backward wall seconds and process CPU seconds (each the best of ``repeats``), best
-    no-grad wall seconds, peak added RSS (MB) and the last outputs."""
+    no-grad wall seconds, peak added RSS (MB) and the last outputs. The rasterizer's scratch pool is emptied
+    first, so that buffers kept from an earlier (larger) point do not hide what this one needs."""
+    rc.SCRATCH.clear()
     rss_before = reset_peak_rss()
     both, cpu, fwd = [], [], []
     for _ in range(repeats):
@@ -414,9 +416,17 @@ def print_against_peak(points, peak: tuple[float, float], threads: int) -> None:
     print(f"peak float64 throughput (dgemm) over the run: {peak[0]:.1f} Gflop/s per wall second on {threads} "
           f"threads, {peak[1]:.1f} per CPU second; against it:")
     for kind, n, W, H, flops, seconds, cpu_seconds in points:
-        bound = flops / (peak[0] * 1e9)
-        print(f"{kind:5s} {n:7d} {W:4d}x{H:<3d}  bound {bound * 1e3:5.1f} ms  x bound {seconds / bound:5.1f}  "
-              f"x cpu {cpu_seconds * peak[1] * 1e9 / flops:5.1f}")
+        bound, x_bound, x_cpu = against_bound(flops, seconds, cpu_seconds, peak)
+        print(f"{kind:5s} {n:7d} {W:4d}x{H:<3d}  bound {bound * 1e3:5.1f} ms  x bound {x_bound:5.1f}  "
+              f"x cpu {x_cpu:5.1f}")
+
+
+def against_bound(flops: float, seconds: float, cpu_seconds: float, rates: tuple[float, float]):
+    """(bound in seconds, x bound, x cpu) of ``flops`` done in ``seconds`` (``cpu_seconds``) against dgemm
+    ``rates`` (Gflop/s per wall second, per CPU second): x cpu is the CPU seconds over those the flops need
+    at the dgemm's rate per CPU second."""
+    bound = flops / (rates[0] * 1e9)
+    return bound, seconds / bound, cpu_seconds * rates[1] * 1e9 / flops
 
 
 def predict_reference(runs, n: int, pairs: int) -> tuple[float, float]:
@@ -453,8 +463,7 @@ def run_point(kind, n, W, H, args, reference, gflops, reference_runs) -> tuple:
     work = work_counts(kind, p, viewmats, Ks, W, H)
     pairs = work["pair"]
     flops = sum(work[k] * FLOPS[kind][k] for k in work)
-    bound = flops / (gflops[0] * 1e9)
-    cpu_factor = g_cpu * gflops[1] * 1e9 / flops  # CPU seconds over the CPU seconds the flops need at dgemm rate
+    bound, x_bound, x_cpu = against_bound(flops, g_both, g_cpu, gflops)
 
     seconds, megabytes = predict_reference(reference_runs, n, pairs)
     line = reference_memory_line(reference_runs, n, pairs)
@@ -472,8 +481,8 @@ def run_point(kind, n, W, H, args, reference, gflops, reference_runs) -> tuple:
         diffs = [f"{(a - b).abs().max().item():.1e}" for a, b in zip(g_out, r_out)] + [""]
     print(f"{kind:5s} {n:7d} {W:4d}x{H:<3d} | {ref_text} {g_both:7.3f}s {ratio_text} | {ref_cpu_text} {g_cpu:7.3f}s "
           f"{cpu_ratio_text} | {g_fwd:7.3f}s | {rss_text} {g_rss:6.0f}MB | {diffs[0]:>9s} {diffs[1]:>8s} {diffs[2]:>8s} | "
-          f"{work['isect']:8d} {work['row']:8d} {pairs:9d} {bound * 1e3:5.0f}ms {g_both / bound:6.1f}x "
-          f"{cpu_factor:5.1f}x", flush=True)
+          f"{work['isect']:8d} {work['row']:8d} {pairs:9d} {bound * 1e3:5.0f}ms {x_bound:6.1f}x "
+          f"{x_cpu:5.1f}x", flush=True)
     return kind, n, W, H, flops, g_both, g_cpu
 
 
