@@ -59,56 +59,57 @@ Results (2026-12-01, from the repository root, on the 2-core Zen 4 VM):
 
     OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python tests/perf/bench_rasterizer.py --threads 2 --repeats 5
 
-gfbench is 22-153x faster than the reference wherever the reference ran (3DGS 28-122x, 2DGS 22-153x); it
-was skipped where it would not fit in memory (see below). Against the run's best dgemm rate (95 Gflop/s on
-2 threads, 48 per CPU second) gfbench is 13.4-27.7x from the bound for 3DGS and 15.4-35.3x for 2DGS in wall
-time (11.7-22.9x and 14.1-27.3x in CPU seconds): no point within 10x. The farthest are 2DGS with 20k
-Gaussians (its per-pair loop is scalar and branchy, about 46 ns per pair with its row set-up) and the
-256x160 points, where per-Gaussian stages and fixed costs weigh most. Peak memory gfbench adds: 20-580 MB
-(the reference 0.5-11.8 GB). Timings on this VM vary by tens of percent between minutes: half an hour earlier,
-with the machine quieter, nearly the same code measured 10.9-26x (3DGS) and 13-34x (2DGS) against 101
-Gflop/s, and this run's reference took 20-40% longer than that one's. Compare ratios from one run.
+gfbench is 24-170x faster than the reference wherever the reference ran (3DGS 33-170x, 2DGS 24-149x); it
+was skipped where it would not fit in memory (see below). Against the run's best dgemm rate (99 Gflop/s on
+2 threads, 50 per CPU second) gfbench is 10.2-20.3x from the bound for 3DGS and 17.8-36.1x for 2DGS in wall
+time (9.8-17.0x and 15.0-26.3x in CPU seconds): no point within 10x in wall time, one (3DGS 100k, 960x540)
+in CPU seconds. The farthest are 2DGS with 20k Gaussians (its per-pair loop is scalar and branchy, about
+46 ns per pair with its row set-up) and the 256x160 points, where per-Gaussian stages and fixed costs weigh
+most. Peak memory gfbench adds: 20-661 MB, each point measured with the rasterizer's scratch pool emptied
+first (the reference 0.5-11.8 GB). Render-only time is 37-57% of forward + backward. Timings on this VM vary
+by tens of percent between minutes (the previous run, half an hour earlier, measured 13.4-27.7x and
+15.4-35.3x); compare ratios from one run.
 
-    2026-12-01 03:09 UTC; znver4, 8 float64 lanes per vector; 2 threads; gfbench first call (JIT compile, or load from numba's cache) 0.7 s; machine float64 throughput (dgemm) 77.5 Gflop/s per wall second on 2 threads, 39.7 per CPU second
+    2026-12-01 03:30 UTC; znver4, 8 float64 lanes per vector; 2 threads; gfbench first call (JIT compile, or load from numba's cache) 0.5 s; machine float64 throughput (dgemm) 79.6 Gflop/s per wall second on 2 threads, 42.4 per CPU second
     kind        N     size |  ref f+b  gfb f+b   ratio |  ref cpu  gfb cpu   ratio |  gfb fwd |  ref mem  gfb mem | max|dRGB|  max|dA|  max|dN| |   isects     rows     pairs   bound x bound  x cpu
     ------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------
-    3dgs    20000  256x160 |    0.86s   0.030s   28.3x |    1.43s   0.050s   28.9x |   0.013s |    475MB     20MB |   2.9e-03  2.3e-03          |    39034   193730    737928     1ms   23.0x  19.2x
-    3dgs    20000  512x320 |    1.58s   0.054s   29.4x |    2.70s   0.089s   30.4x |   0.022s |    860MB     44MB |   2.4e-03  2.3e-03          |    61492   450775   2406123     3ms   15.5x  13.1x
-    3dgs    20000  960x540 |    7.31s   0.131s   55.7x |   11.05s   0.243s   45.5x |   0.053s |   1895MB    139MB |   2.5e-03  2.5e-03          |   118162  1161230   7924558    10ms   13.1x  12.5x
-    3dgs   100000  256x160 |    6.36s   0.105s   60.4x |   10.01s   0.177s   56.6x |   0.047s |   2407MB     91MB |   2.1e-03  2.6e-05          |   193433   956202   2764195     5ms   22.3x  18.9x
-    3dgs   100000  512x320 |   19.49s   0.220s   88.8x |   28.35s   0.416s   68.2x |   0.099s |   3861MB    100MB |   1.6e-03  3.1e-04          |   305726  2228668  10407448    13ms   16.8x  16.1x
-    3dgs   100000  960x540 |   49.18s   0.583s   84.4x |   74.63s   0.933s   80.0x |   0.171s |   8961MB    211MB |   1.9e-03  2.0e-04          |   584888  5629976  33460615    38ms   15.5x  12.6x
-    3dgs   300000  256x160 |   19.03s   0.164s  115.8x |   29.13s   0.249s  117.2x |   0.077s |   7096MB    230MB |   1.5e-03  1.1e-06          |   582620   952253   2826565     7ms   24.8x  19.0x
-    3dgs   300000  512x320 |   41.76s   0.342s  122.0x |   65.05s   0.605s  107.6x |   0.159s |  11139MB    258MB |   8.0e-04  1.3e-04          |   918920  2555735  11302750    17ms   20.7x  18.5x
-    3dgs   300000  960x540 | ~    24s   0.573s    skip |            0.987s         |   0.291s | ~   22GB    405MB |                             |  1760892  5908421  35764927    43ms   13.4x  11.7x
-    2dgs    20000  256x160 |    2.43s   0.047s   52.0x |    3.49s   0.071s   48.8x |   0.022s |    871MB     24MB |   1.8e-02  1.9e-02  2.8e-02 |    32383   142787    403585     1ms   35.3x  27.3x
-    2dgs    20000  512x320 |    1.93s   0.088s   21.9x |    3.41s   0.152s   22.5x |   0.042s |   1259MB     72MB |   3.3e-02  3.4e-02  5.8e-02 |    50614   313360   1110599     3ms   27.3x  23.7x
-    2dgs    20000  960x540 |    6.39s   0.243s   26.3x |   10.25s   0.434s   23.6x |   0.116s |   2324MB    220MB |   5.1e-03  5.3e-03  1.9e-02 |    93750   794211   3621211    10ms   25.0x  22.6x
-    2dgs   100000  256x160 |   10.65s   0.140s   76.0x |   16.92s   0.246s   68.9x |   0.063s |   3976MB    110MB |   3.8e-03  6.9e-04  9.1e-03 |   160333   701874   1959317     6ms   21.7x  19.2x
-    2dgs   100000  512x320 |   20.04s   0.282s   71.0x |   32.65s   0.477s   68.5x |   0.134s |   6171MB    152MB |   3.8e-03  3.7e-03  6.7e-03 |   250355  1533952   5435385    16ms   17.8x  15.2x
-    2dgs   100000  960x540 | ~    31s   0.729s    skip |            1.326s         |   0.238s | ~   14GB    305MB |                             |   462759  3866099  17689964    47ms   15.4x  14.1x
-    2dgs   300000  256x160 |   38.40s   0.251s  153.2x |   62.55s   0.437s  143.2x |   0.098s |  11775MB    334MB |   1.8e-03  4.9e-05  3.8e-03 |   484390  1626287   2827323    12ms   21.2x  18.7x
-    2dgs   300000  512x320 | ~    29s   0.673s    skip |            1.194s         |   0.374s | ~   18GB    344MB |                             |   756980  4544242  11244661    37ms   18.4x  16.5x
-    2dgs   300000  960x540 | ~    62s   1.672s    skip |            3.049s         |   0.704s | ~   34GB    580MB |                             |  1401141 10462787  35551705   102ms   16.3x  15.1x
-    peak float64 throughput (dgemm) over the run: 94.7 Gflop/s per wall second on 2 threads, 47.9 per CPU second; against it:
-    3dgs    20000  256x160  bound   1.1 ms  x bound  27.7  x cpu  22.9
-    3dgs    20000  512x320  bound   2.9 ms  x bound  18.6  x cpu  15.6
-    3dgs    20000  960x540  bound   8.6 ms  x bound  15.3  x cpu  14.3
-    3dgs   100000  256x160  bound   4.7 ms  x bound  22.3  x cpu  18.9
-    3dgs   100000  512x320  bound  13.1 ms  x bound  16.8  x cpu  16.1
-    3dgs   100000  960x540  bound  37.6 ms  x bound  15.5  x cpu  12.6
-    3dgs   300000  256x160  bound   6.6 ms  x bound  24.8  x cpu  19.0
-    3dgs   300000  512x320  bound  16.5 ms  x bound  20.7  x cpu  18.5
-    3dgs   300000  960x540  bound  42.7 ms  x bound  13.4  x cpu  11.7
-    2dgs    20000  256x160  bound   1.3 ms  x bound  35.3  x cpu  27.3
-    2dgs    20000  512x320  bound   3.2 ms  x bound  27.3  x cpu  23.7
-    2dgs    20000  960x540  bound   9.7 ms  x bound  25.0  x cpu  22.6
-    2dgs   100000  256x160  bound   6.5 ms  x bound  21.7  x cpu  19.2
-    2dgs   100000  512x320  bound  15.8 ms  x bound  17.8  x cpu  15.2
-    2dgs   100000  960x540  bound  47.5 ms  x bound  15.4  x cpu  14.1
-    2dgs   300000  256x160  bound  11.8 ms  x bound  21.2  x cpu  18.7
-    2dgs   300000  512x320  bound  36.5 ms  x bound  18.4  x cpu  16.5
-    2dgs   300000  960x540  bound 102.3 ms  x bound  16.3  x cpu  15.1
+    3dgs    20000  256x160 |    0.70s   0.021s   32.9x |    1.18s   0.035s   33.3x |   0.010s |    474MB     20MB |   2.9e-03  2.3e-03          |    39034   193730    737928     1ms   16.3x  14.5x
+    3dgs    20000  512x320 |    1.44s   0.042s   34.6x |    2.50s   0.074s   33.9x |   0.023s |    854MB     50MB |   2.4e-03  2.3e-03          |    61492   450775   2406123     3ms   13.8x  12.4x
+    3dgs    20000  960x540 |    7.62s   0.128s   59.7x |   11.10s   0.213s   52.0x |   0.062s |   1912MB    130MB |   2.5e-03  2.5e-03          |   118162  1161230   7924558     9ms   14.7x  12.5x
+    3dgs   100000  256x160 |    5.82s   0.080s   72.4x |    8.73s   0.146s   59.7x |   0.046s |   2407MB     97MB |   2.1e-03  2.6e-05          |   193433   956202   2764195     5ms   17.8x  16.3x
+    3dgs   100000  512x320 |   16.21s   0.224s   72.4x |   24.06s   0.373s   64.4x |   0.083s |   3906MB    115MB |   1.6e-03  3.1e-04          |   305726  2228668  10407448    13ms   17.9x  15.0x
+    3dgs   100000  960x540 |   43.22s   0.366s  118.2x |   64.71s   0.702s   92.2x |   0.172s |   8943MB    219MB |   1.9e-03  2.0e-04          |   584888  5629976  33460615    36ms   10.2x   9.8x
+    3dgs   300000  256x160 |   19.48s   0.115s  170.1x |   28.79s   0.206s  139.7x |   0.055s |   7084MB    259MB |   1.5e-03  1.1e-06          |   582620   952253   2826565     6ms   18.0x  16.4x
+    3dgs   300000  512x320 |   40.96s   0.290s  141.3x |   63.22s   0.486s  130.0x |   0.141s |  11148MB    303MB |   8.0e-04  1.3e-04          |   918920  2555735  11302750    16ms   18.4x  15.5x
+    3dgs   300000  960x540 | ~    22s   0.664s    skip |            1.105s         |   0.285s | ~   22GB    442MB |                             |  1760892  5908421  35764927    41ms   16.2x  13.6x
+    2dgs    20000  256x160 |    1.22s   0.046s   26.8x |    2.24s   0.066s   34.0x |   0.019s |    870MB     35MB |   1.8e-02  1.9e-02  2.8e-02 |    32383   142787    403585     1ms   36.1x  26.3x
+    2dgs    20000  512x320 |    2.22s   0.094s   23.6x |    3.58s   0.139s   25.8x |   0.037s |   1252MB     80MB |   3.3e-02  3.4e-02  5.8e-02 |    50614   313360   1110599     3ms   30.4x  22.6x
+    2dgs    20000  960x540 |    6.61s   0.244s   27.1x |   10.39s   0.421s   24.7x |   0.114s |   2338MB    216MB |   5.1e-03  5.3e-03  1.9e-02 |    93750   794211   3621211     9ms   26.3x  22.8x
+    2dgs   100000  256x160 |   10.39s   0.144s   72.3x |   16.12s   0.255s   63.3x |   0.064s |   3950MB    127MB |   3.8e-03  6.9e-04  9.1e-03 |   160333   701874   1959317     6ms   23.2x  20.8x
+    2dgs   100000  512x320 |   22.19s   0.284s   78.2x |   34.86s   0.495s   70.4x |   0.152s |   6165MB    178MB |   3.8e-03  3.7e-03  6.7e-03 |   250355  1533952   5435385    15ms   18.7x  16.5x
+    2dgs   100000  960x540 | ~    33s   0.822s    skip |            1.351s         |   0.359s | ~   14GB    336MB |                             |   462759  3866099  17689964    45ms   18.1x  15.0x
+    2dgs   300000  256x160 |   38.01s   0.255s  149.3x |   61.99s   0.428s  144.8x |   0.095s |  11767MB    366MB |   1.8e-03  4.9e-05  3.8e-03 |   484390  1626287   2827323    11ms   22.6x  19.1x
+    2dgs   300000  512x320 | ~    33s   0.672s    skip |            1.129s         |   0.299s | ~   18GB    426MB |                             |   756980  4544242  11244661    35ms   19.2x  16.3x
+    2dgs   300000  960x540 | ~    71s   1.744s    skip |            3.185s         |   0.710s | ~   34GB    661MB |                             |  1401141 10462787  35551705    98ms   17.8x  16.4x
+    peak float64 throughput (dgemm) over the run: 98.9 Gflop/s per wall second on 2 threads, 49.9 per CPU second; against it:
+    3dgs    20000  256x160  bound   1.1 ms  x bound  20.3  x cpu  17.0
+    3dgs    20000  512x320  bound   2.8 ms  x bound  15.1  x cpu  13.4
+    3dgs    20000  960x540  bound   8.2 ms  x bound  15.6  x cpu  13.1
+    3dgs   100000  256x160  bound   4.5 ms  x bound  17.8  x cpu  16.3
+    3dgs   100000  512x320  bound  12.5 ms  x bound  17.9  x cpu  15.0
+    3dgs   100000  960x540  bound  35.9 ms  x bound  10.2  x cpu   9.8
+    3dgs   300000  256x160  bound   6.3 ms  x bound  18.0  x cpu  16.4
+    3dgs   300000  512x320  bound  15.8 ms  x bound  18.4  x cpu  15.5
+    3dgs   300000  960x540  bound  40.9 ms  x bound  16.2  x cpu  13.6
+    2dgs    20000  256x160  bound   1.3 ms  x bound  36.1  x cpu  26.3
+    2dgs    20000  512x320  bound   3.1 ms  x bound  30.4  x cpu  22.6
+    2dgs    20000  960x540  bound   9.3 ms  x bound  26.3  x cpu  22.8
+    2dgs   100000  256x160  bound   6.2 ms  x bound  23.2  x cpu  20.8
+    2dgs   100000  512x320  bound  15.2 ms  x bound  18.7  x cpu  16.5
+    2dgs   100000  960x540  bound  45.4 ms  x bound  18.1  x cpu  15.0
+    2dgs   300000  256x160  bound  11.3 ms  x bound  22.6  x cpu  19.1
+    2dgs   300000  512x320  bound  35.0 ms  x bound  19.2  x cpu  16.3
+    2dgs   300000  960x540  bound  97.9 ms  x bound  17.8  x cpu  16.4
 
 On the AVX2 machine of the previous version (2026-12-01 01:00, dgemm 33-35 Gflop/s on 2 threads) the same
 grid measured 8.2-16.3x (3DGS) and 10.7-21.7x (2DGS) from its bound with that version's code: the dgemm
