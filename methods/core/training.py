@@ -15,6 +15,7 @@ from the config (the method's preset).
 from __future__ import annotations
 
 import zlib
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +29,7 @@ from gfbench.methods import Capabilities, ProgressFn, Render
 from gfbench.methods.config import ConfigError
 from gfbench.methods.core import gaussians as G
 from gfbench.methods.core.losses import photometric_loss, psnr
+from gfbench.methods.core.rasterize_cpu import split_threads
 from gfbench.methods.core.strategies import (
     OpacityResettingStrategy,
     make_strategy,
@@ -387,6 +389,12 @@ class GaussianMethod:
     gradient_key = "means2d"
     capabilities = Capabilities()
     strategies: dict[str, type] = {}  # a method's own densification classes, by the name its preset uses
+    # PyTorch's threads while training on the CPU, the rasterizer's kernels keeping the process's (see
+    # rasterize_cpu.split_threads); None leaves PyTorch's as they are. Speed only: 3DGS, 2DGS and FSGS train
+    # the same Gaussians bit for bit (tests/test_cpu_threads.py); GenFusion's loop has reductions that follow
+    # the thread count (5e-6 dB on one synthetic-masked scene). A model run inside the loop runs under
+    # rasterize_cpu.full_threads.
+    cpu_training_torch_threads: int | None = 1
 
     def __init__(self, device: str = "cpu"):
         self.device = torch.device(device)
@@ -471,10 +479,15 @@ class GaussianMethod:
             trainer = Trainer(self, train_views, points, self.config, seed=seed, rng=np.random.default_rng(seed),
                               priors=priors, workdir=workdir)
             trainer.initialize()
-            self.setup(trainer)
-            trainer.run(progress)
+            with self._training_threads():
+                self.setup(trainer)
+                trainer.run(progress)
         if config["save_checkpoint"] and workdir is not None:
             self.save(Path(workdir) / "gaussians.pt")
+
+    def _training_threads(self):
+        threads = self.cpu_training_torch_threads
+        return nullcontext() if self.device.type != "cpu" or threads is None else split_threads(threads)
 
     def _rng_devices(self) -> list[int]:
         if self.device.type != "cuda":

@@ -21,6 +21,7 @@ from gfbench.methods import Capabilities
 from gfbench.methods.config import ConfigError
 from gfbench.methods.core.gaussians import sh_colors
 from gfbench.methods.core.rasterize import rasterize_3dgs
+from gfbench.methods.core.rasterize_cpu import full_threads
 from gfbench.methods.core.training import Rendered, Trainer, TrainView, ViewSource
 from gfbench.methods.fsgs.depth_loss import DepthLossSchedule
 from gfbench.methods.fsgs.pseudo_views import pseudo_cameras
@@ -44,7 +45,9 @@ def valid_pixels(view_mask: Tensor | None, prior: Tensor) -> Tensor:
 
 
 def predicted_inverse_depth(prior, images: list[np.ndarray], device, *, cache: bool) -> list[Tensor]:
-    return [torch.as_tensor(np.asarray(d, np.float32), device=device) for d in prior.predict(images, cache=cache)]
+    with full_threads():  # a depth model's inference wants every thread (training runs torch on one)
+        predictions = prior.predict(images, cache=cache)
+    return [torch.as_tensor(np.asarray(d, np.float32), device=device) for d in predictions]
 
 
 class PseudoDepthSource(ViewSource):

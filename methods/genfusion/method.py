@@ -28,6 +28,7 @@ from torch import Tensor
 
 from gfbench.methods import Capabilities
 from gfbench.methods.config import ConfigError
+from gfbench.methods.core.rasterize_cpu import full_threads
 from gfbench.methods.core.training import GaussianMethod, Rendered, Trainer, TrainView, ViewSource, to_numpy
 from gfbench.methods.genfusion.contact_sheet import save_repair_contact_sheet
 from gfbench.methods.genfusion.densification import SparsityAwareStrategy
@@ -115,8 +116,10 @@ class GenFusion(GaussianSurfels2D):
             rendered_rgb = torch.stack([r.rgb.clamp(0, 1) for r in renders]).float().cpu()
             rendered_depth = torch.stack([r.depth for r in renders]).float().cpu()
             reference = trainer.views[reference_index(config["reference_rule"], clip, inputs, rng)].image
-            repaired = prior.repair(_video(rendered_rgb, rendered_depth), torch.as_tensor(reference).float() / 255.0,
-                                    seed=int(rng.integers(2**31)), guidance_scale=config["guidance_scale"])
+            with full_threads():  # the diffusion wants every thread (training runs torch on one)
+                repaired = prior.repair(_video(rendered_rgb, rendered_depth),
+                                        torch.as_tensor(reference).float() / 255.0,
+                                        seed=int(rng.integers(2**31)), guidance_scale=config["guidance_scale"])
             for index in window.kept:
                 j = index - window.start
                 views.append(TrainView.from_camera(
@@ -166,7 +169,8 @@ def attach_train_view_depth(trainer: Trainer, prior, config: dict[str, Any]) -> 
     rng = trainer.rng_for("train-view-depth")
     depth = torch.zeros(frames.shape[:3])
     for window in clip_windows(len(frames), config):
-        estimate = prior.estimate_depth(frames[window.start:window.stop], seed=int(rng.integers(2**31)))
+        with full_threads():
+            estimate = prior.estimate_depth(frames[window.start:window.stop], seed=int(rng.integers(2**31)))
         depth[window.keep_from:window.stop] = estimate[window.keep_from - window.start:].float().cpu()
     for view, estimate in zip(trainer.train_views, depth):
         view.data["prior_depth"] = estimate.to(trainer.device)
