@@ -146,7 +146,7 @@ LN2_LOW = 1.9082149292705877e-10
 EXP_TAYLOR_ORDER = 13  # the Taylor remainder on |r| <= ln(2) / 2 is below 4e-18 relative
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
 def exp_inline(x):
     """exp(x) for |x| <= 708 (clamped there), within a few 1e-16 relative of ``math.exp``; branch-free and
     inlined, so that LLVM vectorizes a loop that calls it (numba's ``math.exp`` is a libm call it cannot
@@ -743,7 +743,7 @@ def pixel_range(lo_f, hi_f, start, stop):
     return lo, max(lo, hi)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")  # numba-level inlining: a call per Gaussian cost 3-8%
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")  # numba-level inlining: a call per Gaussian cost 3-8%
 def ellipse_row_setup(mx, my, a, b, c, ha, smax, ylo, x0, x1, full_tile, spans, starts):
     """For the rows from ylo on (index i = y - ylo): the columns [lo, hi) where sigma <= smax can hold into
     ``spans[:, i]``, and exp(-sigma) at the span's first pixel and the ratio to the next (the row
@@ -1011,22 +1011,44 @@ def row_planes(g, py):
     return ax, ay, az, bx, by, bz, hx, hy, hz
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")  # numba-level inlining: a call per Gaussian cost 3-8%
-def surfel_row_setup(g, smax, ylo, yhi, x0, x1, full_tile, planes, spans):
-    """For rows ylo..yhi - 1 (index r = y - ylo): their :func:`row_planes` into ``planes[r]`` [9] (a, b, h) and
-    their :func:`surfel_span` into ``spans[r]``. Done for all of a surfel's rows before any pixel: rows are
-    independent, so their latency chains (square roots, divisions) overlap here instead of waiting behind the
-    pixel loop's unpredictable branches."""
-    my = g[1]
-    for y in range(ylo, yhi):
-        r = y - ylo
-        py = y + 0.5
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")  # numba-level inlining: a call per Gaussian cost 3-8%
+def surfel_row_setup(g, smax, ylo, x0, x1, full_tile, planes, spans):
+    """For the rows from ylo on (index r = y - ylo): their :func:`row_planes` into ``planes[:, r]`` (a, b, h;
+    [9, TILE_SIZE]) and their :func:`surfel_span` into ``spans[:, r]`` ([2, TILE_SIZE]).
+
+    As :func:`ellipse_row_setup`: all TILE_SIZE row slots, branch-free (this is :func:`surfel_span` with its
+    cases as selects), so that LLVM computes the rows as 8-wide vectors; the caller reads only the surfel's
+    rows. A span may differ from :func:`surfel_span`'s in the last bit of its real-valued limits (LLVM may
+    turn the two divisions by 2A into a reciprocal multiply), which the limits' slack absorbs: the pixels
+    evaluated are the same."""
+    mx, my = g[0], g[1]
+    r2 = 2.0 * smax
+    for r in range(TILE_SIZE):
+        py = ylo + r + 0.5
         dy = my - py
         ax, ay, az, bx, by, bz, hx, hy, hz = row_planes(g, py)
-        planes[r, 0], planes[r, 1], planes[r, 2] = ax, ay, az
-        planes[r, 3], planes[r, 4], planes[r, 5] = bx, by, bz
-        planes[r, 6], planes[r, 7], planes[r, 8] = hx, hy, hz
-        spans[r, 0], spans[r, 1] = surfel_span(g, dy, ax, ay, az, bx, by, bz, smax, x0, x1, full_tile)
+        planes[0, r], planes[1, r], planes[2, r] = ax, ay, az
+        planes[3, r], planes[4, r], planes[5, r] = bx, by, bz
+        planes[6, r], planes[7, r], planes[8, r] = hx, hy, hz
+        # the splat disk's image on this row: |c_xy|^2 - r2 c_z^2 <= 0, a quadratic A x^2 + B x + C
+        A = ax * ax + ay * ay - r2 * az * az
+        B = -2.0 * (ax * bx + ay * by - r2 * az * bz)
+        C = bx * bx + by * by - r2 * bz * bz
+        disc = B * B - 4.0 * A * C
+        have_splat = disc >= 0
+        root = math.sqrt(max(disc, 0.0))
+        lo_f = (-B - root) / (2.0 * A) if have_splat else 1e300
+        hi_f = (-B + root) / (2.0 * A) if have_splat else -1e300
+        rem = smax - dy * dy  # the low-pass disk on this row: dx^2 <= smax - dy^2
+        half = math.sqrt(max(rem, 0.0))
+        if rem >= 0:
+            lo_f, hi_f = min(lo_f, mx - half), max(hi_f, mx + half)
+        lo, hi = pixel_range(lo_f, hi_f, x0, x1)
+        if full_tile or not (A > 0):  # not a bounded ellipse: the whole row
+            lo, hi = x0, x1
+        elif rem < 0 and not have_splat:
+            lo, hi = x0, x0
+        spans[0, r], spans[1, r] = lo, hi
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -1047,8 +1069,8 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
         med_t = np.zeros(TILE_PIXELS)
         last_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
         med_idx_t = np.full(TILE_PIXELS, -1, dtype=np.int64)
-        planes = np.empty((TILE_SIZE, 9))
-        spans = np.empty((TILE_SIZE, 2), dtype=np.int64)
+        planes = np.empty((9, TILE_SIZE))
+        spans = np.empty((2, TILE_SIZE), dtype=np.int64)
         n_live = (x1 - x0) * (y1 - y0)
         n_pairs = n_rows = 0
         end = tile_offsets[tile + 1]
@@ -1066,17 +1088,17 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             feat = g[N_GEOM_2D:]
             ylo, yhi = surfel_rows(g, smax, y0, y1, full_tile)
             n_rows += yhi - ylo
-            surfel_row_setup(g, smax, ylo, yhi, x0, x1, full_tile, planes, spans)
+            surfel_row_setup(g, smax, ylo, x0, x1, full_tile, planes, spans)
             for y in range(ylo, yhi):
                 r = y - ylo
-                xlo, xhi = spans[r, 0], spans[r, 1]
+                xlo, xhi = spans[0, r], spans[1, r]
                 if xlo >= xhi:
                     continue
                 py = y + 0.5
                 dy = my - py
                 row_g2 = LOWPASS_INV_SQUARE * dy * dy
-                ax, ay, az = planes[r, 0], planes[r, 1], planes[r, 2]
-                bx, by, bz = planes[r, 3], planes[r, 4], planes[r, 5]
+                ax, ay, az = planes[0, r], planes[1, r], planes[2, r]
+                bx, by, bz = planes[3, r], planes[4, r], planes[5, r]
                 p0 = (y - y0) * TILE_SIZE - x0
                 for x in range(xlo, xhi):
                     p = p0 + x
@@ -1157,8 +1179,8 @@ def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
         g_out = np.zeros((TILE_PIXELS, D + 3))
         g_dist = np.zeros(TILE_PIXELS)
         g_med = np.zeros(TILE_PIXELS)
-        planes = np.empty((TILE_SIZE, 9))
-        spans = np.empty((TILE_SIZE, 2), dtype=np.int64)
+        planes = np.empty((9, TILE_SIZE))
+        spans = np.empty((2, TILE_SIZE), dtype=np.int64)
         newest = -1
         for y in range(y0, y1):
             for x in range(x0, x1):
@@ -1187,17 +1209,17 @@ def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                 continue
             grad[:] = 0.0
             ylo, yhi = surfel_rows(g, smax, y0, y1, full_tile)
-            surfel_row_setup(g, smax, ylo, yhi, x0, x1, full_tile, planes, spans)
+            surfel_row_setup(g, smax, ylo, x0, x1, full_tile, planes, spans)
             for y in range(ylo, yhi):
                 r = y - ylo
-                xlo, xhi = spans[r, 0], spans[r, 1]
+                xlo, xhi = spans[0, r], spans[1, r]
                 if xlo >= xhi:
                     continue
                 py = y + 0.5
                 dy = my - py
-                ax, ay, az = planes[r, 0], planes[r, 1], planes[r, 2]
-                bx, by, bz = planes[r, 3], planes[r, 4], planes[r, 5]
-                hx, hy, hz = planes[r, 6], planes[r, 7], planes[r, 8]
+                ax, ay, az = planes[0, r], planes[1, r], planes[2, r]
+                bx, by, bz = planes[3, r], planes[4, r], planes[5, r]
+                hx, hy, hz = planes[6, r], planes[7, r], planes[8, r]
                 # sums over the row of dL/dc and x dL/dc
                 s0x = s0y = s0z = s1x = s1y = s1z = 0.0
                 for x in range(xlo, xhi):
