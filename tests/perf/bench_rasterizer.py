@@ -50,66 +50,81 @@ latency; and with 300k Gaussians binning and the gradient reduction are memory-b
 visited in depth order: 24-46 MB against a 32 MB L3), which no flop count sees. So 4x is the floor for
 scalar code and some 6-10x is where a well-tuned scalar kernel would sit; the rest of the distance is what
 the per-Gaussian stages (projection, binning, reduction, dtype conversions) and the autograd glue add
-where Gaussians are many or pixels few. Closing it needs the pixel loops vectorized (8 lanes over spans of
-2-5 pixels) or a different decomposition; either changes the float rounding, so the synthetic leaderboards
-would have to be made again. The definition is the one the issue set (flops counted from the kernels over
+where Gaussians are many or pixels few. A Gaussian's row set-up (spans, ray planes, the 3DGS recurrence's
+exps: 40-53% of the 3DGS forward and 25-36% of the 2DGS one when it was scalar) now runs as 8-wide vector
+code; the pixel loops written as masked 8-lane blocks were not faster (spans of 2-5 pixels fill a vector
+poorly, and the per-block bookkeeping costs what the lanes save), so the rest needs a different
+decomposition. The work charged is the scalar algorithm's: the vector set-up's extra row slots (all 16 of a
+tile's rows, of which a Gaussian reaches about five) are not counted. The definition is the one the issue set (flops counted from the kernels over
 measured peak throughput); ``x cpu`` only measures it in CPU seconds.
 
-Results (2026-12-01, from the repository root, on the 2-core Zen 4 VM):
+Results (2026-12-01 05:14 UTC, from the repository root, on the 2-core Zen 4 VM; the code with the row set-up
+vectorized, cpu_kernels.ellipse_row_setup / surfel_row_setup):
 
     OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python tests/perf/bench_rasterizer.py --threads 2 --repeats 5
 
-gfbench is 24-170x faster than the reference wherever the reference ran (3DGS 33-170x, 2DGS 24-149x); it
-was skipped where it would not fit in memory (see below). Against the run's best dgemm rate (99 Gflop/s on
-2 threads, 50 per CPU second) gfbench is 10.2-20.3x from the bound for 3DGS and 17.8-36.1x for 2DGS in wall
-time (9.8-17.0x and 15.0-26.3x in CPU seconds): no point within 10x in wall time, one (3DGS 100k, 960x540)
-in CPU seconds. The farthest are 2DGS with 20k Gaussians (its per-pair loop is scalar and branchy, about
-46 ns per pair with its row set-up) and the 256x160 points, where per-Gaussian stages and fixed costs weigh
-most. Peak memory gfbench adds: 20-661 MB, each point measured with the rasterizer's scratch pool emptied
-first (the reference 0.5-11.8 GB). Render-only time is 37-57% of forward + backward. Timings on this VM vary
-by tens of percent between minutes (the previous run, half an hour earlier, measured 13.4-27.7x and
-15.4-35.3x); compare ratios from one run.
+gfbench is 25-156x faster than the reference wherever the reference ran (3DGS 29-156x, 2DGS 25-125x); it was
+skipped where it would not fit in memory (see below). Against the run's best dgemm rate (100 Gflop/s on 2
+threads, 51 per CPU second) gfbench is 10.1-29.6x from the bound for 3DGS and 12.3-25.8x for 2DGS in wall time
+(9.5-25.0x and 12.0-22.0x in CPU seconds): one point (3DGS 300k, 960x540) at 10x, none within. Peak memory
+gfbench adds: 20-653 MB (the reference 0.5-11.8 GB). Render-only time is 39-61% of forward + backward. This VM
+was busier than during the previous run (03:30: 3DGS 10.2-20.3x, 2DGS 17.8-36.1x; the first dgemm probe gave
+73 Gflop/s here against 80 there) and single points moved by up to +-60% between the two runs in both
+directions (3DGS 300k 256x160 0.115 -> 0.185 s, 960x540 0.664 -> 0.409 s), so the change of the code is
+measured side by side instead: in one process, kernels of the previous version against these on the same
+inputs at five points per kind (medians of 6), the 3DGS forward took 8-16% less and its backward 15-21% less;
+the 2DGS kernels, whose values did not change, 4-10% and 4-7% less. Whole calls, alternating processes of both versions (3 rounds, best of 5 each): the
+sums over four points per kind moved by -2% (3DGS) and -5% (2DGS), inside this VM's noise.
 
-    2026-12-01 03:30 UTC; znver4, 8 float64 lanes per vector; 2 threads; gfbench first call (JIT compile, or load from numba's cache) 0.5 s; machine float64 throughput (dgemm) 79.6 Gflop/s per wall second on 2 threads, 42.4 per CPU second
+With ``--torch-threads 1`` (PyTorch on one thread, the kernels on two, as gfbench trains on the CPU) one
+forward + backward took, in one process alternating both settings (medians of 12): 3DGS 5k at 256x144 (the
+synthetic scenes' size) -16%, 20k at 256x160 -9%, 100k at 512x320 0%; 2DGS 5k -11%, 20k -3%, 20k at 960x540
++6%.
+
+    2026-12-01 05:14 UTC; znver4, 8 float64 lanes per vector; 2 threads; gfbench first call (JIT compile, or load from numba's cache) 0.6 s; machine float64 throughput (dgemm) 73.3 Gflop/s per wall second on 2 threads, 39.0 per CPU second
     kind        N     size |  ref f+b  gfb f+b   ratio |  ref cpu  gfb cpu   ratio |  gfb fwd |  ref mem  gfb mem | max|dRGB|  max|dA|  max|dN| |   isects     rows     pairs   bound x bound  x cpu
     ------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------
-    3dgs    20000  256x160 |    0.70s   0.021s   32.9x |    1.18s   0.035s   33.3x |   0.010s |    474MB     20MB |   2.9e-03  2.3e-03          |    39034   193730    737928     1ms   16.3x  14.5x
-    3dgs    20000  512x320 |    1.44s   0.042s   34.6x |    2.50s   0.074s   33.9x |   0.023s |    854MB     50MB |   2.4e-03  2.3e-03          |    61492   450775   2406123     3ms   13.8x  12.4x
-    3dgs    20000  960x540 |    7.62s   0.128s   59.7x |   11.10s   0.213s   52.0x |   0.062s |   1912MB    130MB |   2.5e-03  2.5e-03          |   118162  1161230   7924558     9ms   14.7x  12.5x
-    3dgs   100000  256x160 |    5.82s   0.080s   72.4x |    8.73s   0.146s   59.7x |   0.046s |   2407MB     97MB |   2.1e-03  2.6e-05          |   193433   956202   2764195     5ms   17.8x  16.3x
-    3dgs   100000  512x320 |   16.21s   0.224s   72.4x |   24.06s   0.373s   64.4x |   0.083s |   3906MB    115MB |   1.6e-03  3.1e-04          |   305726  2228668  10407448    13ms   17.9x  15.0x
-    3dgs   100000  960x540 |   43.22s   0.366s  118.2x |   64.71s   0.702s   92.2x |   0.172s |   8943MB    219MB |   1.9e-03  2.0e-04          |   584888  5629976  33460615    36ms   10.2x   9.8x
-    3dgs   300000  256x160 |   19.48s   0.115s  170.1x |   28.79s   0.206s  139.7x |   0.055s |   7084MB    259MB |   1.5e-03  1.1e-06          |   582620   952253   2826565     6ms   18.0x  16.4x
-    3dgs   300000  512x320 |   40.96s   0.290s  141.3x |   63.22s   0.486s  130.0x |   0.141s |  11148MB    303MB |   8.0e-04  1.3e-04          |   918920  2555735  11302750    16ms   18.4x  15.5x
-    3dgs   300000  960x540 | ~    22s   0.664s    skip |            1.105s         |   0.285s | ~   22GB    442MB |                             |  1760892  5908421  35764927    41ms   16.2x  13.6x
-    2dgs    20000  256x160 |    1.22s   0.046s   26.8x |    2.24s   0.066s   34.0x |   0.019s |    870MB     35MB |   1.8e-02  1.9e-02  2.8e-02 |    32383   142787    403585     1ms   36.1x  26.3x
-    2dgs    20000  512x320 |    2.22s   0.094s   23.6x |    3.58s   0.139s   25.8x |   0.037s |   1252MB     80MB |   3.3e-02  3.4e-02  5.8e-02 |    50614   313360   1110599     3ms   30.4x  22.6x
-    2dgs    20000  960x540 |    6.61s   0.244s   27.1x |   10.39s   0.421s   24.7x |   0.114s |   2338MB    216MB |   5.1e-03  5.3e-03  1.9e-02 |    93750   794211   3621211     9ms   26.3x  22.8x
-    2dgs   100000  256x160 |   10.39s   0.144s   72.3x |   16.12s   0.255s   63.3x |   0.064s |   3950MB    127MB |   3.8e-03  6.9e-04  9.1e-03 |   160333   701874   1959317     6ms   23.2x  20.8x
-    2dgs   100000  512x320 |   22.19s   0.284s   78.2x |   34.86s   0.495s   70.4x |   0.152s |   6165MB    178MB |   3.8e-03  3.7e-03  6.7e-03 |   250355  1533952   5435385    15ms   18.7x  16.5x
-    2dgs   100000  960x540 | ~    33s   0.822s    skip |            1.351s         |   0.359s | ~   14GB    336MB |                             |   462759  3866099  17689964    45ms   18.1x  15.0x
-    2dgs   300000  256x160 |   38.01s   0.255s  149.3x |   61.99s   0.428s  144.8x |   0.095s |  11767MB    366MB |   1.8e-03  4.9e-05  3.8e-03 |   484390  1626287   2827323    11ms   22.6x  19.1x
-    2dgs   300000  512x320 | ~    33s   0.672s    skip |            1.129s         |   0.299s | ~   18GB    426MB |                             |   756980  4544242  11244661    35ms   19.2x  16.3x
-    2dgs   300000  960x540 | ~    71s   1.744s    skip |            3.185s         |   0.710s | ~   34GB    661MB |                             |  1401141 10462787  35551705    98ms   17.8x  16.4x
-    peak float64 throughput (dgemm) over the run: 98.9 Gflop/s per wall second on 2 threads, 49.9 per CPU second; against it:
-    3dgs    20000  256x160  bound   1.1 ms  x bound  20.3  x cpu  17.0
-    3dgs    20000  512x320  bound   2.8 ms  x bound  15.1  x cpu  13.4
-    3dgs    20000  960x540  bound   8.2 ms  x bound  15.6  x cpu  13.1
-    3dgs   100000  256x160  bound   4.5 ms  x bound  17.8  x cpu  16.3
-    3dgs   100000  512x320  bound  12.5 ms  x bound  17.9  x cpu  15.0
-    3dgs   100000  960x540  bound  35.9 ms  x bound  10.2  x cpu   9.8
-    3dgs   300000  256x160  bound   6.3 ms  x bound  18.0  x cpu  16.4
-    3dgs   300000  512x320  bound  15.8 ms  x bound  18.4  x cpu  15.5
-    3dgs   300000  960x540  bound  40.9 ms  x bound  16.2  x cpu  13.6
-    2dgs    20000  256x160  bound   1.3 ms  x bound  36.1  x cpu  26.3
-    2dgs    20000  512x320  bound   3.1 ms  x bound  30.4  x cpu  22.6
-    2dgs    20000  960x540  bound   9.3 ms  x bound  26.3  x cpu  22.8
-    2dgs   100000  256x160  bound   6.2 ms  x bound  23.2  x cpu  20.8
-    2dgs   100000  512x320  bound  15.2 ms  x bound  18.7  x cpu  16.5
-    2dgs   100000  960x540  bound  45.4 ms  x bound  18.1  x cpu  15.0
-    2dgs   300000  256x160  bound  11.3 ms  x bound  22.6  x cpu  19.1
-    2dgs   300000  512x320  bound  35.0 ms  x bound  19.2  x cpu  16.3
-    2dgs   300000  960x540  bound  97.9 ms  x bound  17.8  x cpu  16.4
+    3dgs    20000  256x160 |    0.85s   0.030s   28.6x |    1.43s   0.047s   30.5x |   0.012s |    479MB     20MB |   2.9e-03  2.3e-03          |    39034   193730    737928     1ms   20.9x  17.5x
+    3dgs    20000  512x320 |    1.83s   0.051s   35.9x |    3.11s   0.089s   35.0x |   0.021s |    855MB     50MB |   2.4e-03  2.3e-03          |    61492   450775   2406123     3ms   15.0x  13.2x
+    3dgs    20000  960x540 |    7.28s   0.134s   54.2x |   11.48s   0.242s   47.4x |   0.055s |   1854MB    157MB |   2.5e-03  2.5e-03          |   118162  1161230   7924558    10ms   13.3x  12.1x
+    3dgs   100000  256x160 |    6.23s   0.100s   62.2x |    9.45s   0.181s   52.3x |   0.050s |   2413MB     96MB |   2.1e-03  2.6e-05          |   193433   956202   2764195     6ms   18.0x  16.4x
+    3dgs   100000  512x320 |   16.28s   0.214s   76.2x |   24.98s   0.410s   61.0x |   0.083s |   3710MB    111MB |   1.6e-03  3.1e-04          |   305726  2228668  10407448    15ms   13.8x  13.4x
+    3dgs   100000  960x540 |   47.02s   0.500s   94.0x |   70.34s   0.903s   77.9x |   0.215s |   8766MB    203MB |   1.9e-03  2.0e-04          |   584888  5629976  33460615    44ms   11.3x  11.2x
+    3dgs   300000  256x160 |   19.75s   0.185s  106.7x |   29.49s   0.308s   95.7x |   0.084s |   6963MB    256MB |   1.5e-03  1.1e-06          |   582620   952253   2826565     8ms   24.4x  21.7x
+    3dgs   300000  512x320 |   42.77s   0.274s  156.0x |   64.95s   0.496s  131.0x |   0.133s |  11179MB    299MB |   8.0e-04  1.3e-04          |   918920  2555735  11302750    19ms   14.5x  14.5x
+    3dgs   300000  960x540 | ~    27s   0.409s    skip |            0.755s         |   0.185s | ~   23GB    449MB |                             |  1760892  5908421  35764927    49ms    8.4x   8.5x
+    2dgs    20000  256x160 |    0.90s   0.030s   30.2x |    1.60s   0.048s   33.6x |   0.013s |    958MB     36MB |   1.8e-02  1.9e-02  2.8e-02 |    32383   142787    403585     1ms   23.9x  19.3x
+    2dgs    20000  512x320 |    1.61s   0.062s   25.9x |    2.90s   0.110s   26.3x |   0.038s |   1246MB     81MB |   3.3e-02  3.4e-02  5.8e-02 |    50614   313360   1110599     3ms   20.4x  18.3x
+    2dgs    20000  960x540 |    5.77s   0.227s   25.4x |    9.47s   0.370s   25.6x |   0.110s |   2334MB    222MB |   5.1e-03  5.3e-03  1.9e-02 |    93750   794211   3621211     9ms   24.8x  20.5x
+    2dgs   100000  256x160 |    9.41s   0.128s   73.4x |   15.00s   0.205s   73.1x |   0.056s |   3951MB    123MB |   3.8e-03  6.9e-04  9.1e-03 |   160333   701874   1959317     6ms   21.0x  17.1x
+    2dgs   100000  512x320 |   17.28s   0.287s   60.2x |   27.18s   0.470s   57.8x |   0.129s |   6124MB    198MB |   3.8e-03  3.7e-03  6.7e-03 |   250355  1533952   5435385    15ms   19.2x  16.0x
+    2dgs   100000  960x540 | ~    26s   0.552s    skip |            1.058s         |   0.216s | ~   13GB    346MB |                             |   462759  3866099  17689964    45ms   12.3x  12.0x
+    2dgs   300000  256x160 |   35.93s   0.287s  125.1x |   59.55s   0.482s  123.6x |   0.120s |  11762MB    353MB |   1.8e-03  4.9e-05  3.8e-03 |   484390  1626287   2827323    11ms   25.8x  22.0x
+    2dgs   300000  512x320 | ~    24s   0.476s    skip |            0.888s         |   0.194s | ~   18GB    417MB |                             |   756980  4544242  11244661    34ms   13.8x  13.1x
+    2dgs   300000  960x540 | ~    52s   1.553s    skip |            2.915s         |   0.664s | ~   34GB    653MB |                             |  1401141 10462787  35551705    97ms   16.1x  15.3x
+    peak float64 throughput (dgemm) over the run: 100.4 Gflop/s per wall second on 2 threads, 50.9 per CPU second; against it:
+    3dgs    20000  256x160  bound   1.0 ms  x bound  28.6  x cpu  22.9
+    3dgs    20000  512x320  bound   2.7 ms  x bound  18.7  x cpu  16.6
+    3dgs    20000  960x540  bound   8.1 ms  x bound  16.6  x cpu  15.2
+    3dgs   100000  256x160  bound   4.5 ms  x bound  22.5  x cpu  20.6
+    3dgs   100000  512x320  bound  12.4 ms  x bound  17.3  x cpu  16.8
+    3dgs   100000  960x540  bound  35.4 ms  x bound  14.1  x cpu  12.9
+    3dgs   300000  256x160  bound   6.3 ms  x bound  29.6  x cpu  25.0
+    3dgs   300000  512x320  bound  15.6 ms  x bound  17.6  x cpu  16.2
+    3dgs   300000  960x540  bound  40.3 ms  x bound  10.1  x cpu   9.5
+    2dgs    20000  256x160  bound   1.2 ms  x bound  23.9  x cpu  19.3
+    2dgs    20000  512x320  bound   3.0 ms  x bound  20.4  x cpu  18.3
+    2dgs    20000  960x540  bound   9.2 ms  x bound  24.8  x cpu  20.5
+    2dgs   100000  256x160  bound   6.1 ms  x bound  21.0  x cpu  17.1
+    2dgs   100000  512x320  bound  14.9 ms  x bound  19.2  x cpu  16.0
+    2dgs   100000  960x540  bound  44.7 ms  x bound  12.3  x cpu  12.0
+    2dgs   300000  256x160  bound  11.1 ms  x bound  25.8  x cpu  22.0
+    2dgs   300000  512x320  bound  34.5 ms  x bound  13.8  x cpu  13.1
+    2dgs   300000  960x540  bound  96.5 ms  x bound  16.1  x cpu  15.3
+
+The previous version's grid on this VM (03:30 UTC, quieter: best dgemm 98.9 Gflop/s): 24-170x faster than the
+reference; from the bound 3DGS 10.2-20.3x and 2DGS 17.8-36.1x in wall time (9.8-17.0x and 15.0-26.3x in CPU
+seconds); gfbench memory 20-661 MB.
 
 On the AVX2 machine of the previous version (2026-12-01 01:00, dgemm 33-35 Gflop/s on 2 threads) the same
 grid measured 8.2-16.3x (3DGS) and 10.7-21.7x (2DGS) from its bound with that version's code: the dgemm
@@ -128,6 +143,7 @@ run), so the reference is also skipped where the line through the two earlier ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import importlib.util
@@ -375,6 +391,9 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(256, 160), (512, 320), (960, 540)],
                         help="image sizes of the grid, WIDTHxHEIGHT")
     parser.add_argument("--threads", type=int, default=2, help="torch and numba threads for both sides")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="PyTorch's threads while gfbench's side runs, its kernels keeping --threads (gfbench "
+                             "trains on the CPU with 1: rasterize_cpu.split_threads); default: --threads")
     parser.add_argument("--repeats", type=int, default=3, help="gfbench timings are the best of this many")
     parser.add_argument("--reference-limit", type=float, default=900.0,
                         help="skip the reference where its predicted forward+backward time exceeds this (s)")
@@ -388,7 +407,8 @@ def main() -> None:
 
     first = first_call_seconds()
     gflops = machine_gflops(args.threads)
-    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_description()}; {args.threads} threads; "
+    split = "" if args.torch_threads is None else f" (gfbench: PyTorch on {args.torch_threads}, kernels on {args.threads})"
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_description()}; {args.threads} threads{split}; "
           f"gfbench first call (JIT compile, or load from numba's cache) {first:.1f} s; "
           f"machine float64 throughput (dgemm) "
           f"{gflops[0]:.1f} Gflop/s per wall second on {args.threads} threads, {gflops[1]:.1f} per CPU second")
@@ -456,11 +476,19 @@ def machine_memory_mb() -> float:
     return _status_mb_of(Path("/proc/meminfo"), "MemTotal")
 
 
+def gfbench_threads(args):
+    """PyTorch's threads while gfbench's side runs (``--torch-threads``; its kernels keep ``--threads``)."""
+    if args.torch_threads is None:
+        return contextlib.nullcontext()
+    return rc.split_threads(args.torch_threads)
+
+
 def run_point(kind, n, W, H, args, reference, gflops, reference_runs) -> tuple:
     p, viewmats, Ks = make_scene(n, W, H, unit_third_scale=kind == "2dgs")
     render = GFBENCH[kind]
     random_loss(render(p, viewmats, Ks, W, H))  # warm-up; draws the loss weights
-    g_both, g_cpu, g_fwd, g_rss, g_out = time_side(render, p, viewmats, Ks, W, H, args.repeats)
+    with gfbench_threads(args):
+        g_both, g_cpu, g_fwd, g_rss, g_out = time_side(render, p, viewmats, Ks, W, H, args.repeats)
     work = work_counts(kind, p, viewmats, Ks, W, H)
     pairs = work["pair"]
     flops = sum(work[k] * FLOPS[kind][k] for k in work)
