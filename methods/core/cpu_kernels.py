@@ -80,10 +80,11 @@ MIN_TRANSMITTANCE = 1e-4  # a pixel is done before a Gaussian that would take T 
 # LLVM may fuse multiply-adds and turn divisions by the same value into reciprocal multiplies; no
 # assumptions about NaN/inf (fastmath's "nnan"/"ninf"), which would change gsplat's skip rules.
 FASTMATH = {"contract", "arcp", "nsz"}
-# Every kernel is compiled with error_model="numpy": a float division by zero gives inf or nan instead of
-# numba's Python-style ZeroDivisionError, whose test and branch in every division kept LLVM from vectorizing
-# the loops around it (and cost the 2DGS kernels 3-9%). No kernel divides by zero where the result is used:
-# gsplat's skip rules come first.
+# error_model="numpy": a float division by zero gives inf or nan instead of numba's Python-style
+# ZeroDivisionError, whose test and branch in every division kept LLVM from vectorizing the loops around it
+# (and cost the 2DGS kernels 3-9%). No kernel divides by zero where the result is used: gsplat's skip rules
+# come first. cache=True: the JIT compile is paid once per machine (see the module docstring).
+KERNEL_OPTIONS = dict(cache=True, fastmath=FASTMATH, error_model="numpy")
 
 
 @njit(cache=True)
@@ -151,7 +152,7 @@ LN2_LOW = 1.9082149292705877e-10
 EXP_TAYLOR_ORDER = 13  # the Taylor remainder on |r| <= ln(2) / 2 is below 4e-18 relative
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+@njit(**KERNEL_OPTIONS, inline="always")
 def exp_inline(x):
     """exp(x) for |x| <= 708 (clamped there), within a few 1e-16 relative of ``math.exp``; branch-free and
     inlined, so that LLVM vectorizes a loop that calls it (numba's ``math.exp`` is a libm call it cannot
@@ -171,7 +172,7 @@ def exp_inline(x):
 # ----------------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(**KERNEL_OPTIONS)
 def _tile_rect(mx, my, rx, ry, tile_w, tile_h):
     """Tiles [x0, x1) x [y0, y1) that the box [m - r, m + r] overlaps (gsplat's rounding and clamping)."""
     x0 = min(max(math.floor((mx - rx) / TILE_SIZE), 0), tile_w)
@@ -181,7 +182,7 @@ def _tile_rect(mx, my, rx, ry, tile_w, tile_h):
     return int(x0), int(x1), int(y0), int(y1)
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(nogil=True, **KERNEL_OPTIONS)
 def visible_rects(means2d, radii, depth_bits, tile_w, tile_h):
     """The visible (camera, Gaussian) ids c * N + g (both ``radii`` [C * N, 2] positive) in increasing order,
     their ``depth_bits`` (the float32 depth's bit pattern) and their tile rectangles [V, 4] (x0, x1, y0,
@@ -236,7 +237,7 @@ def front_to_back(ids, keys, n_cameras, n_per_camera):
     return pos, keys
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(nogil=True, **KERNEL_OPTIONS)
 def count_tiles(ids, rects, perm, sorted_keys, tile_w, tile_h, n_per_camera, order, boxes, tiles_per_rank, hist,
                 worker, n_workers):
     """First pass of the binning's counting sort, over ``worker``'s contiguous share of the depth order
@@ -265,7 +266,7 @@ def count_tiles(ids, rects, perm, sorted_keys, tile_w, tile_h, n_per_camera, ord
                 hist[worker, base + ty * tile_w + tx] += 1
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(nogil=True, **KERNEL_OPTIONS)
 def fill_tiles(boxes, order, tile_w, tile_h, n_per_camera, rank_offsets, cursors, flatten_ids, slot_of, isect_ids,
                worker, n_workers):
     """Second pass: write ``worker``'s share into the tile lists from its own cursors ``cursors[worker]``
@@ -334,7 +335,7 @@ def scatter_columns(rows, order, outs, worker, n_workers):
 # ----------------------------------------------------------------------------------------------------
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(nogil=True, **KERNEL_OPTIONS)
 def reduce_per_gaussian(per_isect, rank_offsets, slot_of, out, worker, n_workers):
     """Sum per-intersection gradient rows [M, F] into per-rank rows ``out`` [V, F] (any contents: each worker
     zeroes its share first).
@@ -358,7 +359,7 @@ def reduce_per_gaussian(per_isect, rank_offsets, slot_of, out, worker, n_workers
 MAX_EXTENT_SIGMAS = 3.33  # gsplat's bounding-box half-size in standard deviations
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(**KERNEL_OPTIONS)
 def _rotmat(q, R):
     """Fill R [3, 3] from a wxyz quaternion; returns the normalised quaternion and the norm."""
     norm = math.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
@@ -376,7 +377,7 @@ def _rotmat(q, R):
     return w, x, y, z, max(norm, 1e-12)
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(**KERNEL_OPTIONS)
 def _quat_grad(G, w, x, y, z, norm, out):
     """dL/dq [4] from dL/dR = G [3, 3], through the normalisation q / |q|."""
     gw = 2 * (-z * G[0, 1] + y * G[0, 2] + z * G[1, 0] - x * G[1, 2] - y * G[2, 0] + x * G[2, 1])
@@ -393,7 +394,7 @@ def _quat_grad(G, w, x, y, z, norm, out):
     out[3] += (gz - z * dot) / norm
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(**KERNEL_OPTIONS)
 def _inside_image(mx, my, rx, ry, width, height):
     return mx + rx > 0 and mx - rx < width and my + ry > 0 and my - ry < height
 
@@ -403,7 +404,7 @@ def _inside_image(mx, my, rx, ry, width, height):
 # ----------------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(**KERNEL_OPTIONS)
 def _camera_covariance(q, s, V, R, A, Sc):
     """Fill R = R(q), A = R_cw R S and Sc = A A^T; returns the normalised quaternion and its norm."""
     w, x, y, z, norm = _rotmat(q, R)
@@ -416,7 +417,7 @@ def _camera_covariance(q, s, V, R, A, Sc):
     return w, x, y, z, norm
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(**KERNEL_OPTIONS)
 def _fov_limits(K, width, height):
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     lim_x_pos = (width - cx) / fx + 0.3 * (0.5 * width / fx)
@@ -426,7 +427,7 @@ def _fov_limits(K, width, height):
     return lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(nogil=True, **KERNEL_OPTIONS)
 def project_3dgs_fwd(means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near, far,
                      radius_clip, means2d, conics, depths, radii, worker, n_workers):
     """Fill means2d [C, N, 2], conics [C, N, 3], depths [C, N], radii [C, N, 2] int32 (all zeroed; they
@@ -481,7 +482,7 @@ def project_3dgs_fwd(means, quats, scales, opacities, viewmats, Ks, width, heigh
         radii[c, n, 0], radii[c, n, 1] = int(rx), int(ry)
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(nogil=True, **KERNEL_OPTIONS)
 def project_3dgs_bwd(means, quats, scales, viewmats, Ks, width, height, eps2d, radii, conics,
                      v_means2d, v_conics, v_depths, v_means, v_quats, v_scales, worker, n_workers):
     """Add dL/dmeans [N, 3], dL/dquats [N, 4], dL/dscales [N, 3] (summed over cameras) to the zeroed
@@ -581,7 +582,7 @@ def project_3dgs_bwd(means, quats, scales, viewmats, Ks, width, height, eps2d, r
 # ----------------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(**KERNEL_OPTIONS)
 def _surfel_transform(mean, q, s, V, K, R, Rc, H):
     """Fill Rc = R_cw R(q) and H = K [s_u t_u, s_v t_v, mu_c]; returns (quaternion, norm, camera centre)."""
     w, x, y, z, norm = _rotmat(q, R)
@@ -601,7 +602,7 @@ def _surfel_transform(mean, q, s, V, K, R, Rc, H):
     return w, x, y, z, norm, mc0, mc1, mc2
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(nogil=True, **KERNEL_OPTIONS)
 def project_2dgs_fwd(means, quats, scales, viewmats, Ks, width, height, near, far, radius_clip,
                      means2d, transforms, depths, normals, radii, worker, n_workers):
     """Fill means2d [C, N, 2], ray_transforms [C, N, 3, 3], depths [C, N], normals [C, N, 3] and radii
@@ -645,7 +646,7 @@ def project_2dgs_fwd(means, quats, scales, viewmats, Ks, width, height, near, fa
         radii[c, n, 0], radii[c, n, 1] = int(rx), int(ry)
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(nogil=True, **KERNEL_OPTIONS)
 def project_2dgs_bwd(means, quats, scales, viewmats, Ks, radii, v_means2d, v_transforms, v_depths,
                      v_normals, v_means, v_quats, v_scales, worker, n_workers):
     """Add dL/dmeans [N, 3], dL/dquats [N, 4], dL/dscales [N, 3] (the third scale gets none) to the
@@ -704,7 +705,7 @@ SPAN_MARGIN = 1e-6  # relative slack on the ellipse's sigma bound, so rounding n
 PIXEL_MARGIN = 1e-3  # and slack in pixels on the solved row and column limits
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(**KERNEL_OPTIONS)
 def tile_origin(tile, tile_w, tile_h, width, height):
     """Camera index, first pixel (x0, y0) and one-past-last pixel (x1, y1) of a global tile id."""
     per_camera = tile_w * tile_h
@@ -715,7 +716,7 @@ def tile_origin(tile, tile_w, tile_h, width, height):
     return cam, x0, y0, min(x0 + TILE_SIZE, width), min(y0 + TILE_SIZE, height)
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(**KERNEL_OPTIONS)
 def sigma_bound(o):
     """Largest sigma at which o exp(-sigma) can still reach 1/255 (negative: never), with slack."""
     if o < ALPHA_THRESHOLD:
@@ -724,14 +725,14 @@ def sigma_bound(o):
     return s + SPAN_MARGIN * (1.0 + s)
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(**KERNEL_OPTIONS)
 def positive_definite(a, b, c):
     """Whether the conic (a, b, c) is positive definite: the projection only makes such (its 2D covariance
     has eps2d added), and the kernels skip any other Gaussian rather than handle sigma < 0."""
     return a > 0 and a * c - b * b > 0
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(**KERNEL_OPTIONS)
 def ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile):
     """Rows [lo, hi) of the tile that the ellipse sigma <= smax reaches."""
     if full_tile:
@@ -740,7 +741,7 @@ def ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile):
     return pixel_range(my - ey, my + ey, y0, y1)
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(**KERNEL_OPTIONS)
 def pixel_range(lo_f, hi_f, start, stop):
     """Pixels [lo, hi) within [start, stop) whose centre (index + 0.5) lies in [lo_f, hi_f], with slack."""
     lo = max(start, int(math.ceil(lo_f - 0.5 - PIXEL_MARGIN)))
@@ -748,7 +749,7 @@ def pixel_range(lo_f, hi_f, start, stop):
     return lo, max(lo, hi)
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")  # numba-level inlining: a call per Gaussian cost 3-8%
+@njit(**KERNEL_OPTIONS, inline="always")  # numba-level inlining: a call per Gaussian cost 3-8%
 def ellipse_row_setup(mx, my, a, b, c, ha, smax, ylo, x0, x1, full_tile, spans, starts):
     """For the rows from ylo on (index i = y - ylo): the columns [lo, hi) where sigma <= smax can hold into
     ``spans[:, i]``, and exp(-sigma) at the span's first pixel and the ratio to the next (the row
@@ -777,7 +778,7 @@ def ellipse_row_setup(mx, my, a, b, c, ha, smax, ylo, x0, x1, full_tile, spans, 
         starts[1, i] = exp_inline(a * dx + row_b - ha)  # E(lo + 1) / E(lo)
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(nogil=True, **KERNEL_OPTIONS)
 def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, colors, T_final, last,
                        pairs, worker, n_workers):
     """Fill colours [C, H, W, D], final transmittance [C, H, W], last composited index [C, H, W] (into
@@ -852,7 +853,7 @@ def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                     colors[cam, y, x, k] = acc[p, k]
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(nogil=True, **KERNEL_OPTIONS)
 def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, T_final, last, v_colors,
                        v_T, per_isect, worker, n_workers):
     """Fill per-intersection gradient rows ``per_isect`` [M, 6 + D] (any contents; each tile zeroes its rows):
@@ -956,7 +957,7 @@ N_GEOM_2D = 12  # per-surfel row: mean x, mean y, M (9, row-major), opacity; the
 LOWPASS_INV_SQUARE = 2.0  # gsplat's FILTER_INV_SQUARE_2DGS
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(**KERNEL_OPTIONS)
 def surfel_rows(g, smax, y0, y1, full_tile):
     """Rows [lo, hi) that the splat disk's image or the low-pass disk can reach."""
     if full_tile:
@@ -978,7 +979,7 @@ def surfel_rows(g, smax, y0, y1, full_tile):
     return pixel_range(min(lo_f, min(k1, k2)), max(hi_f, max(k1, k2)), y0, y1)
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(**KERNEL_OPTIONS)
 def row_planes(g, py):
     """a = w x h_v and b = u x h_v for the row at pixel centre py (h_v = py w - v): c = x a - b."""
     ux, uy, uz = g[2], g[3], g[4]
@@ -989,7 +990,7 @@ def row_planes(g, py):
     return ax, ay, az, bx, by, bz, hx, hy, hz
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")  # numba-level inlining: a call per Gaussian cost 3-8%
+@njit(**KERNEL_OPTIONS, inline="always")  # numba-level inlining: a call per Gaussian cost 3-8%
 def surfel_row_setup(g, smax, ylo, x0, x1, full_tile, planes, spans):
     """For the rows from ylo on (index r = y - ylo): their :func:`row_planes` into ``planes[:, r]`` (a, b, h;
     [9, TILE_SIZE]) and into ``spans[:, r]`` ([2, TILE_SIZE]) the columns [lo, hi) where min(g3, g2) <= 2 smax
@@ -1030,7 +1031,7 @@ def surfel_row_setup(g, smax, ylo, x0, x1, full_tile, planes, spans):
         spans[0, r], spans[1, r] = lo, hi
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(nogil=True, **KERNEL_OPTIONS)
 def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, features, normals,
                        T_final, distort, median, last, median_idx, pairs, worker, n_workers):
     """Fill features [C, H, W, D], normals [C, H, W, 3], final T, distortion, median depth (each
@@ -1131,7 +1132,7 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                 median_idx[cam, y, x] = med_idx_t[p]
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(nogil=True, **KERNEL_OPTIONS)
 def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_tile, T_final, last,
                        median_idx, depth_total, v_features, v_normals, v_T, v_distort, v_median, per_isect,
                        worker, n_workers):
