@@ -73,8 +73,9 @@ was busier than during the previous run (03:30: 3DGS 10.2-20.3x, 2DGS 17.8-36.1x
 directions (3DGS 300k 256x160 0.115 -> 0.185 s, 960x540 0.664 -> 0.409 s), so the change of the code is
 measured side by side instead: in one process, kernels of the previous version against these on the same
 inputs at five points per kind (medians of 6), the 3DGS forward took 8-16% less and its backward 15-21% less;
-the 2DGS kernels, whose values did not change, 4-10% and 4-7% less. Whole calls, alternating processes of both versions (3 rounds, best of 5 each): the
-sums over four points per kind moved by -2% (3DGS) and -5% (2DGS), inside this VM's noise.
+the 2DGS kernels, whose values did not change, 4-10% and 4-7% less. Whole calls, alternating processes of both
+versions (best of 5 each), over four points per kind: the sums of each side's best times moved by -13% (3DGS)
+and -6% (2DGS) over 6 rounds in two sittings (one sitting alone gave -2% and -5%, the other -13% and -13%).
 
 With ``--torch-threads 1`` (PyTorch on one thread, the kernels on two, as gfbench trains on the CPU) one
 forward + backward took, in one process alternating both settings (medians of 12): 3DGS 5k at 256x144 (the
