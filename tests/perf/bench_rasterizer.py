@@ -39,24 +39,24 @@ over the CPU seconds its flops need at the dgemm's best rate per CPU second, whi
 jobs in this machine take cores away from the run; contention from outside the VM, which slows each core,
 still moves both.
 
-What that bound assumes: every flop at the rate of a dgemm, i.e. both FMA pipes busy with full vectors (on
-the Zen 4 VM below, 16 float64 flops per cycle per core: two 256-bit FMA pipes, a 512-bit FMA running as two
-halves). It is the top of a roofline, not a bound this algorithm can reach: the compositing
-is a chain of data-dependent steps per pixel (alpha threshold, a pixel's early stop, the transmittance
-recurrence) over spans of 1 to 16 pixels (2 to 5 on average in this grid), so it runs in scalar code,
-which retires at most 4 flops per cycle (two scalar FMAs), a quarter of the bound's rate, and far less in
-dependent chains like these; exp, sqrt and divisions are charged as a few flops but cost tens of cycles of
-latency; and with 300k Gaussians binning and the gradient reduction are memory-bound (per-Gaussian rows
-visited in depth order: 24-46 MB against a 32 MB L3), which no flop count sees. So 4x is the floor for
-scalar code and some 6-10x is where a well-tuned scalar kernel would sit; the rest of the distance is what
-the per-Gaussian stages (projection, binning, reduction, dtype conversions) and the autograd glue add
-where Gaussians are many or pixels few. A Gaussian's row set-up (spans, ray planes, the 3DGS recurrence's
-exps: 40-53% of the 3DGS forward and 25-36% of the 2DGS one when it was scalar) now runs as 8-wide vector
-code; the pixel loops written as masked 8-lane blocks were not faster (spans of 2-5 pixels fill a vector
-poorly, and the per-block bookkeeping costs what the lanes save), so the rest needs a different
-decomposition. The work charged is the scalar algorithm's: the vector set-up's extra row slots (all 16 of a
-tile's rows, of which a Gaussian reaches about five) are not counted. The definition is the one the issue set (flops counted from the kernels over
-measured peak throughput); ``x cpu`` only measures it in CPU seconds.
+What that bound assumes: every flop at the rate of a dgemm, i.e. both FMA pipes busy with full vectors (on the
+Zen 4 VM below, 16 float64 flops per cycle per core: two 256-bit FMA pipes, a 512-bit FMA running as two
+halves). It is the top of a roofline, not a bound this algorithm can reach: the compositing is a chain of
+data-dependent steps per pixel (alpha threshold, a pixel's early stop, the transmittance recurrence) over
+spans of 1 to 16 pixels (2 to 5 on average in this grid), so it runs in scalar code, which retires at most 4
+flops per cycle (two scalar FMAs), a quarter of the bound's rate, and far less in dependent chains like these;
+exp, sqrt and divisions are charged as a few flops but cost tens of cycles of latency; and with 300k Gaussians
+binning and the gradient reduction are memory-bound (per-Gaussian rows visited in depth order: 24-46 MB
+against a 32 MB L3), which no flop count sees. So 4x is the floor for scalar code and some 6-10x is where a
+well-tuned scalar kernel would sit; the rest of the distance is what the per-Gaussian stages (projection,
+binning, reduction, dtype conversions) and the autograd glue add where Gaussians are many or pixels few. A
+Gaussian's row set-up (spans, ray planes, the 3DGS recurrence's exps: 40-53% of the 3DGS forward and 25-36% of
+the 2DGS one when it was scalar) now runs as 8-wide vector code; the pixel loops written as masked 8-lane
+blocks were not faster (spans of 2-5 pixels fill a vector poorly, and the per-block bookkeeping costs what the
+lanes save), so the rest needs a different decomposition. The work charged is the scalar algorithm's: the
+vector set-up's extra row slots (all 16 of a tile's rows, of which a Gaussian reaches about five) are not
+counted. The definition is the one the issue set (flops counted from the kernels over measured peak
+throughput); ``x cpu`` only measures it in CPU seconds.
 
 Results (2026-12-01 05:14 UTC, from the repository root, on the 2-core Zen 4 VM; the code with the row set-up
 vectorized, cpu_kernels.ellipse_row_setup / surfel_row_setup):
@@ -122,6 +122,11 @@ synthetic scenes' size) -16%, 20k at 256x160 -9%, 100k at 512x320 0%; 2DGS 5k -1
     2dgs   300000  256x160  bound  11.1 ms  x bound  25.8  x cpu  22.0
     2dgs   300000  512x320  bound  34.5 ms  x bound  13.8  x cpu  13.1
     2dgs   300000  960x540  bound  96.5 ms  x bound  16.1  x cpu  15.3
+
+A second run of this version right after (05:30 UTC, best dgemm 94.0 Gflop/s): 23-148x faster than the
+reference; from the bound 3DGS 8.5-23.4x and 2DGS 14.2-35.0x in wall time (7.8-18.0x and 12.3-27.0x in CPU
+seconds), 3DGS 100k at 960x540 within 10x (8.5x); single points moved against the first run by up to 57% either
+way (3DGS 100k 960x540 0.500 -> 0.322 s, 300k 960x540 0.409 -> 0.618 s, 2DGS 20k 256x160 0.030 -> 0.047 s).
 
 The previous version's grid on this VM (03:30 UTC, quieter: best dgemm 98.9 Gflop/s): 24-170x faster than the
 reference; from the bound 3DGS 10.2-20.3x and 2DGS 17.8-36.1x in wall time (9.8-17.0x and 15.0-26.3x in CPU
