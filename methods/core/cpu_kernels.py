@@ -11,7 +11,8 @@ measure the algorithm rather than rounding. The heavy kernels release the GIL an
 work, ``worker`` of ``n_workers`` (every n-th tile for rasterization, a contiguous block of Gaussians
 otherwise), writing into output arrays the caller allocated; :func:`.rasterize_cpu.run_workers` runs the
 shares on a thread pool. (Plain threads instead of ``parallel=True``: numba's parallel compilation took
-three times as long to JIT, and this way torch's thread count is the one knob.)
+three times as long to JIT, and this way torch's thread count is the one knob; while a Gaussian method
+trains, :func:`.rasterize_cpu.split_threads` keeps that count for the kernels and runs torch on one thread.)
 
 Sections:
 
