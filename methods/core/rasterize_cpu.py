@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import math
 import threading
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -71,9 +71,9 @@ def split_threads(torch_threads: int) -> Iterator[None]:
     loss, the optimizer) between kernel calls, and each of PyTorch's parallel regions hands work to the other
     OpenMP threads and waits for them. With PyTorch on one thread and the kernels still on every core, the
     3DGS, 2DGS and FSGS jobs of ``synthetic-masked`` ran 17-27% faster on 2 cores (10% with
-    ``OMP_WAIT_POLICY=PASSIVE``) and gave the same leaderboard to the last digit: the kernels do not depend
-    on the thread count, nor did these methods' torch operations. Heavy torch work inside (a depth or video
-    model) should run under :func:`full_threads`.
+    ``OMP_WAIT_POLICY=PASSIVE``) and gave the same rows (to 4e-15, where the scoring's float64 reductions
+    follow the thread count): the kernels do not depend on the thread count, nor did these methods' torch
+    operations. Heavy torch work inside (a depth or video model) should run under :func:`full_threads`.
     """
     global _kernel_threads
     saved_kernels, saved_torch = _kernel_threads, torch.get_num_threads()
