@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from gfbench.camera import Camera, intrinsics, look_at
+from gfbench.priors import PriorSource
+from gfbench.priors.depth import DepthPrior
 from gfbench.scene import Frame, PointCloud, Scene
 
 
@@ -45,3 +47,19 @@ def orbit_views(step: float, count: int = 3) -> list:
 def random_points(count: int = 150) -> PointCloud:
     rng = np.random.default_rng(1)
     return PointCloud(rng.normal(size=(count, 3)) * 0.5, rng.integers(0, 256, (count, 3)))
+
+
+class BrightnessDepth(DepthPrior):
+    """A depth prior stand-in: each pixel's brightness as inverse depth; records how it was asked
+    (``calls``: dtype and cache per image) and PyTorch's thread count at each call (``threads``)."""
+
+    def __init__(self, novel_images: bool = True, name: str = "brightness"):
+        self.source, self.novel_images = PriorSource(kind="depth", name=name), novel_images
+        self.calls, self.threads = [], []
+
+    def predict(self, images, *, cache: bool = True):
+        import torch
+
+        self.threads.append(torch.get_num_threads())
+        self.calls.extend((np.asarray(image).dtype, cache) for image in images)
+        return [np.asarray(image, np.float32).mean(axis=2) + 1.0 for image in images]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,11 +16,10 @@ from gfbench.methods.fsgs import FSGS
 from gfbench.methods.genfusion import GenFusion, resolve_preset
 from gfbench.methods.gs2d import GaussianSurfels2D
 from gfbench.methods.gs3d import GaussianSplatting3D
-from gfbench.priors import PriorSource, Priors
-from gfbench.priors.depth import DepthPrior
+from gfbench.priors import Priors
 from gfbench.priors.video import build_video_prior, load_video_prior, video_prior_spec
 from gfbench.protocols import make_split
-from helpers import orbit_views, random_points, tiny_scene
+from helpers import BrightnessDepth, orbit_views, random_points, tiny_scene
 
 PROCESS_THREADS = 2
 
@@ -110,21 +108,8 @@ def test_training_with_the_split_gives_the_same_gaussians_bit_for_bit(method_cla
     assert torch.get_num_threads() == PROCESS_THREADS
 
 
-class ThreadNotingDepth(DepthPrior):
-    """Each pixel's brightness as inverse depth; notes PyTorch's threads at every prediction."""
-
-    novel_images = True
-
-    def __init__(self):
-        self.source, self.threads = PriorSource(kind="depth", name="brightness"), []
-
-    def predict(self, images, *, cache: bool = True):
-        self.threads.append(torch.get_num_threads())
-        return [np.asarray(image, np.float32).mean(axis=2) + 1.0 for image in images]
-
-
 def test_fsgs_runs_its_depth_prior_on_every_thread():
-    prior = ThreadNotingDepth()
+    prior = BrightnessDepth()
     config = {**load_preset("fsgs", "quick"), "steps": 6, "log_every": 1, "pseudo_start_iter": 0,
               "pseudo_stop_iter": 6, "pseudo_every": 1, "save_checkpoint": False}
     FSGS().fit(orbit_views(0.4), points=random_points(), config=config, seed=0, workdir=None,

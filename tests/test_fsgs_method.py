@@ -17,23 +17,11 @@ from gfbench.cli import main
 from gfbench.leaderboard import method_label
 from gfbench.methods import ConfigError, load_preset
 from gfbench.methods.fsgs import FSGS
-from gfbench.priors import PriorSource, Priors
-from gfbench.priors.depth import DepthPrior
-from helpers import orbit_camera, orbit_views, random_points
+from gfbench.priors import Priors
+from helpers import BrightnessDepth, orbit_camera, orbit_views, random_points
 from worlds import tiny_depth_anything
 
 STEPS = 12
-
-
-class BrightnessDepth(DepthPrior):
-    """A depth prior stand-in: each pixel's brightness as inverse depth; records how it was asked."""
-
-    def __init__(self, novel_images: bool = True, name: str = "brightness"):
-        self.source, self.novel_images, self.calls = PriorSource(kind="depth", name=name), novel_images, []
-
-    def predict(self, images, *, cache: bool = True):
-        self.calls.extend((np.asarray(image).dtype, cache) for image in images)
-        return [np.asarray(image, np.float32).mean(axis=2) + 1.0 for image in images]
 
 
 class KeepsTrainer(FSGS):
