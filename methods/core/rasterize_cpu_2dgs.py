@@ -7,7 +7,8 @@ whose docstring has the ray-splat intersection). Besides colours and alpha the k
 camera-space normals, gsplat's depth distortion and the median depth. With camera tensors that require
 grad the projection falls back to plain PyTorch so that cameras get gradients too. Memory as for 3DGS,
 with rows of 15 + D values (means2d, the 3x3 transform, opacity, features, normals) and per-pixel
-normals, distortion, median depth and median index besides.
+normals, distortion, median depth and median index besides. The surface normals of the rendered depth are
+gsplat's ``depth_to_normal`` to the bit, computed faster (:mod:`.surface_normals`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .rasterize_cpu import (
     tile_info,
     to_torch,
 )
+from .surface_normals import surface_normals
 
 
 class ProjectSurfels(torch.autograd.Function):
@@ -159,8 +161,6 @@ def rasterize_2dgs_cpu(
     radius_clip: float = 0.0, distloss: bool = False, depth_mode: str = "expected",
 ):
     """CPU equivalent of ``gsplat.rasterization_2dgs(..., packed=False)`` (see ``rasterize.rasterize_2dgs``)."""
-    from gsplat.utils import depth_to_normal  # pure torch
-
     del eps2d  # accepted for parity with gsplat, which ignores it for surfels too
     if distloss and render_mode not in ("D", "ED", "RGB+D", "RGB+ED"):
         raise ValueError(f"distloss needs a depth render mode, got {render_mode!r}")
@@ -188,7 +188,7 @@ def rasterize_2dgs_cpu(
     surf_normals = None
     if render_mode in ("RGB+ED", "RGB+D"):
         depth = render[..., -1:] if depth_mode == "expected" else median
-        surf_normals = depth_to_normal(depth, camtoworlds, Ks)
+        surf_normals = surface_normals(depth, camtoworlds, Ks)
     render_normals = torch.einsum("cij,chwj->chwi", camtoworlds[:, :3, :3], normals_cam)
 
     info = {
