@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from gfbench import methods as method_registry
 from gfbench import runner, shards
+from gfbench.methods.core.memory import retain_freed_memory
 from gfbench.paths import user_spec_dirs
 from gfbench.storage import DiskFull
 
@@ -88,6 +89,7 @@ _WORKER_SCENES: dict = {}  # one scene kept per worker process, as the local exe
 
 def _run_on_worker(job: runner.Job, root: str, workdir: str, device: str) -> dict[str, Any]:
     """One job on a worker: the part of its record it produces (see ``runner.execute_job``)."""
+    retain_freed_memory()  # as the gfbench command does at start-up
     folder = Path(workdir)
     if not folder.is_dir():
         return {"status": "failed", "host": platform.node(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from gfbench import __version__
+from gfbench.methods.core.memory import retain_freed_memory
 from gfbench.paths import set_user_spec_dirs
 from gfbench.cli.build_real import colmap_command, dl3dv_command, mipnerf360_command, nerfstudio_command, tnt_command
 from gfbench.cli.catalog import ls, validate
@@ -51,6 +52,7 @@ def main(spec_dirs: tuple[str, ...]) -> None:
       gfbench leaderboard --suite synthetic-masked
     """
     set_user_spec_dirs(list(spec_dirs))
+    retain_freed_memory()  # CPU renders reuse freed memory instead of faulting in fresh pages
 
 
 for command in (ls, validate, build_data, show, run, leaderboard, evaluate, protocol_group, splits_group,

@@ -161,6 +161,7 @@ import torch
 
 from gfbench.methods.core import rasterize_cpu as rc
 from gfbench.methods.core import rasterize_cpu_2dgs as rc2
+from gfbench.methods.core.memory import retain_freed_memory
 from gfbench.methods.core.rasterize import rasterize_2dgs, rasterize_3dgs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -409,6 +410,7 @@ def main() -> None:
                         help="path to gsplat_reference_cpu.py")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    retained = retain_freed_memory()  # as the gfbench command runs (GFBENCH_RETAIN_FREED_MEMORY=0: without)
     references = load_reference(args.reference_shim)
 
     first = first_call_seconds()
@@ -416,6 +418,7 @@ def main() -> None:
     split = "" if args.torch_threads is None else f" (gfbench: PyTorch on {args.torch_threads}, kernels on {args.threads})"
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_description()}; {args.threads} threads{split}; "
           f"gfbench first call (JIT compile, or load from numba's cache) {first:.1f} s; "
+          f"freed memory {'retained' if retained else 'returned to the OS'}; "
           f"machine float64 throughput (dgemm) "
           f"{gflops[0]:.1f} Gflop/s per wall second on {args.threads} threads, {gflops[1]:.1f} per CPU second")
     header = (f"{'kind':5s} {'N':>7s} {'size':>8s} | {'ref f+b':>8s} {'gfb f+b':>8s} {'ratio':>7s} | "
