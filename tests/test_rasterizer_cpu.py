@@ -387,6 +387,26 @@ def test_2dgs_matches_dense_reference():
     assert_grads_close(got, want)
 
 
+@pytest.mark.parametrize("kind", ["3dgs", "2dgs"])
+def test_colour_only_renders_take_the_general_feature_path(kind):
+    """RGB renders: 3 features, not the kernels' unrolled RGB + depth, against the same dense references."""
+    viewmats, Ks = make_cameras()
+    if kind == "3dgs":
+        scene = make_scene(150, seed=0)
+        colors, alphas, _ = rasterize_3dgs(*scene.values(), viewmats, Ks, W, H, render_mode="RGB")
+        ref_colors, ref_alphas = ref_render_3dgs(scene, viewmats, Ks)
+        outputs, references = [colors, alphas], [ref_colors[..., :3], ref_alphas]
+    else:
+        scene = make_scene(150, seed=1, size=2.5)
+        colors, alphas, normals, *_ = rasterize_2dgs(*scene.values(), viewmats, Ks, W, H, render_mode="RGB")
+        ref, _ = ref_render_2dgs(scene, viewmats, Ks)
+        outputs, references = [colors, alphas, normals], [ref["colors"][..., :3], ref["alphas"], ref["normals"]]
+    assert colors.shape == (2, H, W, 3)
+    for got, want in zip(outputs, references):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert_grads_close(grads_of(weighted_loss(outputs), scene), grads_of(weighted_loss(references), scene))
+
+
 # ------------------------------------------------------------------------------------------------
 # gsplat's DefaultStrategy on the CPU info dict
 # ------------------------------------------------------------------------------------------------
