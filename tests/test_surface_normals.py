@@ -78,7 +78,8 @@ def test_the_direction_cache_tells_cameras_apart_and_stays_within_its_budget():
     nudged = camtoworlds[:1].clone()
     nudged[0, 0, 0] = torch.nextafter(nudged[0, 0, 0], torch.tensor(math.inf))
     assert cache(nudged, Ks[:1], W, H) is not first
-    assert torch.equal(cache(camtoworlds[1:2], Ks[1:2], W, H), sn.camera_ray_directions(camtoworlds[1:2], Ks[1:2], W, H))
+    fresh = sn.camera_ray_directions(camtoworlds[1:2], Ks[1:2], W, H)
+    assert torch.equal(cache(camtoworlds[1:2], Ks[1:2], W, H), fresh)
     assert len(cache) == 2  # the oldest went to stay within two cameras' bytes
     assert cache(camtoworlds[:1], Ks[:1], W, H) is not first
     shifted = Ks[:1].clone()

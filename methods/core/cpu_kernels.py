@@ -93,6 +93,17 @@ FASTMATH = {"contract", "arcp", "nsz"}
 KERNEL_OPTIONS = dict(cache=True, fastmath=FASTMATH, error_model="numpy")
 
 
+@njit(**KERNEL_OPTIONS, inline="always")
+def unrolled_features(feat, D):
+    """A Gaussian's first seven feature values (D features, then 2DGS's three normals) as scalars for the pixel
+    loops' straight-line path, taken when D == UNROLLED_FEATURES (zeros otherwise: that path is not taken)."""
+    if D != UNROLLED_FEATURES or feat.shape[0] < 4:
+        return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    if feat.shape[0] < 7:  # 3DGS: RGB + depth
+        return feat[0], feat[1], feat[2], feat[3], 0.0, 0.0, 0.0
+    return feat[0], feat[1], feat[2], feat[3], feat[4], feat[5], feat[6]
+
+
 @njit(cache=True)
 def block_share(n, worker, n_workers):
     """[start, stop) of ``worker``'s contiguous share of n items."""
@@ -814,7 +825,7 @@ def rasterize_3dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             if smax < 0 or not positive_definite(a, b, c):
                 continue
             feat = g[N_GEOM_3D:]
-            f0, f1, f2, f3 = feat[0], feat[min(1, D - 1)], feat[min(2, D - 1)], feat[min(3, D - 1)]
+            f0, f1, f2, f3, _, _, _ = unrolled_features(feat, D)
             ha = 0.5 * a
             q = math.exp(-a)  # the ratio E(x + 1) / E(x) shrinks by this factor per pixel
             ylo, yhi = ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile)
@@ -908,7 +919,7 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                 continue
             grad[:] = 0.0
             feat = g[N_GEOM_3D:]
-            f0, f1, f2, f3 = feat[0], feat[min(1, D - 1)], feat[min(2, D - 1)], feat[min(3, D - 1)]
+            f0, f1, f2, f3, _, _, _ = unrolled_features(feat, D)
             v_f0 = v_f1 = v_f2 = v_f3 = 0.0  # dL/dfeatures in registers on the unrolled path
             # geometry gradients in registers: dL/dsigma summed per row as sum v, sum v d, sum v d^2 (d = dx),
             # then chained through sigma = 0.5 a d^2 + b d dy + 0.5 c dy^2 once per row
@@ -970,7 +981,7 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                 v_c += 0.5 * dy * dy * s0
             grad[0], grad[1], grad[2], grad[3], grad[4], grad[5] = v_mx, v_my, v_a, v_b, v_c, v_o
             if D == UNROLLED_FEATURES:
-                grad[N_GEOM_3D], grad[N_GEOM_3D + 1], grad[N_GEOM_3D + 2], grad[N_GEOM_3D + 3] = v_f0, v_f1, v_f2, v_f3
+                grad[N_GEOM_3D:N_GEOM_3D + 4] = v_f0, v_f1, v_f2, v_f3
             for f in range(N_GEOM_3D + D):
                 per_isect[j, f] = grad[f]
 
@@ -1092,7 +1103,7 @@ def rasterize_2dgs_fwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
             if smax < 0:
                 continue
             feat = g[N_GEOM_2D:]  # D features, then 3 normals
-            f0, f1, f2, f3, f4, f5, f6 = feat[0], feat[min(1, D + 2)], feat[min(2, D + 2)], feat[min(3, D + 2)], feat[min(4, D + 2)], feat[min(5, D + 2)], feat[min(6, D + 2)]
+            f0, f1, f2, f3, f4, f5, f6 = unrolled_features(feat, D)
             ylo, yhi = surfel_rows(g, smax, y0, y1, full_tile)
             n_rows += yhi - ylo
             surfel_row_setup(g, smax, ylo, x0, x1, full_tile, planes, spans)
@@ -1225,7 +1236,7 @@ def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                 continue
             grad[:] = 0.0
             feat = g[N_GEOM_2D:]
-            f0, f1, f2, f3, f4, f5, f6 = feat[0], feat[min(1, D + 2)], feat[min(2, D + 2)], feat[min(3, D + 2)], feat[min(4, D + 2)], feat[min(5, D + 2)], feat[min(6, D + 2)]
+            f0, f1, f2, f3, f4, f5, f6 = unrolled_features(feat, D)
             v_f0 = v_f1 = v_f2 = v_f3 = v_f4 = v_f5 = v_f6 = 0.0  # dL/dfeatures, normals on the unrolled path
             ylo, yhi = surfel_rows(g, smax, y0, y1, full_tile)
             surfel_row_setup(g, smax, ylo, x0, x1, full_tile, planes, spans)
