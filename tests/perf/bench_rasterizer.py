@@ -58,84 +58,78 @@ vector set-up's extra row slots (all 16 of a tile's rows, of which a Gaussian re
 counted. The definition is the one the issue set (flops counted from the kernels over measured peak
 throughput); ``x cpu`` only measures it in CPU seconds.
 
-Results (2026-12-01 05:14 UTC, from the repository root, on the 2-core Zen 4 VM; the code with the row set-up
-vectorized, cpu_kernels.ellipse_row_setup / surfel_row_setup):
+Results (2026-12-01 07:09 UTC, from the repository root, on the 2-core Zen 4 VM; the code with the row set-up
+vectorized, RGB + depth composited in straight-line code (cpu_kernels.UNROLLED_FEATURES), 2DGS surface normals
+from cached camera rays (surface_normals) and freed memory retained (memory.retain_freed_memory)):
 
     OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python tests/perf/bench_rasterizer.py --threads 2 --repeats 5
 
-gfbench is 25-156x faster than the reference wherever the reference ran (3DGS 29-156x, 2DGS 25-125x); it was
-skipped where it would not fit in memory (see below). Against the run's best dgemm rate (100 Gflop/s on 2
-threads, 51 per CPU second) gfbench is 10.1-29.6x from the bound for 3DGS and 12.3-25.8x for 2DGS in wall time
-(9.5-25.0x and 12.0-22.0x in CPU seconds): one point (3DGS 300k, 960x540) at 10x, none within. Peak memory
-gfbench adds: 20-653 MB (the reference 0.5-11.8 GB). Render-only time is 39-61% of forward + backward. This VM
-was busier than during the previous run (03:30: 3DGS 10.2-20.3x, 2DGS 17.8-36.1x; the first dgemm probe gave
-73 Gflop/s here against 80 there) and single points moved by up to +-60% between the two runs in both
-directions (3DGS 300k 256x160 0.115 -> 0.185 s, 960x540 0.664 -> 0.409 s), so the change of the code is
-measured side by side instead: in one process, kernels of the previous version against these on the same
-inputs at five points per kind (medians of 6), the 3DGS forward took 8-16% less and its backward 15-21% less;
-the 2DGS kernels, whose values did not change, 4-10% and 4-7% less. Whole calls, alternating processes of both
-versions (best of 5 each), over four points per kind: the sums of each side's best times moved by -13% (3DGS)
-and -6% (2DGS) over 6 rounds in two sittings (one sitting alone gave -2% and -5%, the other -13% and -13%).
+gfbench is 18-131x faster than the reference wherever the reference ran (3DGS 28-131x, 2DGS 18-65x); it was
+skipped where it would not fit in memory (see below). Against the run's best dgemm rate (95.6 Gflop/s on 2
+threads, 48 per CPU second) gfbench is 10.4-24.0x from the bound for 3DGS and 14.6-29.1x for 2DGS in wall time
+(8.9-20.3x and 13.6-22.6x in CPU seconds): no point within 10x. Peak memory gfbench adds: 20-681 MB (the
+reference 0.7-13.3 GB). Render-only time is 33-53% of forward + backward.
+
+Single points move by up to +-60% between runs on this VM (the first dgemm probe of this run gave 80 Gflop/s,
+a later one 96), so the changes of this version are measured side by side, in one process on the same inputs
+(medians of 6): the straight-line RGB + depth path made the 3DGS forward 8-20% faster and its backward 2-9%, the
+2DGS forward 3-12% and its backward 1-9%; the surface normals are 2x faster (forward + backward of two 960x540
+cameras: 124 -> 63 ms; one 256x144 camera on one thread: 6.4 -> 4.1 ms). Retaining freed memory does not show
+in these best-of-5 times (the best render is one that reused memory) but in the average render, which is what
+training sees: 300k Gaussians, mean of 12 renders after 3, 162 / 145 -> 125 / 120 ms at 256x160 and 225 / 218
+-> 201 / 197 ms at 512x320 (two sittings), no change at 100k or below.
+
+    2026-12-01 07:09 UTC; znver4, 8 float64 lanes per vector; 2 threads; gfbench first call (JIT compile, or load from numba's cache) 0.5 s; freed memory retained; machine float64 throughput (dgemm) 79.9 Gflop/s per wall second on 2 threads, 43.0 per CPU second
+    kind        N     size |  ref f+b  gfb f+b   ratio |  ref cpu  gfb cpu   ratio |  gfb fwd |  ref mem  gfb mem | max|dRGB|  max|dA|  max|dN| |   isects     rows     pairs   bound x bound  x cpu
+    ------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------
+    3dgs    20000  256x160 |    0.59s   0.021s   28.3x |    1.03s   0.031s   32.8x |   0.010s |    666MB     20MB |   2.9e-03  2.3e-03          |    39034   193730    737928     1ms   16.0x  13.0x
+    3dgs    20000  512x320 |    1.59s   0.046s   34.6x |    2.76s   0.073s   37.8x |   0.020s |   1227MB     54MB |   2.4e-03  2.3e-03          |    61492   450775   2406123     3ms   14.0x  11.9x
+    3dgs    20000  960x540 |    5.69s   0.090s   63.3x |    9.66s   0.153s   63.3x |   0.044s |   2566MB    133MB |   2.5e-03  2.5e-03          |   118162  1161230   7924558    10ms    9.3x   8.4x
+    3dgs   100000  256x160 |    4.61s   0.095s   48.3x |    8.33s   0.169s   49.3x |   0.045s |   3382MB     87MB |   2.1e-03  2.6e-05          |   193433   956202   2764195     5ms   17.8x  16.9x
+    3dgs   100000  512x320 |   11.30s   0.174s   64.8x |   20.39s   0.290s   70.3x |   0.080s |   5607MB    113MB |   1.6e-03  3.1e-04          |   305726  2228668  10407448    15ms   11.8x  10.4x
+    3dgs   100000  960x540 | ~    22s   0.386s    skip |            0.653s         |   0.168s | ~   13GB    222MB |                             |   584888  5629976  33460615    37ms   10.4x   8.9x
+    3dgs   300000  256x160 |   20.63s   0.157s  131.0x |   31.77s   0.265s  119.9x |   0.074s |   7322MB    275MB |   1.5e-03  1.1e-06          |   582620   952253   2826565     7ms   24.0x  20.3x
+    3dgs   300000  512x320 |   33.55s   0.262s  128.2x |   54.17s   0.434s  124.8x |   0.086s |  13267MB    309MB |   8.0e-04  1.3e-04          |   918920  2555735  11302750    16ms   16.0x  13.4x
+    3dgs   300000  960x540 | ~    24s   0.528s    skip |            1.005s         |   0.173s | ~   30GB    440MB |                             |  1760892  5908421  35764927    42ms   12.5x  12.0x
+    2dgs    20000  256x160 |    0.71s   0.038s   18.7x |    1.27s   0.056s   22.6x |   0.018s |    981MB     37MB |   1.8e-02  1.9e-02  2.8e-02 |    32383   142787    403585     1ms   29.1x  21.6x
+    2dgs    20000  512x320 |    1.25s   0.058s   21.4x |    2.33s   0.102s   22.8x |   0.031s |   1539MB     80MB |   3.3e-02  3.4e-02  5.8e-02 |    50614   313360   1110599     3ms   18.2x  16.1x
+    2dgs    20000  960x540 |    4.42s   0.216s   20.5x |    7.38s   0.349s   21.1x |   0.093s |   2883MB    254MB |   5.1e-03  5.3e-03  1.9e-02 |    93750   794211   3621211    10ms   22.4x  18.3x
+    2dgs   100000  256x160 |    4.67s   0.130s   35.9x |    8.26s   0.209s   39.6x |   0.054s |   5089MB    125MB |   3.8e-03  6.9e-04  9.1e-03 |   160333   701874   1959317     6ms   20.4x  16.5x
+    2dgs   100000  512x320 |   16.55s   0.256s   64.7x |   29.05s   0.438s   66.4x |   0.102s |   7415MB    179MB |   3.8e-03  3.7e-03  6.7e-03 |   250355  1533952   5435385    16ms   16.3x  14.1x
+    2dgs   100000  960x540 | ~    20s   0.709s    skip |            1.268s         |   0.283s | ~   15GB    318MB |                             |   462759  3866099  17689964    47ms   15.1x  13.6x
+    2dgs   300000  256x160 | ~    11s   0.309s    skip |            0.524s         |   0.135s | ~   14GB    362MB |                             |   484390  1626287   2827323    12ms   26.4x  22.6x
+    2dgs   300000  512x320 | ~    19s   0.733s    skip |            1.260s         |   0.301s | ~   22GB    448MB |                             |   756980  4544242  11244661    36ms   20.3x  17.6x
+    2dgs   300000  960x540 | ~    40s   1.478s    skip |            2.799s         |   0.616s | ~   42GB    681MB |                             |  1401141 10462787  35551705   101ms   14.6x  13.9x
+    peak float64 throughput (dgemm) over the run: 95.6 Gflop/s per wall second on 2 threads, 48.2 per CPU second; against it:
+    3dgs    20000  256x160  bound   1.1 ms  x bound  19.1  x cpu  14.6
+    3dgs    20000  512x320  bound   2.9 ms  x bound  16.1  x cpu  12.9
+    3dgs    20000  960x540  bound   8.5 ms  x bound  10.6  x cpu   9.1
+    3dgs   100000  256x160  bound   4.7 ms  x bound  20.3  x cpu  18.2
+    3dgs   100000  512x320  bound  13.0 ms  x bound  13.4  x cpu  11.3
+    3dgs   100000  960x540  bound  37.2 ms  x bound  10.4  x cpu   8.9
+    3dgs   300000  256x160  bound   6.6 ms  x bound  24.0  x cpu  20.3
+    3dgs   300000  512x320  bound  16.4 ms  x bound  16.0  x cpu  13.4
+    3dgs   300000  960x540  bound  42.3 ms  x bound  12.5  x cpu  12.0
+    2dgs    20000  256x160  bound   1.3 ms  x bound  29.1  x cpu  21.6
+    2dgs    20000  512x320  bound   3.2 ms  x bound  18.2  x cpu  16.1
+    2dgs    20000  960x540  bound   9.6 ms  x bound  22.4  x cpu  18.3
+    2dgs   100000  256x160  bound   6.4 ms  x bound  20.4  x cpu  16.5
+    2dgs   100000  512x320  bound  15.7 ms  x bound  16.3  x cpu  14.1
+    2dgs   100000  960x540  bound  47.0 ms  x bound  15.1  x cpu  13.6
+    2dgs   300000  256x160  bound  11.7 ms  x bound  26.4  x cpu  22.6
+    2dgs   300000  512x320  bound  36.2 ms  x bound  20.3  x cpu  17.6
+    2dgs   300000  960x540  bound 101.4 ms  x bound  14.6  x cpu  13.9
+
+Earlier runs on this VM: the previous version (05:14 and 05:30 UTC, best dgemm 100 and 94 Gflop/s) measured
+3DGS 10.1-29.6x and 8.5-23.4x, 2DGS 12.3-25.8x and 14.2-35.0x; the one before (03:30) 3DGS 10.2-20.3x and 2DGS
+17.8-36.1x. On the AVX2 machine of an earlier version (dgemm 33-35 Gflop/s on 2 threads) the same grid measured
+8.2-16.3x (3DGS) and 10.7-21.7x (2DGS): the dgemm rate there was a third of this machine's while the scalar
+kernels ran only about 1.5x slower, so the same code lands 2x farther from the bound here.
 
 With ``--torch-threads 1`` (PyTorch on one thread, the kernels on two, as gfbench trains on the CPU) one
 forward + backward took, in one process alternating both settings (medians of 12): 3DGS 5k at 256x144 (the
 synthetic scenes' size) -16%, 20k at 256x160 -9%, 100k at 512x320 0%; 2DGS 5k -11%, 20k -3%, 20k at 960x540
 +6%.
-
-    2026-12-01 05:14 UTC; znver4, 8 float64 lanes per vector; 2 threads; gfbench first call (JIT compile, or load from numba's cache) 0.6 s; machine float64 throughput (dgemm) 73.3 Gflop/s per wall second on 2 threads, 39.0 per CPU second
-    kind        N     size |  ref f+b  gfb f+b   ratio |  ref cpu  gfb cpu   ratio |  gfb fwd |  ref mem  gfb mem | max|dRGB|  max|dA|  max|dN| |   isects     rows     pairs   bound x bound  x cpu
-    ------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------
-    3dgs    20000  256x160 |    0.85s   0.030s   28.6x |    1.43s   0.047s   30.5x |   0.012s |    479MB     20MB |   2.9e-03  2.3e-03          |    39034   193730    737928     1ms   20.9x  17.5x
-    3dgs    20000  512x320 |    1.83s   0.051s   35.9x |    3.11s   0.089s   35.0x |   0.021s |    855MB     50MB |   2.4e-03  2.3e-03          |    61492   450775   2406123     3ms   15.0x  13.2x
-    3dgs    20000  960x540 |    7.28s   0.134s   54.2x |   11.48s   0.242s   47.4x |   0.055s |   1854MB    157MB |   2.5e-03  2.5e-03          |   118162  1161230   7924558    10ms   13.3x  12.1x
-    3dgs   100000  256x160 |    6.23s   0.100s   62.2x |    9.45s   0.181s   52.3x |   0.050s |   2413MB     96MB |   2.1e-03  2.6e-05          |   193433   956202   2764195     6ms   18.0x  16.4x
-    3dgs   100000  512x320 |   16.28s   0.214s   76.2x |   24.98s   0.410s   61.0x |   0.083s |   3710MB    111MB |   1.6e-03  3.1e-04          |   305726  2228668  10407448    15ms   13.8x  13.4x
-    3dgs   100000  960x540 |   47.02s   0.500s   94.0x |   70.34s   0.903s   77.9x |   0.215s |   8766MB    203MB |   1.9e-03  2.0e-04          |   584888  5629976  33460615    44ms   11.3x  11.2x
-    3dgs   300000  256x160 |   19.75s   0.185s  106.7x |   29.49s   0.308s   95.7x |   0.084s |   6963MB    256MB |   1.5e-03  1.1e-06          |   582620   952253   2826565     8ms   24.4x  21.7x
-    3dgs   300000  512x320 |   42.77s   0.274s  156.0x |   64.95s   0.496s  131.0x |   0.133s |  11179MB    299MB |   8.0e-04  1.3e-04          |   918920  2555735  11302750    19ms   14.5x  14.5x
-    3dgs   300000  960x540 | ~    27s   0.409s    skip |            0.755s         |   0.185s | ~   23GB    449MB |                             |  1760892  5908421  35764927    49ms    8.4x   8.5x
-    2dgs    20000  256x160 |    0.90s   0.030s   30.2x |    1.60s   0.048s   33.6x |   0.013s |    958MB     36MB |   1.8e-02  1.9e-02  2.8e-02 |    32383   142787    403585     1ms   23.9x  19.3x
-    2dgs    20000  512x320 |    1.61s   0.062s   25.9x |    2.90s   0.110s   26.3x |   0.038s |   1246MB     81MB |   3.3e-02  3.4e-02  5.8e-02 |    50614   313360   1110599     3ms   20.4x  18.3x
-    2dgs    20000  960x540 |    5.77s   0.227s   25.4x |    9.47s   0.370s   25.6x |   0.110s |   2334MB    222MB |   5.1e-03  5.3e-03  1.9e-02 |    93750   794211   3621211     9ms   24.8x  20.5x
-    2dgs   100000  256x160 |    9.41s   0.128s   73.4x |   15.00s   0.205s   73.1x |   0.056s |   3951MB    123MB |   3.8e-03  6.9e-04  9.1e-03 |   160333   701874   1959317     6ms   21.0x  17.1x
-    2dgs   100000  512x320 |   17.28s   0.287s   60.2x |   27.18s   0.470s   57.8x |   0.129s |   6124MB    198MB |   3.8e-03  3.7e-03  6.7e-03 |   250355  1533952   5435385    15ms   19.2x  16.0x
-    2dgs   100000  960x540 | ~    26s   0.552s    skip |            1.058s         |   0.216s | ~   13GB    346MB |                             |   462759  3866099  17689964    45ms   12.3x  12.0x
-    2dgs   300000  256x160 |   35.93s   0.287s  125.1x |   59.55s   0.482s  123.6x |   0.120s |  11762MB    353MB |   1.8e-03  4.9e-05  3.8e-03 |   484390  1626287   2827323    11ms   25.8x  22.0x
-    2dgs   300000  512x320 | ~    24s   0.476s    skip |            0.888s         |   0.194s | ~   18GB    417MB |                             |   756980  4544242  11244661    34ms   13.8x  13.1x
-    2dgs   300000  960x540 | ~    52s   1.553s    skip |            2.915s         |   0.664s | ~   34GB    653MB |                             |  1401141 10462787  35551705    97ms   16.1x  15.3x
-    peak float64 throughput (dgemm) over the run: 100.4 Gflop/s per wall second on 2 threads, 50.9 per CPU second; against it:
-    3dgs    20000  256x160  bound   1.0 ms  x bound  28.6  x cpu  22.9
-    3dgs    20000  512x320  bound   2.7 ms  x bound  18.7  x cpu  16.6
-    3dgs    20000  960x540  bound   8.1 ms  x bound  16.6  x cpu  15.2
-    3dgs   100000  256x160  bound   4.5 ms  x bound  22.5  x cpu  20.6
-    3dgs   100000  512x320  bound  12.4 ms  x bound  17.3  x cpu  16.8
-    3dgs   100000  960x540  bound  35.4 ms  x bound  14.1  x cpu  12.9
-    3dgs   300000  256x160  bound   6.3 ms  x bound  29.6  x cpu  25.0
-    3dgs   300000  512x320  bound  15.6 ms  x bound  17.6  x cpu  16.2
-    3dgs   300000  960x540  bound  40.3 ms  x bound  10.1  x cpu   9.5
-    2dgs    20000  256x160  bound   1.2 ms  x bound  23.9  x cpu  19.3
-    2dgs    20000  512x320  bound   3.0 ms  x bound  20.4  x cpu  18.3
-    2dgs    20000  960x540  bound   9.2 ms  x bound  24.8  x cpu  20.5
-    2dgs   100000  256x160  bound   6.1 ms  x bound  21.0  x cpu  17.1
-    2dgs   100000  512x320  bound  14.9 ms  x bound  19.2  x cpu  16.0
-    2dgs   100000  960x540  bound  44.7 ms  x bound  12.3  x cpu  12.0
-    2dgs   300000  256x160  bound  11.1 ms  x bound  25.8  x cpu  22.0
-    2dgs   300000  512x320  bound  34.5 ms  x bound  13.8  x cpu  13.1
-    2dgs   300000  960x540  bound  96.5 ms  x bound  16.1  x cpu  15.3
-
-A second run of this version right after (05:30 UTC, best dgemm 94.0 Gflop/s): 23-148x faster than the
-reference; from the bound 3DGS 8.5-23.4x and 2DGS 14.2-35.0x in wall time (7.8-18.0x and 12.3-27.0x in CPU
-seconds), 3DGS 100k at 960x540 within 10x (8.5x); single points moved against the first run by up to 57% either
-way (3DGS 100k 960x540 0.500 -> 0.322 s, 300k 960x540 0.409 -> 0.618 s, 2DGS 20k 256x160 0.030 -> 0.047 s).
-
-The previous version's grid on this VM (03:30 UTC, quieter: best dgemm 98.9 Gflop/s): 24-170x faster than the
-reference; from the bound 3DGS 10.2-20.3x and 2DGS 17.8-36.1x in wall time (9.8-17.0x and 15.0-26.3x in CPU
-seconds); gfbench memory 20-661 MB.
-
-On the AVX2 machine of the previous version (2026-12-01 01:00, dgemm 33-35 Gflop/s on 2 threads) the same
-grid measured 8.2-16.3x (3DGS) and 10.7-21.7x (2DGS) from its bound with that version's code: the dgemm
-rate there was a third of this machine's while the scalar kernels ran only about 1.5x slower, so the same
-code lands 2x farther from the bound here.
 
 The reference's cost grows with the pairs it materializes (it needed 11 GB at 300k Gaussians, 512x320):
 it is skipped where its time or memory, predicted from the points already run, would exceed
