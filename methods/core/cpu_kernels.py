@@ -376,39 +376,32 @@ def reduce_per_gaussian(per_isect, rank_offsets, slot_of, out, worker, n_workers
 MAX_EXTENT_SIGMAS = 3.33  # gsplat's bounding-box half-size in standard deviations
 
 
-@njit(**KERNEL_OPTIONS)
-def _rotmat(q, R):
-    """Fill R [3, 3] from a wxyz quaternion; returns the normalised quaternion and the norm."""
-    norm = math.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
-    inv = 1.0 / max(norm, 1e-12)  # F.normalize's eps
-    w, x, y, z = q[0] * inv, q[1] * inv, q[2] * inv, q[3] * inv
-    R[0, 0] = 1 - 2 * (y * y + z * z)
-    R[0, 1] = 2 * (x * y - w * z)
-    R[0, 2] = 2 * (x * z + w * y)
-    R[1, 0] = 2 * (x * y + w * z)
-    R[1, 1] = 1 - 2 * (x * x + z * z)
-    R[1, 2] = 2 * (y * z - w * x)
-    R[2, 0] = 2 * (x * z - w * y)
-    R[2, 1] = 2 * (y * z + w * x)
-    R[2, 2] = 1 - 2 * (x * x + y * y)
-    return w, x, y, z, max(norm, 1e-12)
+@njit(**KERNEL_OPTIONS, inline="always")
+def quaternion_rotation(quats, n):
+    """The normalised wxyz quaternion of row n (w, x, y, z), its norm (at least F.normalize's eps 1e-12) and
+    its rotation matrix, row by row (r00, r01, ..., r22): all scalars, so that the kernels keep them in
+    registers (in small scratch matrices the projections ran 1.5-2x slower)."""
+    q0, q1, q2, q3 = quats[n, 0], quats[n, 1], quats[n, 2], quats[n, 3]
+    norm = max(math.sqrt(q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3), 1e-12)
+    inv = 1.0 / norm
+    w, x, y, z = q0 * inv, q1 * inv, q2 * inv, q3 * inv
+    return (
+        w, x, y, z, norm,
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    )
 
 
-@njit(**KERNEL_OPTIONS)
-def _quat_grad(G, w, x, y, z, norm, out):
-    """dL/dq [4] from dL/dR = G [3, 3], through the normalisation q / |q|."""
-    gw = 2 * (-z * G[0, 1] + y * G[0, 2] + z * G[1, 0] - x * G[1, 2] - y * G[2, 0] + x * G[2, 1])
-    gx = 2 * (y * G[0, 1] + z * G[0, 2] + y * G[1, 0] - 2 * x * G[1, 1] - w * G[1, 2] + z * G[2, 0]
-              + w * G[2, 1] - 2 * x * G[2, 2])
-    gy = 2 * (-2 * y * G[0, 0] + x * G[0, 1] + w * G[0, 2] + x * G[1, 0] + z * G[1, 2] - w * G[2, 0]
-              + z * G[2, 1] - 2 * y * G[2, 2])
-    gz = 2 * (-2 * z * G[0, 0] - w * G[0, 1] + x * G[0, 2] + w * G[1, 0] - 2 * z * G[1, 1] + y * G[1, 2]
-              + x * G[2, 0] + y * G[2, 1])
+@njit(**KERNEL_OPTIONS, inline="always")
+def quaternion_grad(g00, g01, g02, g10, g11, g12, g20, g21, g22, w, x, y, z, norm):
+    """dL/dq (4 values) from dL/dR = G, through the normalisation q / |q| (w, x, y, z normalised)."""
+    gw = 2 * (-z * g01 + y * g02 + z * g10 - x * g12 - y * g20 + x * g21)
+    gx = 2 * (y * g01 + z * g02 + y * g10 - 2 * x * g11 - w * g12 + z * g20 + w * g21 - 2 * x * g22)
+    gy = 2 * (-2 * y * g00 + x * g01 + w * g02 + x * g10 + z * g12 - w * g20 + z * g21 - 2 * y * g22)
+    gz = 2 * (-2 * z * g00 - w * g01 + x * g02 + w * g10 - 2 * z * g11 + y * g12 + x * g20 + y * g21)
     dot = w * gw + x * gx + y * gy + z * gz
-    out[0] += (gw - w * dot) / norm
-    out[1] += (gx - x * dot) / norm
-    out[2] += (gy - y * dot) / norm
-    out[3] += (gz - z * dot) / norm
+    return (gw - w * dot) / norm, (gx - x * dot) / norm, (gy - y * dot) / norm, (gz - z * dot) / norm
 
 
 @njit(**KERNEL_OPTIONS)
@@ -458,13 +451,8 @@ def project_3dgs_fwd(means, quats, scales, opacities, viewmats, Ks, width, heigh
         y = V[1, 0] * m0 + V[1, 1] * m1 + V[1, 2] * m2 + V[1, 3]
         z = V[2, 0] * m0 + V[2, 1] * m1 + V[2, 2] * m2 + V[2, 3]
         o = opacities[n]
-        # R(q) as _rotmat, the camera-space covariance Sc = A A^T with A = R_cw R S
-        q0, q1, q2, q3 = quats[n, 0], quats[n, 1], quats[n, 2], quats[n, 3]
-        inv = 1.0 / max(math.sqrt(q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3), 1e-12)
-        w, qx, qy, qz = q0 * inv, q1 * inv, q2 * inv, q3 * inv
-        r00, r01, r02 = 1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - w * qz), 2 * (qx * qz + w * qy)
-        r10, r11, r12 = 2 * (qx * qy + w * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - w * qx)
-        r20, r21, r22 = 2 * (qx * qz - w * qy), 2 * (qy * qz + w * qx), 1 - 2 * (qx * qx + qy * qy)
+        # the camera-space covariance Sc = A A^T with A = R_cw R(q) S
+        _, _, _, _, _, r00, r01, r02, r10, r11, r12, r20, r21, r22 = quaternion_rotation(quats, n)
         s0, s1, s2 = scales[n, 0], scales[n, 1], scales[n, 2]
         a00 = (V[0, 0] * r00 + V[0, 1] * r10 + V[0, 2] * r20) * s0
         a01 = (V[0, 0] * r01 + V[0, 1] * r11 + V[0, 2] * r21) * s1
@@ -522,14 +510,8 @@ def project_3dgs_bwd(means, quats, scales, viewmats, Ks, width, height, eps2d, r
             x = V[0, 0] * means[n, 0] + V[0, 1] * means[n, 1] + V[0, 2] * means[n, 2] + V[0, 3]
             y = V[1, 0] * means[n, 0] + V[1, 1] * means[n, 1] + V[1, 2] * means[n, 2] + V[1, 3]
             z = V[2, 0] * means[n, 0] + V[2, 1] * means[n, 1] + V[2, 2] * means[n, 2] + V[2, 3]
-            # R(q) as _rotmat, the camera-space covariance Sc = A A^T with A = R_cw R S
-            q0, q1, q2, q3 = quats[n, 0], quats[n, 1], quats[n, 2], quats[n, 3]
-            norm = max(math.sqrt(q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3), 1e-12)
-            inv = 1.0 / norm  # F.normalize's eps, as _rotmat
-            w, qx, qy, qz = q0 * inv, q1 * inv, q2 * inv, q3 * inv
-            r00, r01, r02 = 1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - w * qz), 2 * (qx * qz + w * qy)
-            r10, r11, r12 = 2 * (qx * qy + w * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - w * qx)
-            r20, r21, r22 = 2 * (qx * qz - w * qy), 2 * (qy * qz + w * qx), 1 - 2 * (qx * qx + qy * qy)
+            # the camera-space covariance Sc = A A^T with A = R_cw R(q) S
+            w, qx, qy, qz, norm, r00, r01, r02, r10, r11, r12, r20, r21, r22 = quaternion_rotation(quats, n)
             s0, s1, s2 = scales[n, 0], scales[n, 1], scales[n, 2]
             a00 = (V[0, 0] * r00 + V[0, 1] * r10 + V[0, 2] * r20) * s0
             a01 = (V[0, 0] * r01 + V[0, 1] * r11 + V[0, 2] * r21) * s1
@@ -642,7 +624,7 @@ def project_3dgs_bwd(means, quats, scales, viewmats, Ks, width, height, eps2d, r
             v_scales[n, 1] += drs21 * r21
             drs22 = V[0, 2] * da02 + V[1, 2] * da12 + V[2, 2] * da22
             v_scales[n, 2] += drs22 * r22
-            # dL/dR = dL/d(R S) S, then through the normalisation q / |q| (as _quat_grad)
+            # dL/dR = dL/d(R S) S, then dL/dq
             gr00 = drs00 * s0
             gr01 = drs01 * s1
             gr02 = drs02 * s2
@@ -652,18 +634,12 @@ def project_3dgs_bwd(means, quats, scales, viewmats, Ks, width, height, eps2d, r
             gr20 = drs20 * s0
             gr21 = drs21 * s1
             gr22 = drs22 * s2
-            gw = 2 * (-qz * gr01 + qy * gr02 + qz * gr10 - qx * gr12 - qy * gr20 + qx * gr21)
-            gx = 2 * (qy * gr01 + qz * gr02 + qy * gr10 - 2 * qx * gr11 - w * gr12 + qz * gr20
-                      + w * gr21 - 2 * qx * gr22)
-            gy = 2 * (-2 * qy * gr00 + qx * gr01 + w * gr02 + qx * gr10 + qz * gr12 - w * gr20
-                      + qz * gr21 - 2 * qy * gr22)
-            gz = 2 * (-2 * qz * gr00 - w * gr01 + qx * gr02 + w * gr10 - 2 * qz * gr11 + qy * gr12
-                      + qx * gr20 + qy * gr21)
-            dot = w * gw + qx * gx + qy * gy + qz * gz
-            v_quats[n, 0] += (gw - w * dot) / norm
-            v_quats[n, 1] += (gx - qx * dot) / norm
-            v_quats[n, 2] += (gy - qy * dot) / norm
-            v_quats[n, 3] += (gz - qz * dot) / norm
+            vq0, vq1, vq2, vq3 = quaternion_grad(gr00, gr01, gr02, gr10, gr11, gr12, gr20, gr21, gr22,
+                                                 w, qx, qy, qz, norm)
+            v_quats[n, 0] += vq0
+            v_quats[n, 1] += vq1
+            v_quats[n, 2] += vq2
+            v_quats[n, 3] += vq3
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -671,118 +647,171 @@ def project_3dgs_bwd(means, quats, scales, viewmats, Ks, width, height, eps2d, r
 # ----------------------------------------------------------------------------------------------------
 
 
-@njit(**KERNEL_OPTIONS)
-def _surfel_transform(mean, q, s, V, K, R, Rc, H):
-    """Fill Rc = R_cw R(q) and H = K [s_u t_u, s_v t_v, mu_c]; returns (quaternion, norm, camera centre)."""
-    w, x, y, z, norm = _rotmat(q, R)
-    for i in range(3):
-        for j in range(3):
-            Rc[i, j] = V[i, 0] * R[0, j] + V[i, 1] * R[1, j] + V[i, 2] * R[2, j]
-    mc0 = V[0, 0] * mean[0] + V[0, 1] * mean[1] + V[0, 2] * mean[2] + V[0, 3]
-    mc1 = V[1, 0] * mean[0] + V[1, 1] * mean[1] + V[1, 2] * mean[2] + V[1, 3]
-    mc2 = V[2, 0] * mean[0] + V[2, 1] * mean[1] + V[2, 2] * mean[2] + V[2, 3]
-    for i in range(3):
-        for j in range(3):
-            if j == 2:
-                col = K[i, 0] * mc0 + K[i, 1] * mc1 + K[i, 2] * mc2
-            else:
-                col = (K[i, 0] * Rc[0, j] + K[i, 1] * Rc[1, j] + K[i, 2] * Rc[2, j]) * s[j]
-            H[i, j] = col
-    return w, x, y, z, norm, mc0, mc1, mc2
-
-
 @njit(nogil=True, **KERNEL_OPTIONS)
 def project_2dgs_fwd(means, quats, scales, viewmats, Ks, width, height, near, far, radius_clip,
                      means2d, transforms, depths, normals, radii, worker, n_workers):
     """Fill means2d [C, N, 2], ray_transforms [C, N, 3, 3], depths [C, N], normals [C, N, 3] and radii
-    [C, N, 2] int32 (all zeroed; they stay 0 where culled)."""
+    [C, N, 2] int32 (any contents: culled pairs get zeros). As :func:`project_3dgs_fwd`: branch-free, every
+    intermediate a scalar: 1.7x faster than early exits with scratch matrices, the same values to the bit."""
     C, N = viewmats.shape[0], means.shape[0]
     start, stop = block_share(C * N, worker, n_workers)
     if start >= stop:
         return
-    R, Rc, H = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))  # scratch
     c, n = start // N, start % N - 1
+    V, K = viewmats[c], Ks[c]
     for _ in range(start, stop):
         n += 1  # (c, n) walks the share without two integer divisions per surfel
         if n == N:
             c, n = c + 1, 0
-        _, _, _, _, _, mc0, mc1, mc2 = _surfel_transform(means[n], quats[n], scales[n], viewmats[c], Ks[c],
-                                                         R, Rc, H)
+            V, K = viewmats[c], Ks[c]
+        # Rc = R_cw R(q); H = K [s_u t_u, s_v t_v, mu_c]
+        w, qx, qy, qz, norm, r00, r01, r02, r10, r11, r12, r20, r21, r22 = quaternion_rotation(quats, n)
+        s0, s1 = scales[n, 0], scales[n, 1]
+        rc00 = V[0, 0] * r00 + V[0, 1] * r10 + V[0, 2] * r20
+        rc01 = V[0, 0] * r01 + V[0, 1] * r11 + V[0, 2] * r21
+        rc02 = V[0, 0] * r02 + V[0, 1] * r12 + V[0, 2] * r22
+        rc10 = V[1, 0] * r00 + V[1, 1] * r10 + V[1, 2] * r20
+        rc11 = V[1, 0] * r01 + V[1, 1] * r11 + V[1, 2] * r21
+        rc12 = V[1, 0] * r02 + V[1, 1] * r12 + V[1, 2] * r22
+        rc20 = V[2, 0] * r00 + V[2, 1] * r10 + V[2, 2] * r20
+        rc21 = V[2, 0] * r01 + V[2, 1] * r11 + V[2, 2] * r21
+        rc22 = V[2, 0] * r02 + V[2, 1] * r12 + V[2, 2] * r22
+        m0, m1, m2 = means[n, 0], means[n, 1], means[n, 2]
+        mc0 = V[0, 0] * m0 + V[0, 1] * m1 + V[0, 2] * m2 + V[0, 3]
+        mc1 = V[1, 0] * m0 + V[1, 1] * m1 + V[1, 2] * m2 + V[1, 3]
+        mc2 = V[2, 0] * m0 + V[2, 1] * m1 + V[2, 2] * m2 + V[2, 3]
+        h00 = (K[0, 0] * rc00 + K[0, 1] * rc10 + K[0, 2] * rc20) * s0
+        h01 = (K[0, 0] * rc01 + K[0, 1] * rc11 + K[0, 2] * rc21) * s1
+        h02 = K[0, 0] * mc0 + K[0, 1] * mc1 + K[0, 2] * mc2
+        h10 = (K[1, 0] * rc00 + K[1, 1] * rc10 + K[1, 2] * rc20) * s0
+        h11 = (K[1, 0] * rc01 + K[1, 1] * rc11 + K[1, 2] * rc21) * s1
+        h12 = K[1, 0] * mc0 + K[1, 1] * mc1 + K[1, 2] * mc2
+        h20 = (K[2, 0] * rc00 + K[2, 1] * rc10 + K[2, 2] * rc20) * s0
+        h21 = (K[2, 0] * rc01 + K[2, 1] * rc11 + K[2, 2] * rc21) * s1
+        h22 = K[2, 0] * mc0 + K[2, 1] * mc1 + K[2, 2] * mc2
         # bounding box of the 1-sigma ellipse in closed form, with signs (1, 1, -1)
-        dist = H[2, 0] * H[2, 0] + H[2, 1] * H[2, 1] - H[2, 2] * H[2, 2]
-        if dist == 0:
-            continue
-        mx = (H[0, 0] * H[2, 0] + H[0, 1] * H[2, 1] - H[0, 2] * H[2, 2]) / dist
-        my = (H[1, 0] * H[2, 0] + H[1, 1] * H[2, 1] - H[1, 2] * H[2, 2]) / dist
-        sx = (H[0, 0] * H[0, 0] + H[0, 1] * H[0, 1] - H[0, 2] * H[0, 2]) / dist
-        sy = (H[1, 0] * H[1, 0] + H[1, 1] * H[1, 1] - H[1, 2] * H[1, 2]) / dist
+        dist = h20 * h20 + h21 * h21 - h22 * h22
+        mx = (h00 * h20 + h01 * h21 - h02 * h22) / dist
+        my = (h10 * h20 + h11 * h21 - h12 * h22) / dist
+        sx = (h00 * h00 + h01 * h01 - h02 * h02) / dist
+        sy = (h10 * h10 + h11 * h11 - h12 * h12) / dist
         rx = math.ceil(MAX_EXTENT_SIGMAS * math.sqrt(max(mx * mx - sx, 1e-4)))
         ry = math.ceil(MAX_EXTENT_SIGMAS * math.sqrt(max(my * my - sy, 1e-4)))
-        if not (mc2 > near and mc2 < far):
-            continue
-        if not (rx > radius_clip or ry > radius_clip):
-            continue
-        if not _inside_image(mx, my, rx, ry, width, height):
-            continue
-        facing = -(Rc[0, 2] * mc0 + Rc[1, 2] * mc1 + Rc[2, 2] * mc2) > 0
-        sign = 1.0 if facing else -1.0
-        means2d[c, n, 0], means2d[c, n, 1] = mx, my
-        for i in range(3):
-            normals[c, n, i] = sign * Rc[i, 2]
-            for j in range(3):
-                transforms[c, n, i, j] = H[i, j]
-        depths[c, n] = mc2
-        radii[c, n, 0], radii[c, n, 1] = int(rx), int(ry)
+        keep = (dist != 0 and mc2 > near and mc2 < far and (rx > radius_clip or ry > radius_clip)
+                and _inside_image(mx, my, rx, ry, width, height))
+        sign = 1.0 if -(rc02 * mc0 + rc12 * mc1 + rc22 * mc2) > 0 else -1.0  # facing the camera
+        if not keep:
+            sign = 0.0
+        means2d[c, n, 0], means2d[c, n, 1] = (mx, my) if keep else (0.0, 0.0)
+        normals[c, n, 0], normals[c, n, 1], normals[c, n, 2] = sign * rc02, sign * rc12, sign * rc22
+        t = transforms[c, n]
+        t[0, 0], t[0, 1], t[0, 2] = (h00, h01, h02) if keep else (0.0, 0.0, 0.0)
+        t[1, 0], t[1, 1], t[1, 2] = (h10, h11, h12) if keep else (0.0, 0.0, 0.0)
+        t[2, 0], t[2, 1], t[2, 2] = (h20, h21, h22) if keep else (0.0, 0.0, 0.0)
+        depths[c, n] = mc2 if keep else 0.0
+        radii[c, n, 0], radii[c, n, 1] = (int(rx), int(ry)) if keep else (0, 0)
 
 
 @njit(nogil=True, **KERNEL_OPTIONS)
 def project_2dgs_bwd(means, quats, scales, viewmats, Ks, radii, v_means2d, v_transforms, v_depths,
                      v_normals, v_means, v_quats, v_scales, worker, n_workers):
     """Add dL/dmeans [N, 3], dL/dquats [N, 4], dL/dscales [N, 3] (the third scale gets none) to the
-    zeroed ``v_means``, ``v_quats``, ``v_scales``."""
+    zeroed ``v_means``, ``v_quats``, ``v_scales``. Every intermediate a scalar, as :func:`project_3dgs_bwd`
+    (1.8x faster than with scratch matrices, the same values to the bit)."""
     C, N = viewmats.shape[0], means.shape[0]
     start, stop = block_share(N, worker, n_workers)
-    R, Rc, H, vH = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))  # scratch
-    vWH, vRc, G = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))
     for n in range(start, stop):
         for c in range(C):
             if radii[c, n, 0] <= 0 or radii[c, n, 1] <= 0:
                 continue
             V, K = viewmats[c], Ks[c]
-            w, x, y, z, norm, mc0, mc1, mc2 = _surfel_transform(means[n], quats[n], scales[n], V, K, R, Rc, H)
-            for i in range(3):
-                for j in range(3):
-                    vH[i, j] = v_transforms[c, n, i, j]
+            # Rc = R_cw R(q); H = K [s_u t_u, s_v t_v, mu_c]
+            w, qx, qy, qz, norm, r00, r01, r02, r10, r11, r12, r20, r21, r22 = quaternion_rotation(quats, n)
+            s0, s1 = scales[n, 0], scales[n, 1]
+            rc00 = V[0, 0] * r00 + V[0, 1] * r10 + V[0, 2] * r20
+            rc01 = V[0, 0] * r01 + V[0, 1] * r11 + V[0, 2] * r21
+            rc02 = V[0, 0] * r02 + V[0, 1] * r12 + V[0, 2] * r22
+            rc10 = V[1, 0] * r00 + V[1, 1] * r10 + V[1, 2] * r20
+            rc11 = V[1, 0] * r01 + V[1, 1] * r11 + V[1, 2] * r21
+            rc12 = V[1, 0] * r02 + V[1, 1] * r12 + V[1, 2] * r22
+            rc20 = V[2, 0] * r00 + V[2, 1] * r10 + V[2, 2] * r20
+            rc21 = V[2, 0] * r01 + V[2, 1] * r11 + V[2, 2] * r21
+            rc22 = V[2, 0] * r02 + V[2, 1] * r12 + V[2, 2] * r22
+            m0, m1, m2 = means[n, 0], means[n, 1], means[n, 2]
+            mc0 = V[0, 0] * m0 + V[0, 1] * m1 + V[0, 2] * m2 + V[0, 3]
+            mc1 = V[1, 0] * m0 + V[1, 1] * m1 + V[1, 2] * m2 + V[1, 3]
+            mc2 = V[2, 0] * m0 + V[2, 1] * m1 + V[2, 2] * m2 + V[2, 3]
+            h00 = (K[0, 0] * rc00 + K[0, 1] * rc10 + K[0, 2] * rc20) * s0
+            h01 = (K[0, 0] * rc01 + K[0, 1] * rc11 + K[0, 2] * rc21) * s1
+            h02 = K[0, 0] * mc0 + K[0, 1] * mc1 + K[0, 2] * mc2
+            h10 = (K[1, 0] * rc00 + K[1, 1] * rc10 + K[1, 2] * rc20) * s0
+            h11 = (K[1, 0] * rc01 + K[1, 1] * rc11 + K[1, 2] * rc21) * s1
+            h12 = K[1, 0] * mc0 + K[1, 1] * mc1 + K[1, 2] * mc2
+            h20 = (K[2, 0] * rc00 + K[2, 1] * rc10 + K[2, 2] * rc20) * s0
+            h21 = (K[2, 0] * rc01 + K[2, 1] * rc11 + K[2, 2] * rc21) * s1
+            h22 = K[2, 0] * mc0 + K[2, 1] * mc1 + K[2, 2] * mc2
+            vh00 = v_transforms[c, n, 0, 0]
+            vh01 = v_transforms[c, n, 0, 1]
+            vh02 = v_transforms[c, n, 0, 2]
+            vh10 = v_transforms[c, n, 1, 0]
+            vh11 = v_transforms[c, n, 1, 1]
+            vh12 = v_transforms[c, n, 1, 2]
+            vh20 = v_transforms[c, n, 2, 0]
+            vh21 = v_transforms[c, n, 2, 1]
+            vh22 = v_transforms[c, n, 2, 2]
             # means2d = (sum_k s_k H0k H2k, sum_k s_k H1k H2k) / dist, dist = sum_k s_k H2k^2, s = (1, 1, -1)
-            dist = H[2, 0] * H[2, 0] + H[2, 1] * H[2, 1] - H[2, 2] * H[2, 2]
-            mx = (H[0, 0] * H[2, 0] + H[0, 1] * H[2, 1] - H[0, 2] * H[2, 2]) / dist
-            my = (H[1, 0] * H[2, 0] + H[1, 1] * H[2, 1] - H[1, 2] * H[2, 2]) / dist
+            dist = h20 * h20 + h21 * h21 - h22 * h22
+            mx = (h00 * h20 + h01 * h21 - h02 * h22) / dist
+            my = (h10 * h20 + h11 * h21 - h12 * h22) / dist
             vmx, vmy = v_means2d[c, n, 0], v_means2d[c, n, 1]
-            for k in range(3):
-                sk = -1.0 if k == 2 else 1.0
-                vH[0, k] += vmx * sk * H[2, k] / dist
-                vH[1, k] += vmy * sk * H[2, k] / dist
-                vH[2, k] += (vmx * sk * H[0, k] + vmy * sk * H[1, k] - 2 * (vmx * mx + vmy * my) * sk * H[2, k]) / dist
+            vh00 += vmx * 1.0 * h20 / dist
+            vh10 += vmy * 1.0 * h20 / dist
+            vh20 += (vmx * 1.0 * h00 + vmy * 1.0 * h10 - 2 * (vmx * mx + vmy * my) * 1.0 * h20) / dist
+            vh01 += vmx * 1.0 * h21 / dist
+            vh11 += vmy * 1.0 * h21 / dist
+            vh21 += (vmx * 1.0 * h01 + vmy * 1.0 * h11 - 2 * (vmx * mx + vmy * my) * 1.0 * h21) / dist
+            vh02 += vmx * -1.0 * h22 / dist
+            vh12 += vmy * -1.0 * h22 / dist
+            vh22 += (vmx * -1.0 * h02 + vmy * -1.0 * h12 - 2 * (vmx * mx + vmy * my) * -1.0 * h22) / dist
             # H = K WH: dL/dWH = K^T dL/dH
-            for i in range(3):
-                for j in range(3):
-                    vWH[i, j] = K[0, i] * vH[0, j] + K[1, i] * vH[1, j] + K[2, i] * vH[2, j]
-            s = scales[n]
-            for i in range(3):
-                vRc[i, 0] = vWH[i, 0] * s[0]
-                vRc[i, 1] = vWH[i, 1] * s[1]
-            v_scales[n, 0] += Rc[0, 0] * vWH[0, 0] + Rc[1, 0] * vWH[1, 0] + Rc[2, 0] * vWH[2, 0]
-            v_scales[n, 1] += Rc[0, 1] * vWH[0, 1] + Rc[1, 1] * vWH[1, 1] + Rc[2, 1] * vWH[2, 1]
-            facing = -(Rc[0, 2] * mc0 + Rc[1, 2] * mc1 + Rc[2, 2] * mc2) > 0
-            sign = 1.0 if facing else -1.0
-            for i in range(3):
-                vRc[i, 2] = sign * v_normals[c, n, i]
-            vmc0, vmc1, vmc2 = vWH[0, 2], vWH[1, 2], vWH[2, 2] + v_depths[c, n]
-            for i in range(3):
-                v_means[n, i] += V[0, i] * vmc0 + V[1, i] * vmc1 + V[2, i] * vmc2
-                for j in range(3):  # Rc = R_cw R: dL/dR = R_cw^T dL/dRc
-                    G[i, j] = V[0, i] * vRc[0, j] + V[1, i] * vRc[1, j] + V[2, i] * vRc[2, j]
-            _quat_grad(G, w, x, y, z, norm, v_quats[n])
+            vwh00 = K[0, 0] * vh00 + K[1, 0] * vh10 + K[2, 0] * vh20
+            vwh01 = K[0, 0] * vh01 + K[1, 0] * vh11 + K[2, 0] * vh21
+            vwh02 = K[0, 0] * vh02 + K[1, 0] * vh12 + K[2, 0] * vh22
+            vwh10 = K[0, 1] * vh00 + K[1, 1] * vh10 + K[2, 1] * vh20
+            vwh11 = K[0, 1] * vh01 + K[1, 1] * vh11 + K[2, 1] * vh21
+            vwh12 = K[0, 1] * vh02 + K[1, 1] * vh12 + K[2, 1] * vh22
+            vwh20 = K[0, 2] * vh00 + K[1, 2] * vh10 + K[2, 2] * vh20
+            vwh21 = K[0, 2] * vh01 + K[1, 2] * vh11 + K[2, 2] * vh21
+            vwh22 = K[0, 2] * vh02 + K[1, 2] * vh12 + K[2, 2] * vh22
+            vrc00, vrc01 = vwh00 * s0, vwh01 * s1
+            vrc10, vrc11 = vwh10 * s0, vwh11 * s1
+            vrc20, vrc21 = vwh20 * s0, vwh21 * s1
+            v_scales[n, 0] += rc00 * vwh00 + rc10 * vwh10 + rc20 * vwh20
+            v_scales[n, 1] += rc01 * vwh01 + rc11 * vwh11 + rc21 * vwh21
+            sign = 1.0 if -(rc02 * mc0 + rc12 * mc1 + rc22 * mc2) > 0 else -1.0  # facing the camera
+            vrc02 = sign * v_normals[c, n, 0]
+            vrc12 = sign * v_normals[c, n, 1]
+            vrc22 = sign * v_normals[c, n, 2]
+            vmc0, vmc1, vmc2 = vwh02, vwh12, vwh22 + v_depths[c, n]
+            # Rc = R_cw R: dL/dR = R_cw^T dL/dRc
+            v_means[n, 0] += V[0, 0] * vmc0 + V[1, 0] * vmc1 + V[2, 0] * vmc2
+            gr00 = V[0, 0] * vrc00 + V[1, 0] * vrc10 + V[2, 0] * vrc20
+            gr01 = V[0, 0] * vrc01 + V[1, 0] * vrc11 + V[2, 0] * vrc21
+            gr02 = V[0, 0] * vrc02 + V[1, 0] * vrc12 + V[2, 0] * vrc22
+            v_means[n, 1] += V[0, 1] * vmc0 + V[1, 1] * vmc1 + V[2, 1] * vmc2
+            gr10 = V[0, 1] * vrc00 + V[1, 1] * vrc10 + V[2, 1] * vrc20
+            gr11 = V[0, 1] * vrc01 + V[1, 1] * vrc11 + V[2, 1] * vrc21
+            gr12 = V[0, 1] * vrc02 + V[1, 1] * vrc12 + V[2, 1] * vrc22
+            v_means[n, 2] += V[0, 2] * vmc0 + V[1, 2] * vmc1 + V[2, 2] * vmc2
+            gr20 = V[0, 2] * vrc00 + V[1, 2] * vrc10 + V[2, 2] * vrc20
+            gr21 = V[0, 2] * vrc01 + V[1, 2] * vrc11 + V[2, 2] * vrc21
+            gr22 = V[0, 2] * vrc02 + V[1, 2] * vrc12 + V[2, 2] * vrc22
+            vq0, vq1, vq2, vq3 = quaternion_grad(gr00, gr01, gr02, gr10, gr11, gr12, gr20, gr21, gr22,
+                                                 w, qx, qy, qz, norm)
+            v_quats[n, 0] += vq0
+            v_quats[n, 1] += vq1
+            v_quats[n, 2] += vq2
+            v_quats[n, 3] += vq3
 
 
 # ----------------------------------------------------------------------------------------------------
