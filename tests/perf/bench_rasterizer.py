@@ -58,67 +58,72 @@ vector set-up's extra row slots (all 16 of a tile's rows, of which a Gaussian re
 counted. The definition is the one the issue set (flops counted from the kernels over measured peak
 throughput); ``x cpu`` only measures it in CPU seconds.
 
-Results (2026-12-01 07:09 UTC, from the repository root, on the 2-core Zen 4 VM; the code with the row set-up
-vectorized, RGB + depth composited in straight-line code (cpu_kernels.UNROLLED_FEATURES), 2DGS surface normals
-from cached camera rays (surface_normals) and freed memory retained (memory.retain_freed_memory)):
+Results (2026-12-01 07:54 UTC, from the repository root, on the 2-core Zen 4 VM; the code with the row set-up
+vectorized, RGB + depth composited in straight-line code (cpu_kernels.UNROLLED_FEATURES), the 2DGS projection
+in scalars, 2DGS surface normals from cached camera rays (surface_normals) and freed memory retained
+(memory.retain_freed_memory)):
 
     OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python tests/perf/bench_rasterizer.py --threads 2 --repeats 5
 
-gfbench is 18-131x faster than the reference wherever the reference ran (3DGS 28-131x, 2DGS 18-65x); it was
-skipped where it would not fit in memory (see below). Against the run's best dgemm rate (95.6 Gflop/s on 2
-threads, 48 per CPU second) gfbench is 10.4-24.0x from the bound for 3DGS and 14.6-29.1x for 2DGS in wall time
-(8.9-20.3x and 13.6-22.6x in CPU seconds): no point within 10x. Peak memory gfbench adds: 20-681 MB (the
-reference 0.7-13.3 GB). Render-only time is 33-53% of forward + backward.
+gfbench is 21-167x faster than the reference wherever the reference ran (3DGS 23-167x, 2DGS 21-58x); it was
+skipped where it would not fit in memory (see below). Against the run's best dgemm rate (102.6 Gflop/s on 2
+threads, 52 per CPU second) gfbench is 8.1-20.1x from the bound for 3DGS and 11.7-28.4x for 2DGS in wall time
+(7.8-17.2x and 11.3-20.8x in CPU seconds): three points within 10x (3DGS 20k, 100k and 300k at 960x540), the
+small images with many Gaussians farthest. Peak memory gfbench adds: 21-643 MB (the reference 0.7-13.2 GB).
+Render-only time is 31-54% of forward + backward. A run of this stop 45 minutes earlier (07:09, before the 2DGS
+projection change, VM busier: best dgemm 95.6 Gflop/s, the first probe 80) measured 3DGS 10.4-24.0x and 2DGS
+14.6-29.1x.
 
-Single points move by up to +-60% between runs on this VM (the first dgemm probe of this run gave 80 Gflop/s,
-a later one 96), so the changes of this version are measured side by side, in one process on the same inputs
+Single points move by up to +-60% between runs on this VM (the 07:09 run's dgemm probes gave 80 to 96 Gflop/s,
+this one's 90 to 103), so the changes of this version are measured side by side, in one process on the same inputs
 (medians of 6): the straight-line RGB + depth path made the 3DGS forward 8-20% faster and its backward 2-9%, the
-2DGS forward 3-12% and its backward 1-9%; the surface normals are 2x faster (forward + backward of two 960x540
+2DGS forward 3-12% and its backward 1-9%; the 2DGS projection in scalars is 1.7x (forward) and 1.8x (backward)
+faster on one thread, with the same bits; the surface normals are 2x faster (forward + backward of two 960x540
 cameras: 124 -> 63 ms; one 256x144 camera on one thread: 6.4 -> 4.1 ms). Retaining freed memory does not show
 in these best-of-5 times (the best render is one that reused memory) but in the average render, which is what
 training sees: 300k Gaussians, mean of 12 renders after 3, 162 / 145 -> 125 / 120 ms at 256x160 and 225 / 218
 -> 201 / 197 ms at 512x320 (two sittings), no change at 100k or below.
 
-    2026-12-01 07:09 UTC; znver4, 8 float64 lanes per vector; 2 threads; gfbench first call (JIT compile, or load from numba's cache) 0.5 s; freed memory retained; machine float64 throughput (dgemm) 79.9 Gflop/s per wall second on 2 threads, 43.0 per CPU second
+    2026-12-01 07:54 UTC; znver4, 8 float64 lanes per vector; 2 threads; gfbench first call (JIT compile, or load from numba's cache) 0.4 s; freed memory retained; machine float64 throughput (dgemm) 89.5 Gflop/s per wall second on 2 threads, 46.2 per CPU second
     kind        N     size |  ref f+b  gfb f+b   ratio |  ref cpu  gfb cpu   ratio |  gfb fwd |  ref mem  gfb mem | max|dRGB|  max|dA|  max|dN| |   isects     rows     pairs   bound x bound  x cpu
     ------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------
-    3dgs    20000  256x160 |    0.59s   0.021s   28.3x |    1.03s   0.031s   32.8x |   0.010s |    666MB     20MB |   2.9e-03  2.3e-03          |    39034   193730    737928     1ms   16.0x  13.0x
-    3dgs    20000  512x320 |    1.59s   0.046s   34.6x |    2.76s   0.073s   37.8x |   0.020s |   1227MB     54MB |   2.4e-03  2.3e-03          |    61492   450775   2406123     3ms   14.0x  11.9x
-    3dgs    20000  960x540 |    5.69s   0.090s   63.3x |    9.66s   0.153s   63.3x |   0.044s |   2566MB    133MB |   2.5e-03  2.5e-03          |   118162  1161230   7924558    10ms    9.3x   8.4x
-    3dgs   100000  256x160 |    4.61s   0.095s   48.3x |    8.33s   0.169s   49.3x |   0.045s |   3382MB     87MB |   2.1e-03  2.6e-05          |   193433   956202   2764195     5ms   17.8x  16.9x
-    3dgs   100000  512x320 |   11.30s   0.174s   64.8x |   20.39s   0.290s   70.3x |   0.080s |   5607MB    113MB |   1.6e-03  3.1e-04          |   305726  2228668  10407448    15ms   11.8x  10.4x
-    3dgs   100000  960x540 | ~    22s   0.386s    skip |            0.653s         |   0.168s | ~   13GB    222MB |                             |   584888  5629976  33460615    37ms   10.4x   8.9x
-    3dgs   300000  256x160 |   20.63s   0.157s  131.0x |   31.77s   0.265s  119.9x |   0.074s |   7322MB    275MB |   1.5e-03  1.1e-06          |   582620   952253   2826565     7ms   24.0x  20.3x
-    3dgs   300000  512x320 |   33.55s   0.262s  128.2x |   54.17s   0.434s  124.8x |   0.086s |  13267MB    309MB |   8.0e-04  1.3e-04          |   918920  2555735  11302750    16ms   16.0x  13.4x
-    3dgs   300000  960x540 | ~    24s   0.528s    skip |            1.005s         |   0.173s | ~   30GB    440MB |                             |  1760892  5908421  35764927    42ms   12.5x  12.0x
-    2dgs    20000  256x160 |    0.71s   0.038s   18.7x |    1.27s   0.056s   22.6x |   0.018s |    981MB     37MB |   1.8e-02  1.9e-02  2.8e-02 |    32383   142787    403585     1ms   29.1x  21.6x
-    2dgs    20000  512x320 |    1.25s   0.058s   21.4x |    2.33s   0.102s   22.8x |   0.031s |   1539MB     80MB |   3.3e-02  3.4e-02  5.8e-02 |    50614   313360   1110599     3ms   18.2x  16.1x
-    2dgs    20000  960x540 |    4.42s   0.216s   20.5x |    7.38s   0.349s   21.1x |   0.093s |   2883MB    254MB |   5.1e-03  5.3e-03  1.9e-02 |    93750   794211   3621211    10ms   22.4x  18.3x
-    2dgs   100000  256x160 |    4.67s   0.130s   35.9x |    8.26s   0.209s   39.6x |   0.054s |   5089MB    125MB |   3.8e-03  6.9e-04  9.1e-03 |   160333   701874   1959317     6ms   20.4x  16.5x
-    2dgs   100000  512x320 |   16.55s   0.256s   64.7x |   29.05s   0.438s   66.4x |   0.102s |   7415MB    179MB |   3.8e-03  3.7e-03  6.7e-03 |   250355  1533952   5435385    16ms   16.3x  14.1x
-    2dgs   100000  960x540 | ~    20s   0.709s    skip |            1.268s         |   0.283s | ~   15GB    318MB |                             |   462759  3866099  17689964    47ms   15.1x  13.6x
-    2dgs   300000  256x160 | ~    11s   0.309s    skip |            0.524s         |   0.135s | ~   14GB    362MB |                             |   484390  1626287   2827323    12ms   26.4x  22.6x
-    2dgs   300000  512x320 | ~    19s   0.733s    skip |            1.260s         |   0.301s | ~   22GB    448MB |                             |   756980  4544242  11244661    36ms   20.3x  17.6x
-    2dgs   300000  960x540 | ~    40s   1.478s    skip |            2.799s         |   0.616s | ~   42GB    681MB |                             |  1401141 10462787  35551705   101ms   14.6x  13.9x
-    peak float64 throughput (dgemm) over the run: 95.6 Gflop/s per wall second on 2 threads, 48.2 per CPU second; against it:
-    3dgs    20000  256x160  bound   1.1 ms  x bound  19.1  x cpu  14.6
-    3dgs    20000  512x320  bound   2.9 ms  x bound  16.1  x cpu  12.9
-    3dgs    20000  960x540  bound   8.5 ms  x bound  10.6  x cpu   9.1
-    3dgs   100000  256x160  bound   4.7 ms  x bound  20.3  x cpu  18.2
-    3dgs   100000  512x320  bound  13.0 ms  x bound  13.4  x cpu  11.3
-    3dgs   100000  960x540  bound  37.2 ms  x bound  10.4  x cpu   8.9
-    3dgs   300000  256x160  bound   6.6 ms  x bound  24.0  x cpu  20.3
-    3dgs   300000  512x320  bound  16.4 ms  x bound  16.0  x cpu  13.4
-    3dgs   300000  960x540  bound  42.3 ms  x bound  12.5  x cpu  12.0
-    2dgs    20000  256x160  bound   1.3 ms  x bound  29.1  x cpu  21.6
-    2dgs    20000  512x320  bound   3.2 ms  x bound  18.2  x cpu  16.1
-    2dgs    20000  960x540  bound   9.6 ms  x bound  22.4  x cpu  18.3
-    2dgs   100000  256x160  bound   6.4 ms  x bound  20.4  x cpu  16.5
-    2dgs   100000  512x320  bound  15.7 ms  x bound  16.3  x cpu  14.1
-    2dgs   100000  960x540  bound  47.0 ms  x bound  15.1  x cpu  13.6
-    2dgs   300000  256x160  bound  11.7 ms  x bound  26.4  x cpu  22.6
-    2dgs   300000  512x320  bound  36.2 ms  x bound  20.3  x cpu  17.6
-    2dgs   300000  960x540  bound 101.4 ms  x bound  14.6  x cpu  13.9
+    3dgs    20000  256x160 |    0.48s   0.018s   26.6x |    0.88s   0.030s   28.9x |   0.008s |    706MB     21MB |   2.9e-03  2.3e-03          |    39034   193730    737928     1ms   16.1x  13.8x
+    3dgs    20000  512x320 |    0.90s   0.039s   23.2x |    1.66s   0.063s   26.2x |   0.014s |   1080MB     57MB |   2.4e-03  2.3e-03          |    61492   450775   2406123     3ms   13.9x  11.4x
+    3dgs    20000  960x540 |    3.73s   0.074s   50.2x |    6.87s   0.137s   50.2x |   0.030s |   2447MB    121MB |   2.5e-03  2.5e-03          |   118162  1161230   7924558     8ms    9.3x   8.6x
+    3dgs   100000  256x160 |    3.00s   0.070s   43.0x |    5.74s   0.128s   44.8x |   0.033s |   3383MB     91MB |   2.1e-03  2.6e-05          |   193433   956202   2764195     4ms   16.0x  14.8x
+    3dgs   100000  512x320 |    7.41s   0.128s   57.7x |   13.82s   0.241s   57.3x |   0.062s |   5176MB    114MB |   1.6e-03  3.1e-04          |   305726  2228668  10407448    12ms   10.6x  10.1x
+    3dgs   100000  960x540 |   29.35s   0.282s  104.2x |   47.07s   0.539s   87.3x |   0.125s |  10859MB    217MB |   1.9e-03  2.0e-04          |   584888  5629976  33460615    35ms    8.1x   7.8x
+    3dgs   300000  256x160 |    8.66s   0.123s   70.3x |   14.57s   0.209s   69.6x |   0.053s |   7224MB    257MB |   1.5e-03  1.1e-06          |   582620   952253   2826565     6ms   20.1x  17.2x
+    3dgs   300000  512x320 |   31.12s   0.186s  167.2x |   49.08s   0.339s  144.7x |   0.090s |  13243MB    325MB |   8.0e-04  1.3e-04          |   918920  2555735  11302750    15ms   12.2x  11.2x
+    3dgs   300000  960x540 | ~    14s   0.346s    skip |            0.648s         |   0.160s | ~   30GB    445MB |                             |  1760892  5908421  35764927    39ms    8.8x   8.3x
+    2dgs    20000  256x160 |    0.77s   0.035s   22.1x |    1.37s   0.050s   27.2x |   0.011s |   1044MB     39MB |   1.8e-02  1.9e-02  2.8e-02 |    32383   142787    403585     1ms   28.4x  20.8x
+    2dgs    20000  512x320 |    1.85s   0.055s   33.4x |    2.91s   0.098s   29.7x |   0.023s |   1578MB     81MB |   3.3e-02  3.4e-02  5.8e-02 |    50614   313360   1110599     3ms   18.6x  16.6x
+    2dgs    20000  960x540 |    3.24s   0.153s   21.2x |    5.76s   0.283s   20.4x |   0.061s |   2886MB    239MB |   5.1e-03  5.3e-03  1.9e-02 |    93750   794211   3621211     9ms   17.0x  15.9x
+    2dgs   100000  256x160 |    3.80s   0.096s   39.5x |    6.73s   0.166s   40.6x |   0.052s |   5023MB    122MB |   3.8e-03  6.9e-04  9.1e-03 |   160333   701874   1959317     6ms   16.1x  14.0x
+    2dgs   100000  512x320 |   11.02s   0.191s   57.6x |   19.36s   0.362s   53.5x |   0.075s |   6897MB    177MB |   3.8e-03  3.7e-03  6.7e-03 |   250355  1533952   5435385    15ms   13.1x  12.5x
+    2dgs   100000  960x540 | ~    16s   0.539s    skip |            1.024s         |   0.197s | ~   14GB    314MB |                             |   462759  3866099  17689964    44ms   12.3x  11.8x
+    2dgs   300000  256x160 | ~    11s   0.190s    skip |            0.338s         |   0.083s | ~   15GB    387MB |                             |   484390  1626287   2827323    11ms   17.5x  15.7x
+    2dgs   300000  512x320 | ~    21s   0.455s    skip |            0.853s         |   0.181s | ~   20GB    421MB |                             |   756980  4544242  11244661    34ms   13.5x  12.8x
+    2dgs   300000  960x540 | ~    49s   1.103s    skip |            2.126s         |   0.427s | ~   42GB    643MB |                             |  1401141 10462787  35551705    94ms   11.7x  11.3x
+    peak float64 throughput (dgemm) over the run: 102.6 Gflop/s per wall second on 2 threads, 51.7 per CPU second; against it:
+    3dgs    20000  256x160  bound   1.0 ms  x bound  17.9  x cpu  15.1
+    3dgs    20000  512x320  bound   2.7 ms  x bound  14.6  x cpu  11.9
+    3dgs    20000  960x540  bound   7.9 ms  x bound   9.4  x cpu   8.7
+    3dgs   100000  256x160  bound   4.4 ms  x bound  16.0  x cpu  14.8
+    3dgs   100000  512x320  bound  12.1 ms  x bound  10.6  x cpu  10.1
+    3dgs   100000  960x540  bound  34.7 ms  x bound   8.1  x cpu   7.8
+    3dgs   300000  256x160  bound   6.1 ms  x bound  20.1  x cpu  17.2
+    3dgs   300000  512x320  bound  15.2 ms  x bound  12.2  x cpu  11.2
+    3dgs   300000  960x540  bound  39.4 ms  x bound   8.8  x cpu   8.3
+    2dgs    20000  256x160  bound   1.2 ms  x bound  28.4  x cpu  20.8
+    2dgs    20000  512x320  bound   3.0 ms  x bound  18.6  x cpu  16.6
+    2dgs    20000  960x540  bound   9.0 ms  x bound  17.0  x cpu  15.9
+    2dgs   100000  256x160  bound   6.0 ms  x bound  16.1  x cpu  14.0
+    2dgs   100000  512x320  bound  14.6 ms  x bound  13.1  x cpu  12.5
+    2dgs   100000  960x540  bound  43.8 ms  x bound  12.3  x cpu  11.8
+    2dgs   300000  256x160  bound  10.9 ms  x bound  17.5  x cpu  15.7
+    2dgs   300000  512x320  bound  33.7 ms  x bound  13.5  x cpu  12.8
+    2dgs   300000  960x540  bound  94.4 ms  x bound  11.7  x cpu  11.3
 
 Earlier runs on this VM: the previous version (05:14 and 05:30 UTC, best dgemm 100 and 94 Gflop/s) measured
 3DGS 10.1-29.6x and 8.5-23.4x, 2DGS 12.3-25.8x and 14.2-35.0x; the one before (03:30) 3DGS 10.2-20.3x and 2DGS
