@@ -626,6 +626,39 @@ def project_3dgs_bwd(means, quats, scales, viewmats, Ks, width, height, eps2d, r
 # ----------------------------------------------------------------------------------------------------
 
 
+@njit(**KERNEL_OPTIONS, inline="always")
+def surfel_transform(means, quats, scales, n, V, K):
+    """Surfel n seen by a camera (world-to-camera V, intrinsics K): its normalised quaternion and norm (as
+    :func:`quaternion_rotation`), Rc = R_cw R(q) row by row, its camera-space centre mu_c and the splat-to-pixel
+    transform H = K [s_u t_u, s_v t_v, mu_c] row by row, all scalars."""
+    w, qx, qy, qz, norm, r00, r01, r02, r10, r11, r12, r20, r21, r22 = quaternion_rotation(quats, n)
+    s0, s1 = scales[n, 0], scales[n, 1]
+    rc00 = V[0, 0] * r00 + V[0, 1] * r10 + V[0, 2] * r20
+    rc01 = V[0, 0] * r01 + V[0, 1] * r11 + V[0, 2] * r21
+    rc02 = V[0, 0] * r02 + V[0, 1] * r12 + V[0, 2] * r22
+    rc10 = V[1, 0] * r00 + V[1, 1] * r10 + V[1, 2] * r20
+    rc11 = V[1, 0] * r01 + V[1, 1] * r11 + V[1, 2] * r21
+    rc12 = V[1, 0] * r02 + V[1, 1] * r12 + V[1, 2] * r22
+    rc20 = V[2, 0] * r00 + V[2, 1] * r10 + V[2, 2] * r20
+    rc21 = V[2, 0] * r01 + V[2, 1] * r11 + V[2, 2] * r21
+    rc22 = V[2, 0] * r02 + V[2, 1] * r12 + V[2, 2] * r22
+    m0, m1, m2 = means[n, 0], means[n, 1], means[n, 2]
+    mc0 = V[0, 0] * m0 + V[0, 1] * m1 + V[0, 2] * m2 + V[0, 3]
+    mc1 = V[1, 0] * m0 + V[1, 1] * m1 + V[1, 2] * m2 + V[1, 3]
+    mc2 = V[2, 0] * m0 + V[2, 1] * m1 + V[2, 2] * m2 + V[2, 3]
+    h00 = (K[0, 0] * rc00 + K[0, 1] * rc10 + K[0, 2] * rc20) * s0
+    h01 = (K[0, 0] * rc01 + K[0, 1] * rc11 + K[0, 2] * rc21) * s1
+    h02 = K[0, 0] * mc0 + K[0, 1] * mc1 + K[0, 2] * mc2
+    h10 = (K[1, 0] * rc00 + K[1, 1] * rc10 + K[1, 2] * rc20) * s0
+    h11 = (K[1, 0] * rc01 + K[1, 1] * rc11 + K[1, 2] * rc21) * s1
+    h12 = K[1, 0] * mc0 + K[1, 1] * mc1 + K[1, 2] * mc2
+    h20 = (K[2, 0] * rc00 + K[2, 1] * rc10 + K[2, 2] * rc20) * s0
+    h21 = (K[2, 0] * rc01 + K[2, 1] * rc11 + K[2, 2] * rc21) * s1
+    h22 = K[2, 0] * mc0 + K[2, 1] * mc1 + K[2, 2] * mc2
+    return ((w, qx, qy, qz, norm), (rc00, rc01, rc02, rc10, rc11, rc12, rc20, rc21, rc22), (mc0, mc1, mc2),
+            (h00, h01, h02, h10, h11, h12, h20, h21, h22))
+
+
 @njit(nogil=True, **KERNEL_OPTIONS)
 def project_2dgs_fwd(means, quats, scales, viewmats, Ks, width, height, near, far, radius_clip,
                      means2d, transforms, depths, normals, radii, worker, n_workers):
@@ -644,30 +677,8 @@ def project_2dgs_fwd(means, quats, scales, viewmats, Ks, width, height, near, fa
             c, n = c + 1, 0
             V, K = viewmats[c], Ks[c]
         # Rc = R_cw R(q); H = K [s_u t_u, s_v t_v, mu_c]
-        w, qx, qy, qz, norm, r00, r01, r02, r10, r11, r12, r20, r21, r22 = quaternion_rotation(quats, n)
-        s0, s1 = scales[n, 0], scales[n, 1]
-        rc00 = V[0, 0] * r00 + V[0, 1] * r10 + V[0, 2] * r20
-        rc01 = V[0, 0] * r01 + V[0, 1] * r11 + V[0, 2] * r21
-        rc02 = V[0, 0] * r02 + V[0, 1] * r12 + V[0, 2] * r22
-        rc10 = V[1, 0] * r00 + V[1, 1] * r10 + V[1, 2] * r20
-        rc11 = V[1, 0] * r01 + V[1, 1] * r11 + V[1, 2] * r21
-        rc12 = V[1, 0] * r02 + V[1, 1] * r12 + V[1, 2] * r22
-        rc20 = V[2, 0] * r00 + V[2, 1] * r10 + V[2, 2] * r20
-        rc21 = V[2, 0] * r01 + V[2, 1] * r11 + V[2, 2] * r21
-        rc22 = V[2, 0] * r02 + V[2, 1] * r12 + V[2, 2] * r22
-        m0, m1, m2 = means[n, 0], means[n, 1], means[n, 2]
-        mc0 = V[0, 0] * m0 + V[0, 1] * m1 + V[0, 2] * m2 + V[0, 3]
-        mc1 = V[1, 0] * m0 + V[1, 1] * m1 + V[1, 2] * m2 + V[1, 3]
-        mc2 = V[2, 0] * m0 + V[2, 1] * m1 + V[2, 2] * m2 + V[2, 3]
-        h00 = (K[0, 0] * rc00 + K[0, 1] * rc10 + K[0, 2] * rc20) * s0
-        h01 = (K[0, 0] * rc01 + K[0, 1] * rc11 + K[0, 2] * rc21) * s1
-        h02 = K[0, 0] * mc0 + K[0, 1] * mc1 + K[0, 2] * mc2
-        h10 = (K[1, 0] * rc00 + K[1, 1] * rc10 + K[1, 2] * rc20) * s0
-        h11 = (K[1, 0] * rc01 + K[1, 1] * rc11 + K[1, 2] * rc21) * s1
-        h12 = K[1, 0] * mc0 + K[1, 1] * mc1 + K[1, 2] * mc2
-        h20 = (K[2, 0] * rc00 + K[2, 1] * rc10 + K[2, 2] * rc20) * s0
-        h21 = (K[2, 0] * rc01 + K[2, 1] * rc11 + K[2, 2] * rc21) * s1
-        h22 = K[2, 0] * mc0 + K[2, 1] * mc1 + K[2, 2] * mc2
+        (w, qx, qy, qz, norm), (rc00, rc01, rc02, rc10, rc11, rc12, rc20, rc21, rc22), (mc0, mc1, mc2), (
+            h00, h01, h02, h10, h11, h12, h20, h21, h22) = surfel_transform(means, quats, scales, n, V, K)
         # bounding box of the 1-sigma ellipse in closed form, with signs (1, 1, -1)
         dist = h20 * h20 + h21 * h21 - h22 * h22
         mx = (h00 * h20 + h01 * h21 - h02 * h22) / dist
@@ -705,30 +716,9 @@ def project_2dgs_bwd(means, quats, scales, viewmats, Ks, radii, v_means2d, v_tra
                 continue
             V, K = viewmats[c], Ks[c]
             # Rc = R_cw R(q); H = K [s_u t_u, s_v t_v, mu_c]
-            w, qx, qy, qz, norm, r00, r01, r02, r10, r11, r12, r20, r21, r22 = quaternion_rotation(quats, n)
+            (w, qx, qy, qz, norm), (rc00, rc01, rc02, rc10, rc11, rc12, rc20, rc21, rc22), (mc0, mc1, mc2), (
+                h00, h01, h02, h10, h11, h12, h20, h21, h22) = surfel_transform(means, quats, scales, n, V, K)
             s0, s1 = scales[n, 0], scales[n, 1]
-            rc00 = V[0, 0] * r00 + V[0, 1] * r10 + V[0, 2] * r20
-            rc01 = V[0, 0] * r01 + V[0, 1] * r11 + V[0, 2] * r21
-            rc02 = V[0, 0] * r02 + V[0, 1] * r12 + V[0, 2] * r22
-            rc10 = V[1, 0] * r00 + V[1, 1] * r10 + V[1, 2] * r20
-            rc11 = V[1, 0] * r01 + V[1, 1] * r11 + V[1, 2] * r21
-            rc12 = V[1, 0] * r02 + V[1, 1] * r12 + V[1, 2] * r22
-            rc20 = V[2, 0] * r00 + V[2, 1] * r10 + V[2, 2] * r20
-            rc21 = V[2, 0] * r01 + V[2, 1] * r11 + V[2, 2] * r21
-            rc22 = V[2, 0] * r02 + V[2, 1] * r12 + V[2, 2] * r22
-            m0, m1, m2 = means[n, 0], means[n, 1], means[n, 2]
-            mc0 = V[0, 0] * m0 + V[0, 1] * m1 + V[0, 2] * m2 + V[0, 3]
-            mc1 = V[1, 0] * m0 + V[1, 1] * m1 + V[1, 2] * m2 + V[1, 3]
-            mc2 = V[2, 0] * m0 + V[2, 1] * m1 + V[2, 2] * m2 + V[2, 3]
-            h00 = (K[0, 0] * rc00 + K[0, 1] * rc10 + K[0, 2] * rc20) * s0
-            h01 = (K[0, 0] * rc01 + K[0, 1] * rc11 + K[0, 2] * rc21) * s1
-            h02 = K[0, 0] * mc0 + K[0, 1] * mc1 + K[0, 2] * mc2
-            h10 = (K[1, 0] * rc00 + K[1, 1] * rc10 + K[1, 2] * rc20) * s0
-            h11 = (K[1, 0] * rc01 + K[1, 1] * rc11 + K[1, 2] * rc21) * s1
-            h12 = K[1, 0] * mc0 + K[1, 1] * mc1 + K[1, 2] * mc2
-            h20 = (K[2, 0] * rc00 + K[2, 1] * rc10 + K[2, 2] * rc20) * s0
-            h21 = (K[2, 0] * rc01 + K[2, 1] * rc11 + K[2, 2] * rc21) * s1
-            h22 = K[2, 0] * mc0 + K[2, 1] * mc1 + K[2, 2] * mc2
             vh00 = v_transforms[c, n, 0, 0]
             vh01 = v_transforms[c, n, 0, 1]
             vh02 = v_transforms[c, n, 0, 2]
@@ -743,13 +733,13 @@ def project_2dgs_bwd(means, quats, scales, viewmats, Ks, radii, v_means2d, v_tra
             mx = (h00 * h20 + h01 * h21 - h02 * h22) / dist
             my = (h10 * h20 + h11 * h21 - h12 * h22) / dist
             vmx, vmy = v_means2d[c, n, 0], v_means2d[c, n, 1]
-            vh00 += vmx * 1.0 * h20 / dist
-            vh10 += vmy * 1.0 * h20 / dist
-            vh20 += (vmx * 1.0 * h00 + vmy * 1.0 * h10 - 2 * (vmx * mx + vmy * my) * 1.0 * h20) / dist
-            vh01 += vmx * 1.0 * h21 / dist
-            vh11 += vmy * 1.0 * h21 / dist
-            vh21 += (vmx * 1.0 * h01 + vmy * 1.0 * h11 - 2 * (vmx * mx + vmy * my) * 1.0 * h21) / dist
-            vh02 += vmx * -1.0 * h22 / dist
+            vh00 += vmx * h20 / dist
+            vh10 += vmy * h20 / dist
+            vh20 += (vmx * h00 + vmy * h10 - 2 * (vmx * mx + vmy * my) * h20) / dist
+            vh01 += vmx * h21 / dist
+            vh11 += vmy * h21 / dist
+            vh21 += (vmx * h01 + vmy * h11 - 2 * (vmx * mx + vmy * my) * h21) / dist
+            vh02 += vmx * -1.0 * h22 / dist  # the third column's sign in dist and means2d (written so: same bits)
             vh12 += vmy * -1.0 * h22 / dist
             vh22 += (vmx * -1.0 * h02 + vmy * -1.0 * h12 - 2 * (vmx * mx + vmy * my) * -1.0 * h22) / dist
             # H = K WH: dL/dWH = K^T dL/dH
