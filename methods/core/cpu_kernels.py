@@ -97,11 +97,11 @@ KERNEL_OPTIONS = dict(cache=True, fastmath=FASTMATH, error_model="numpy")
 def unrolled_features(feat, D):
     """A Gaussian's first seven feature values (D features, then 2DGS's three normals) as scalars for the pixel
     loops' straight-line path, taken when D == UNROLLED_FEATURES (zeros otherwise: that path is not taken)."""
-    if D != UNROLLED_FEATURES or feat.shape[0] < 4:
+    if D != UNROLLED_FEATURES:
         return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
-    if feat.shape[0] < 7:  # 3DGS: RGB + depth
+    if feat.shape[0] == UNROLLED_FEATURES:  # 3DGS: RGB + depth
         return feat[0], feat[1], feat[2], feat[3], 0.0, 0.0, 0.0
-    return feat[0], feat[1], feat[2], feat[3], feat[4], feat[5], feat[6]
+    return feat[0], feat[1], feat[2], feat[3], feat[4], feat[5], feat[6]  # 2DGS: then its normals
 
 
 @njit(cache=True)
@@ -1051,7 +1051,7 @@ def rasterize_3dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                 v_c += 0.5 * dy * dy * s0
             grad[0], grad[1], grad[2], grad[3], grad[4], grad[5] = v_mx, v_my, v_a, v_b, v_c, v_o
             if D == UNROLLED_FEATURES:
-                grad[N_GEOM_3D:N_GEOM_3D + 4] = v_f0, v_f1, v_f2, v_f3
+                grad[N_GEOM_3D:N_GEOM_3D + UNROLLED_FEATURES] = v_f0, v_f1, v_f2, v_f3
             for f in range(N_GEOM_3D + D):
                 per_isect[j, f] = grad[f]
 
@@ -1413,6 +1413,6 @@ def rasterize_2dgs_bwd(params, tile_offsets, flatten_ids, tile_w, tile_h, full_t
                 grad[9] += hu1y + py * hvy
                 grad[10] += hu1z + py * hvz
             if D == UNROLLED_FEATURES:
-                grad[N_GEOM_2D:N_GEOM_2D + 7] = v_f0, v_f1, v_f2, v_f3, v_f4, v_f5, v_f6
+                grad[N_GEOM_2D:N_GEOM_2D + UNROLLED_FEATURES + 3] = v_f0, v_f1, v_f2, v_f3, v_f4, v_f5, v_f6
             for f in range(F):
                 per_isect[j, f] = grad[f]
