@@ -54,8 +54,8 @@ Gaussian's row set-up (spans, ray planes, the 3DGS recurrence's exps: 40-53% of 
 the 2DGS one when it was scalar) now runs as 8-wide vector code; the pixel loops written as masked 8-lane
 blocks were not faster (spans of 2-5 pixels fill a vector poorly, and the per-block bookkeeping costs what the
 lanes save), so the rest needs a different decomposition. The work charged is the scalar algorithm's: the
-vector set-up's extra row slots (all 16 of a tile's rows, of which a Gaussian reaches about five) are not
-counted. The definition is the one the issue set (flops counted from the kernels over measured peak
+vector set-up's extra row slots (8 or all 16 of a tile's rows, of which a Gaussian reaches 1.5 to 5) are
+not counted. The definition is the one the issue set (flops counted from the kernels over measured peak
 throughput); ``x cpu`` only measures it in CPU seconds.
 
 Results (2026-12-01 07:54 UTC, from the repository root, on the 2-core Zen 4 VM; the code with the row set-up
@@ -130,6 +130,17 @@ Earlier runs on this VM: the previous version (05:14 and 05:30 UTC, best dgemm 1
 17.8-36.1x. On the AVX2 machine of an earlier version (dgemm 33-35 Gflop/s on 2 threads) the same grid measured
 8.2-16.3x (3DGS) and 10.7-21.7x (2DGS): the dgemm rate there was a third of this machine's while the scalar
 kernels ran only about 1.5x slower, so the same code lands 2x farther from the bound here.
+
+On a 2-core Intel Emerald Rapids VM (AVX-512; LLVM picks 4-wide vectors there), 2026-12-01, the same command:
+before the row set-up's 8-slot block (cpu_kernels.ROW_BLOCK; 09:29 UTC, best dgemm 137.0 Gflop/s) 3DGS
+22.7-58.1x and 2DGS 27.3-50.6x from the bound; with it (11:11 UTC, best dgemm 145.8) 3DGS 22.2-49.8x and 2DGS
+23.3-51.0x (3DGS 300k 256x160: 267 -> 215 ms; 2DGS 20k 256x160: 46 -> 41 ms). gfbench was 16-85x faster than
+the reference, memory 21-634 MB (the reference 0.7-15.2 GB), render-only 36-57%. The same scalar kernels ran
+about 2x slower per pair than on the Zen 4 VM (its clock is 2.1 GHz) while its dgemm rate was 40% higher, so
+every point lands 2-3x farther from the bound than there. The 8-slot block, side by side in one process
+(medians of 5, one thread, same bits): 3DGS forward 10-20% and backward 8-18% faster at 256x160 and 512x320,
++4% forward and -8% backward at 100k 960x540;
+2DGS 2-11% faster (20k 256x160, 300k 256x160, 100k 960x540).
 
 With ``--torch-threads 1`` (PyTorch on one thread, the kernels on two, as gfbench trains on the CPU) one
 forward + backward took, in one process alternating both settings (medians of 12): 3DGS 5k at 256x144 (the
