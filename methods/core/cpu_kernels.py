@@ -409,10 +409,12 @@ def quaternion_grad(g00, g01, g02, g10, g11, g12, g20, g21, g22, w, x, y, z, nor
 def _rotmat(q, R):
     """Fill R [3, 3] from a wxyz quaternion; returns the normalised quaternion and the norm.
 
-    The 3DGS projection's own copy of :func:`quaternion_rotation`'s formulas. Built on that helper (or with the
-    covariance in scalars, as the 2DGS projection now is: 1.6-2x faster), the 3DGS kernels rounded some conics
-    and mean gradients differently in their last bits, and training turned that into moves of up to 0.31 dB in
-    FSGS's published rows; so this stays until the 3DGS projection is rewritten with its tables made again."""
+    The 3DGS projection's own copy of :func:`quaternion_rotation`'s formulas. With the projection in scalars,
+    as the 2DGS one is (1.6-2x faster), the 3DGS kernels rounded some conics and mean gradients differently in
+    their last bits, and training turned that into moves of up to 0.31 dB in FSGS's published rows. Keeping
+    this function and :func:`_camera_covariance` with only the rest in scalars did not help: the difference is
+    in how LLVM fuses the later expressions' multiply-adds. So the scratch-matrix form stays until the 3DGS
+    projection is rewritten with its tables made again."""
     norm = math.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
     inv = 1.0 / max(norm, 1e-12)  # F.normalize's eps
     w, x, y, z = q[0] * inv, q[1] * inv, q[2] * inv, q[3] * inv
@@ -664,8 +666,9 @@ def surfel_transform(means, quats, scales, n, V, K):
 def project_2dgs_fwd(means, quats, scales, viewmats, Ks, width, height, near, far, radius_clip,
                      means2d, transforms, depths, normals, radii, worker, n_workers):
     """Fill means2d [C, N, 2], ray_transforms [C, N, 3, 3], depths [C, N], normals [C, N, 3] and radii
-    [C, N, 2] int32 (any contents: culled pairs get zeros). As :func:`project_3dgs_fwd`: branch-free, every
-    intermediate a scalar: 1.7x faster than early exits with scratch matrices, the same values to the bit."""
+    [C, N, 2] int32 (any contents: culled pairs get zeros). Branch-free, every intermediate a scalar: 1.7x
+    faster than early exits with scratch matrices (as :func:`project_3dgs_fwd` still has), the same values to
+    the bit."""
     C, N = viewmats.shape[0], means.shape[0]
     start, stop = block_share(C * N, worker, n_workers)
     if start >= stop:
@@ -707,8 +710,8 @@ def project_2dgs_fwd(means, quats, scales, viewmats, Ks, width, height, near, fa
 def project_2dgs_bwd(means, quats, scales, viewmats, Ks, radii, v_means2d, v_transforms, v_depths,
                      v_normals, v_means, v_quats, v_scales, worker, n_workers):
     """Add dL/dmeans [N, 3], dL/dquats [N, 4], dL/dscales [N, 3] (the third scale gets none) to the
-    zeroed ``v_means``, ``v_quats``, ``v_scales``. Every intermediate a scalar, as :func:`project_3dgs_bwd`
-    (1.8x faster than with scratch matrices, the same values to the bit)."""
+    zeroed ``v_means``, ``v_quats``, ``v_scales``. Every intermediate a scalar: 1.8x faster than with scratch
+    matrices (as :func:`project_3dgs_bwd` still has), the same values to the bit."""
     C, N = viewmats.shape[0], means.shape[0]
     start, stop = block_share(N, worker, n_workers)
     for n in range(start, stop):
@@ -848,7 +851,7 @@ def ellipse_row_setup(mx, my, a, b, c, ha, smax, ylo, n_rows, x0, x1, full_tile,
     vectors (:func:`exp_inline`), which made the 3DGS kernels 8-21% faster than a scalar loop over just the
     Gaussian's rows (five on average) with libm's exp. That number is ROW_BLOCK when the Gaussian reaches at
     most that many rows, else TILE_SIZE: small images have few rows per intersection (1.6 at 300k Gaussians
-    on 256x160), and computing 8 slots instead of 16 made both kernels 10-20% faster there (same bits). The
+    on 256x160), and 8 slots instead of 16 made the 3DGS kernels 8-20% faster there, 2DGS 3-11% (same bits). The
     loop body stays written out here: moved into an inline helper, LLVM no longer vectorized it. An empty
     span leaves a finite, unused start."""
     det = a * c - b * b
@@ -1110,9 +1113,10 @@ def surfel_row_setup(g, smax, ylo, n_rows, x0, x1, full_tile, planes, spans):
     image is not a bounded ellipse, nothing where neither reaches it.
 
     As :func:`ellipse_row_setup`: ROW_BLOCK or TILE_SIZE row slots (the first ``n_rows`` used), branch-free
-    (the cases are selects), so that LLVM computes the rows as vectors; the caller reads only the surfel's rows. LLVM may turn the two
-    divisions by 2A into a reciprocal multiply, which moves a limit by its last bit at most: the limits' slack
-    absorbs that, and the pixels evaluated are the same as with the scalar form (bit-identical renders)."""
+    (the cases are selects), so that LLVM computes the rows as vectors; the caller reads only the surfel's
+    rows. LLVM may turn the two divisions by 2A into a reciprocal multiply, which moves a limit by its last bit
+    at most: the limits' slack absorbs that, and the pixels evaluated are the same as with the scalar form
+    (bit-identical renders)."""
     mx, my = g[0], g[1]
     r2 = 2.0 * smax
     for r in range(ROW_BLOCK if n_rows <= ROW_BLOCK else TILE_SIZE):
