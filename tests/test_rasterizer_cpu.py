@@ -637,6 +637,26 @@ def test_tile_lists_match_brute_force():
     assert int(info["tiles_per_gauss"].sum()) == len(flat)
 
 
+def test_depth_order_is_a_stable_sort_per_camera():
+    """front_to_back against NumPy's lexsort by (camera, key, position): many tied keys, an empty camera, a
+    camera with one Gaussian, and keys at both ends of the 32-bit range (bits of any positive float32)."""
+    from gfbench.methods.core.rasterize_cpu import front_to_back
+
+    rng = np.random.default_rng(3)
+    n_cameras, per_camera = 4, 500
+    ids = np.concatenate([
+        np.sort(rng.choice(per_camera, 400, replace=False)),  # camera 0
+        # camera 1 sees nothing
+        [2 * per_camera + 17],  # camera 2: one Gaussian
+        3 * per_camera + np.sort(rng.choice(per_camera, 450, replace=False)),
+    ]).astype(np.int64)
+    keys = rng.choice(np.array([0, 1, 2**31 - 1, 2**31, 2**32 - 1, 7, 12345678]), ids.size).astype(np.int64)
+    positions, sorted_keys = front_to_back(ids, keys, n_cameras, per_camera)
+    expected = np.lexsort((np.arange(ids.size), keys, ids // per_camera))
+    assert np.array_equal(positions, expected)
+    assert np.array_equal(sorted_keys, keys[expected])
+
+
 def test_empty_tiles_show_background():
     """Tiles no Gaussian touches render the background with alpha 0; only the touched ones differ."""
     scene = make_scene(60, seed=8)

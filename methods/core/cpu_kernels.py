@@ -221,38 +221,25 @@ def visible_rects(means2d, radii, depth_bits, tile_w, tile_h):
     return ids, keys, rects
 
 
+DEPTH_KEY_BITS = 32  # a depth key is a float32 bit pattern; a camera's share of positions fits the other 32 bits
+
+
 @njit(nogil=True, cache=True)
-def front_to_back(ids, keys, n_cameras, n_per_camera):
-    """Positions into ``ids`` [V] (increasing (camera, Gaussian) ids c * N + g) by camera, then ``keys``
-    (float32 depth bits: depths of visible Gaussians are positive, so their bits sort as integers), then
-    Gaussian index: the order of gsplat's radix sort of (camera, tile, depth bits) keys, which is stable over
-    Gaussian index. A stable least-significant-digit radix sort of each camera's share, four passes of 8
-    bits moving (key, position) pairs; returns the positions and the keys in that order."""
-    V = ids.shape[0]
-    pos, pos2 = np.arange(V), np.empty(V, dtype=np.int64)
-    keys, keys2 = keys.copy(), np.empty(V, dtype=np.int64)
-    counts = np.empty(257, dtype=np.int64)
-    start = 0
-    for c in range(n_cameras):
-        stop = start
-        while stop < V and ids[stop] < (c + 1) * n_per_camera:
-            stop += 1
-        src_pos, src_keys, dst_pos, dst_keys = pos, keys, pos2, keys2
-        for shift in range(0, 32, 8):
-            counts[:] = 0
-            for k in range(start, stop):
-                counts[((src_keys[k] >> shift) & 255) + 1] += 1
-            counts[0] = start
-            for b in range(1, 257):
-                counts[b] += counts[b - 1]
-            for k in range(start, stop):
-                digit = (src_keys[k] >> shift) & 255
-                slot = counts[digit]
-                dst_pos[slot], dst_keys[slot] = src_pos[k], src_keys[k]
-                counts[digit] = slot + 1
-            src_pos, src_keys, dst_pos, dst_keys = dst_pos, dst_keys, src_pos, src_keys
-        start = stop  # after an even number of passes the sorted share is back in ``pos``, ``keys``
-    return pos, keys
+def pack_depth_keys(keys, start, stop, packed):
+    """``packed[k - start] = keys[k] << 32 | (k - start)`` for k in [start, stop): one unsigned 64-bit value per
+    visible Gaussian whose order is (depth bits, position), unique, so any sort of them is the stable one."""
+    for k in range(start, stop):
+        packed[k - start] = (np.uint64(keys[k]) << np.uint64(DEPTH_KEY_BITS)) | np.uint64(k - start)
+
+
+@njit(nogil=True, cache=True)
+def unpack_depth_order(packed, start, positions, sorted_keys):
+    """The inverse of :func:`pack_depth_keys` on the sorted values: positions (offset by ``start``) and keys."""
+    low = np.uint64((1 << DEPTH_KEY_BITS) - 1)
+    for k in range(packed.shape[0]):
+        value = packed[k]
+        positions[start + k] = np.int64(value & low) + start
+        sorted_keys[start + k] = np.int64(value >> np.uint64(DEPTH_KEY_BITS))
 
 
 @njit(nogil=True, **KERNEL_OPTIONS)
