@@ -39,24 +39,33 @@ over the CPU seconds its flops need at the dgemm's best rate per CPU second, whi
 jobs in this machine take cores away from the run; contention from outside the VM, which slows each core,
 still moves both.
 
-What that bound assumes: every flop at the rate of a dgemm, i.e. both FMA pipes busy with full vectors (on the
-Zen 4 VM below, 16 float64 flops per cycle per core: two 256-bit FMA pipes, a 512-bit FMA running as two
-halves). It is the top of a roofline, not a bound this algorithm can reach: the compositing is a chain of
-data-dependent steps per pixel (alpha threshold, a pixel's early stop, the transmittance recurrence) over
-spans of 1 to 16 pixels (2 to 5 on average in this grid), so it runs in scalar code, which retires at most 4
-flops per cycle (two scalar FMAs), a quarter of the bound's rate, and far less in dependent chains like these;
-exp, sqrt and divisions are charged as a few flops but cost tens of cycles of latency; and with 300k Gaussians
-binning and the gradient reduction are memory-bound (per-Gaussian rows visited in depth order: 24-46 MB
-against a 32 MB L3), which no flop count sees. So 4x is the floor for scalar code and some 6-10x is where a
-well-tuned scalar kernel would sit; the rest of the distance is what the per-Gaussian stages (projection,
-binning, reduction, dtype conversions) and the autograd glue add where Gaussians are many or pixels few. A
-Gaussian's row set-up (spans, ray planes, the 3DGS recurrence's exps: 40-53% of the 3DGS forward and 25-36% of
-the 2DGS one when it was scalar) now runs as 8-wide vector code; the pixel loops written as masked 8-lane
-blocks were not faster (spans of 2-5 pixels fill a vector poorly, and the per-block bookkeeping costs what the
-lanes save), so the rest needs a different decomposition. The work charged is the scalar algorithm's: the
-vector set-up's extra row slots (8 or all 16 of a tile's rows, of which a Gaussian reaches 1.5 to 5) are
-not counted. The definition is the one the issue set (flops counted from the kernels over measured peak
-throughput); ``x cpu`` only measures it in CPU seconds.
+What that bound assumes: every flop at the rate of a dgemm, i.e. both FMA pipes busy with full vectors (on the Zen
+4 VM below, 16 float64 flops per cycle per core: two 256-bit FMA pipes, a 512-bit FMA running as two halves). It
+is the top of a roofline, not a bound this algorithm can reach: the compositing is a chain of data-dependent steps
+per pixel (alpha threshold, a pixel's early stop, the transmittance recurrence) over spans of 1 to 16 pixels (2 to
+5 on average in this grid), so it runs in scalar code, which retires at most 4 flops per cycle (two scalar FMAs),
+a quarter of the bound's rate, and far less in dependent chains like these; exp, sqrt and divisions are charged as
+a few flops but cost tens of cycles of latency; and with 300k Gaussians binning and the gradient reduction are
+memory-bound (per-Gaussian rows visited in depth order: 24-46 MB against a 32 MB L3), which no flop count sees. So
+4x (Zen 4; 5.5-6x on the Intel VMs) is the floor for scalar code and some 6-10x (on the Zen 4) is where a
+well-tuned scalar kernel would sit; the rest of the distance is what the per-Gaussian stages (projection, binning,
+reduction, dtype conversions) and the autograd glue add where Gaussians are many or pixels few. A Gaussian's row
+set-up (spans, ray planes, the 3DGS recurrence's exps: 40-53% of the 3DGS forward and 25-36% of the 2DGS one when
+it was scalar) now runs as 8-wide vector code; the pixel loops written as masked 8-lane blocks were not faster
+(spans of 2-5 pixels fill a vector poorly, and the per-block bookkeeping costs what the lanes save), and the GPU's
+decomposition, a tile row's pixels as lanes, was 2-3x slower than the scalar spans (``bench_row_lanes.py``). The
+work charged is the scalar algorithm's: the vector set-up's extra row slots (8 or all 16 of a tile's rows, of
+which a Gaussian reaches 1.5 to 5) are not counted. This is the bound every closing note on the issue has reported
+(flops counted from the kernels over measured peak throughput); ``x cpu`` only measures it in CPU seconds.
+
+The scalar bound: the same flops at the rate of scalar float64 FMAs (:func:`machine_scalar_gflops`: 12
+independent chains of ``vfmadd...sd`` on the kernels' worker threads, probed beside every dgemm probe, best rate
+of the run), printed in the summary as ``x scalar``. It is the top of the roofline for code that computes one
+value per instruction, which is what the compositing's pixel loops are; ``bench_row_lanes.py`` measures the
+alternative, a tile row's pixels as vector lanes (as a GPU runs it), at 0.34-0.53x the scalar spans' speed. On
+the Intel VM of 2026-12-02 the dgemm rate was 5.5-6.1x the scalar rate; on the Zen 4 VM it would be 4x by design
+(16 float64 flops per cycle for the dgemm's 512-bit FMAs run as two halves, 4 for two scalar FMAs; the probe was
+not there yet), which is why the same code lands 1.5-2x farther from the dgemm bound on the Intel VMs.
 
 Results (2026-12-01 07:54 UTC, from the repository root, on the 2-core Zen 4 VM; the code with the row set-up
 vectorized, RGB + depth composited in straight-line code (cpu_kernels.UNROLLED_FEATURES), the 2DGS projection
@@ -142,6 +151,33 @@ every point lands 2-3x farther from the bound than there. The 8-slot block, side
 +4% forward and -8% backward at 100k 960x540;
 2DGS 2-11% faster (20k 256x160, 300k 256x160, 100k 960x540).
 
+On a 2-core Intel VM with AVX-512 (LLVM names it rocketlake; 2.6 GHz base, 480 MB L3), 2026-12-02 02:20 UTC, the
+same command with the binning's depth order by NumPy's sort (rasterize_cpu.front_to_back) and the scalar probe:
+gfbench 25-177x faster than the reference wherever it ran, memory 21-644 MB (the reference 0.7-13.1 GB),
+render-only 36-48% of forward + backward; best dgemm 161.2 Gflop/s on 2 threads, best scalar FMA rate 29.2
+(5.5x less). 3DGS is 14.7-35.9x from the dgemm bound and 2.7-6.5x from the scalar one, 2DGS 18.6-43.2x and
+3.4-7.8x. The run of 02:15 UTC (the same code without the probe; best dgemm 173.5) gave 3DGS 15.2-38.3x and
+2DGS 18.6-47.0x from the dgemm bound. The summary of the 02:20 run:
+
+    3dgs    20000  256x160  bound   0.6 ms  x bound  34.9  x cpu  36.8  scalar bound   3.6 ms  x scalar  6.3
+    3dgs    20000  512x320  bound   1.7 ms  x bound  25.8  x cpu  29.0  scalar bound   9.4 ms  x scalar  4.7
+    3dgs    20000  960x540  bound   5.0 ms  x bound  19.5  x cpu  23.1  scalar bound  27.7 ms  x scalar  3.5
+    3dgs   100000  256x160  bound   2.8 ms  x bound  30.1  x cpu  35.1  scalar bound  15.3 ms  x scalar  5.5
+    3dgs   100000  512x320  bound   7.7 ms  x bound  19.3  x cpu  23.4  scalar bound  42.4 ms  x scalar  3.5
+    3dgs   100000  960x540  bound  22.1 ms  x bound  14.7  x cpu  18.4  scalar bound 121.7 ms  x scalar  2.7
+    3dgs   300000  256x160  bound   3.9 ms  x bound  35.9  x cpu  40.3  scalar bound  21.5 ms  x scalar  6.5
+    3dgs   300000  512x320  bound   9.7 ms  x bound  23.3  x cpu  27.2  scalar bound  53.5 ms  x scalar  4.2
+    3dgs   300000  960x540  bound  25.1 ms  x bound  16.2  x cpu  19.5  scalar bound 138.4 ms  x scalar  2.9
+    2dgs    20000  256x160  bound   0.8 ms  x bound  43.2  x cpu  43.7  scalar bound   4.3 ms  x scalar  7.8
+    2dgs    20000  512x320  bound   1.9 ms  x bound  36.9  x cpu  41.1  scalar bound  10.5 ms  x scalar  6.7
+    2dgs    20000  960x540  bound   5.7 ms  x bound  30.1  x cpu  35.8  scalar bound  31.5 ms  x scalar  5.5
+    2dgs   100000  256x160  bound   3.8 ms  x bound  27.5  x cpu  31.1  scalar bound  20.9 ms  x scalar  5.0
+    2dgs   100000  512x320  bound   9.3 ms  x bound  22.9  x cpu  27.1  scalar bound  51.3 ms  x scalar  4.2
+    2dgs   100000  960x540  bound  27.9 ms  x bound  19.3  x cpu  24.2  scalar bound 153.7 ms  x scalar  3.5
+    2dgs   300000  256x160  bound   6.9 ms  x bound  34.1  x cpu  38.8  scalar bound  38.2 ms  x scalar  6.2
+    2dgs   300000  512x320  bound  21.5 ms  x bound  23.7  x cpu  28.7  scalar bound 118.4 ms  x scalar  4.3
+    2dgs   300000  960x540  bound  60.1 ms  x bound  18.6  x cpu  23.3  scalar bound 331.6 ms  x scalar  3.4
+
 With ``--torch-threads 1`` (PyTorch on one thread, the kernels on two, as gfbench trains on the CPU) one
 forward + backward took, in one process alternating both settings (medians of 12): 3DGS 5k at 256x144 (the
 synthetic scenes' size) -16%, 20k at 256x160 -9%, 100k at 512x320 0%; 2DGS 5k -11%, 20k -3%, 20k at 960x540
@@ -167,7 +203,9 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from numba import njit
 
 from gfbench.methods.core import rasterize_cpu as rc
 from gfbench.methods.core import rasterize_cpu_2dgs as rc2
@@ -215,6 +253,39 @@ def machine_gflops(threads: int, size: int = 768, repeats: int = 10) -> tuple[fl
         wall = max(wall, 2 * size**3 / (time.perf_counter() - start) / 1e9)
         cpu = max(cpu, 2 * size**3 / max(time.process_time() - start_cpu, 1e-9) / 1e9)
     return wall, cpu
+
+
+SCALAR_CHAINS = 12  # independent FMA chains: enough to keep two FMA pipes busy at a latency of up to 6 cycles
+SCALAR_PROBE_STEPS = 5_000_000
+
+
+@njit(nogil=True, fastmath={"contract"})
+def scalar_fma_chains(steps, out, worker, n_workers):
+    """``steps`` rounds of SCALAR_CHAINS independent scalar float64 multiply-adds (one ``vfmadd...sd`` each: numba
+    leaves straight-line code unvectorized, as its SLP vectorizer is off by default, and each chain is a
+    recurrence the loop vectorizer cannot widen). The sum goes to ``out[worker]`` so that nothing is dropped."""
+    m, c = 0.9999999, 1e-9
+    a0, a1, a2, a3, a4, a5 = 1.0 + worker, 1.1, 1.2, 1.3, 1.4, 1.5
+    a6, a7, a8, a9, a10, a11 = 1.6, 1.7, 1.8, 1.9, 2.0, 2.1
+    for _ in range(steps):
+        a0, a1, a2, a3 = a0 * m + c, a1 * m + c, a2 * m + c, a3 * m + c
+        a4, a5, a6, a7 = a4 * m + c, a5 * m + c, a6 * m + c, a7 * m + c
+        a8, a9, a10, a11 = a8 * m + c, a9 * m + c, a10 * m + c, a11 * m + c
+    out[worker] = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11
+
+
+def machine_scalar_gflops(threads: int, repeats: int = 5) -> float:
+    """Scalar float64 throughput in Gflop/s per wall second on ``threads`` threads, from the best of ``repeats``
+    runs of :func:`scalar_fma_chains` on the rasterizer's own worker threads: the rate of code that issues one
+    FMA per value, as the compositing kernels' pixel loops do."""
+    out = np.zeros(threads)
+    scalar_fma_chains(1, out, 0, 1)  # compile
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        rc.run_workers(scalar_fma_chains, SCALAR_PROBE_STEPS, out, n_workers=threads)
+        best = max(best, 2 * SCALAR_CHAINS * SCALAR_PROBE_STEPS * threads / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def cpu_description() -> str:
@@ -425,12 +496,14 @@ def main() -> None:
 
     first = first_call_seconds()
     gflops = machine_gflops(args.threads)
+    scalar = machine_scalar_gflops(args.threads)
     split = "" if args.torch_threads is None else f" (gfbench: PyTorch on {args.torch_threads}, kernels on {args.threads})"
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_description()}; {args.threads} threads{split}; "
           f"gfbench first call (JIT compile, or load from numba's cache) {first:.1f} s; "
           f"freed memory {'retained' if retained else 'returned to the OS'}; "
           f"machine float64 throughput (dgemm) "
-          f"{gflops[0]:.1f} Gflop/s per wall second on {args.threads} threads, {gflops[1]:.1f} per CPU second")
+          f"{gflops[0]:.1f} Gflop/s per wall second on {args.threads} threads, {gflops[1]:.1f} per CPU second; "
+          f"scalar FMA throughput {scalar:.1f} Gflop/s")
     header = (f"{'kind':5s} {'N':>7s} {'size':>8s} | {'ref f+b':>8s} {'gfb f+b':>8s} {'ratio':>7s} | "
               f"{'ref cpu':>8s} {'gfb cpu':>8s} {'ratio':>7s} | {'gfb fwd':>8s} | {'ref mem':>8s} {'gfb mem':>8s} | "
               f"{'max|dRGB|':>9s} {'max|dA|':>8s} {'max|dN|':>8s} | {'isects':>8s} {'rows':>8s} {'pairs':>9s} "
@@ -444,21 +517,25 @@ def main() -> None:
         for n in args.gaussians:
             for W, H in args.sizes:
                 peak = tuple(map(max, peak, machine_gflops(args.threads)))
+                scalar = max(scalar, machine_scalar_gflops(args.threads))
                 points.append(run_point(kind, n, W, H, args, references[kind], peak, reference_runs[kind]))
     peak = tuple(map(max, peak, machine_gflops(args.threads)))
-    print_against_peak(points, peak, args.threads)
+    scalar = max(scalar, machine_scalar_gflops(args.threads))
+    print_against_peak(points, peak, scalar, args.threads)
 
 
-def print_against_peak(points, peak: tuple[float, float], threads: int) -> None:
+def print_against_peak(points, peak: tuple[float, float], scalar: float, threads: int) -> None:
     """The bound of every point again, at the best dgemm rates seen in the whole run (probed before each
     point and after the last): on a shared machine one probe can catch the cores busy and halve the rate,
-    which would flatter the points measured against it."""
+    which would flatter the points measured against it. ``x scalar`` is the same time against the run's best
+    scalar FMA rate (:func:`machine_scalar_gflops`) instead of the dgemm's."""
     print(f"peak float64 throughput (dgemm) over the run: {peak[0]:.1f} Gflop/s per wall second on {threads} "
-          f"threads, {peak[1]:.1f} per CPU second; against it:")
+          f"threads, {peak[1]:.1f} per CPU second; scalar FMA throughput {scalar:.1f} Gflop/s; against them:")
     for kind, n, W, H, flops, seconds, cpu_seconds in points:
         bound, x_bound, x_cpu = against_bound(flops, seconds, cpu_seconds, peak)
+        scalar_bound = flops / (scalar * 1e9)
         print(f"{kind:5s} {n:7d} {W:4d}x{H:<3d}  bound {bound * 1e3:5.1f} ms  x bound {x_bound:5.1f}  "
-              f"x cpu {x_cpu:5.1f}")
+              f"x cpu {x_cpu:5.1f}  scalar bound {scalar_bound * 1e3:5.1f} ms  x scalar {seconds / scalar_bound:4.1f}")
 
 
 def against_bound(flops: float, seconds: float, cpu_seconds: float, rates: tuple[float, float]):

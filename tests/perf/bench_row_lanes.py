@@ -28,11 +28,11 @@ medians of 5, one thread; the ratio is the production kernel's time over the var
      100000  960x540 |     203.2 ms |   511.7 ms  0.40x  5.3e-15 |   409.6 ms  0.50x  3.6e-04
 
 The lane layouts are 2-3x slower than the scalar spans at every point, in float32 too: each Gaussian-row costs a
-whole row of exps and compositing steps where the spans visit 3 to 7 pixels with two exps, and a 16-pixel row is
-a short loop (float32's 16-lane vectors did not make it faster than float64's 4-lane ones, so the vector
-arithmetic is not where such a row's time goes). A hand-written kernel with intrinsics (a C++ extension) might do better
-on the short rows, but would still evaluate 2-5x the pairs. Earlier versions of the production kernels tried
-the other vector layout, 8-lane masked blocks over a span's pixels, and found it no faster (cpu_kernels' module
+whole row of exps and compositing steps where the spans visit 3 to 7 pixels with two exps, and a 16-pixel row is a
+short loop (float32's 16-lane vectors did not make it faster than float64's 4-lane ones, so the vector arithmetic
+is not where such a row's time goes). A hand-written kernel with intrinsics (a C++ extension) might do better on
+the short rows, but would still evaluate 2-5x the pairs. Earlier versions of the production kernels tried the
+other vector layout, 8-lane masked blocks over a span's pixels, and found it no faster (cpu_kernels' module
 docstring). So the compositing stays scalar, and the compute bound it can approach is the scalar FMA rate that
 ``bench_rasterizer.py`` reports beside the dgemm rate.
 """
