@@ -53,8 +53,9 @@ reduction, dtype conversions) and the autograd glue add where Gaussians are many
 set-up (spans, ray planes, the 3DGS recurrence's exps: 40-53% of the 3DGS forward and 25-36% of the 2DGS one when
 it was scalar) now runs as 8-wide vector code; the pixel loops written as masked 8-lane blocks were not faster
 (spans of 2-5 pixels fill a vector poorly, and the per-block bookkeeping costs what the lanes save), and the GPU's
-decomposition, a tile row's pixels as lanes, was 2-3x slower than the scalar spans (``bench_row_lanes.py``). The
-work charged is the scalar algorithm's: the vector set-up's extra row slots (8 or all 16 of a tile's rows, of
+decomposition, a tile row's pixels as lanes, was 2-3x slower than the scalar spans as numba compiles it, and
+1.45-1.98x faster (forward) only when hand-written with AVX-512 intrinsics in float32 (``bench_row_lanes.py``).
+The work charged is the scalar algorithm's: the vector set-up's extra row slots (8 or all 16 of a tile's rows, of
 which a Gaussian reaches 1.5 to 5) are not counted. This is the bound every closing note on the issue has reported
 (flops counted from the kernels over measured peak throughput); ``x cpu`` only measures it in CPU seconds.
 
@@ -62,7 +63,8 @@ The scalar bound: the same flops at the rate of scalar float64 FMAs (:func:`mach
 independent chains of ``vfmadd...sd`` on the kernels' worker threads, probed beside every dgemm probe, best rate
 of the run), printed in the summary as ``x scalar``. It is the top of the roofline for code that computes one
 value per instruction, which is what the compositing's pixel loops are; ``bench_row_lanes.py`` measures the
-alternative, a tile row's pixels as vector lanes (as a GPU runs it), at 0.34-0.53x the scalar spans' speed. On
+alternative, a tile row's pixels as vector lanes (as a GPU runs it): 0.33-0.53x the scalar spans' speed from
+numba, 1.45-1.98x when hand-written in C with AVX-512 intrinsics in float32 (forward only). On
 the Intel VM of 2026-12-02 the dgemm rate was 5.5-6.1x the scalar rate; on the Zen 4 VM it would be 4x by design
 (16 float64 flops per cycle for the dgemm's 512-bit FMAs run as two halves, 4 for two scalar FMAs; the probe was
 not there yet), which is why the same code lands 1.5-2x farther from the dgemm bound on the Intel VMs.

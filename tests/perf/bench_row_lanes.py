@@ -8,40 +8,49 @@ forward only, RGB + depth, against the production kernel on the same inputs, one
 "is the distance to the dgemm bound (``bench_rasterizer.py``) the scalar code's fault?" has a measured answer:
 
 - ``lanes64``: per Gaussian-row, alpha at all pixels of the row in one branch-free loop (float64 exp per pixel,
-  written so that LLVM vectorizes it: 4 lanes per ymm register on the machines measured), then the compositing
-  pass over the row's pixels;
+  written so that LLVM vectorizes it: 4 lanes per ymm register on the machines measured), then a branch-free
+  compositing pass over the row's pixels;
 - ``lanes32``: the same in float32 (the precision of gsplat's CUDA kernels; LLVM chose 16-lane zmm vectors on
-  the AVX-512 machine measured), the Gaussian rows converted once beforehand (not timed).
+  the AVX-512 machine measured), the Gaussian rows converted once beforehand (not timed);
+- ``avx512``: the same layout hand-written in C with AVX-512 intrinsics, in float32, a row of 16 pixels being one
+  vector (``row_lanes_avx512.c``, compiled here with gcc -O3 -march=native and called through ctypes; the column
+  is left empty where the CPU lacks AVX-512 or there is no gcc).
 
-Both give the production kernel's images to within their precision (``max|dC|``, the largest colour difference).
+All give the production kernel's images to within their precision (``max|dC|``, the largest colour difference).
 Run from the repository root:
 
     OMP_NUM_THREADS=1 .venv/bin/python tests/perf/bench_row_lanes.py [--points 20000,256,160 ...] [--repeats 5]
 
-Results (2026-12-02 02:30 UTC, the 2-core Intel VM of ``bench_rasterizer.py``'s grid of that day, AVX-512;
-medians of 5, one thread; the ratio is the production kernel's time over the variant's):
+Results (2026-12-02 02:27 UTC, the 2-core Intel AVX-512 VM of ``bench_rasterizer.py``'s grid of that day; medians
+of 5, one thread; the ratio is the production kernel's time over the variant's):
 
-          N     size | scalar spans |           lanes64  max|dC| |           lanes32  max|dC|
-      20000  256x160 |       8.5 ms |    20.2 ms  0.42x  1.1e-14 |    25.1 ms  0.34x  3.2e-05
-     300000  256x160 |      35.6 ms |    90.6 ms  0.39x  3.9e-15 |    86.3 ms  0.41x  1.5e-03
-      20000  960x540 |      44.3 ms |   108.3 ms  0.41x  2.0e-14 |    83.0 ms  0.53x  5.6e-03
-     100000  960x540 |     203.2 ms |   511.7 ms  0.40x  5.3e-15 |   409.6 ms  0.50x  3.6e-04
+          N     size | scalar spans |           lanes64  max|dC| |           lanes32  max|dC| |            avx512  max|dC|
+      20000  256x160 |       8.0 ms |    19.7 ms  0.40x  1.1e-14 |    24.4 ms  0.33x  3.2e-05 |     5.5 ms  1.45x  3.2e-05
+     300000  256x160 |      37.9 ms |    95.9 ms  0.40x  3.9e-15 |    92.1 ms  0.41x  1.5e-03 |    22.6 ms  1.67x  1.5e-03
+      20000  960x540 |      46.9 ms |   116.0 ms  0.40x  2.0e-14 |    93.3 ms  0.50x  5.6e-03 |    28.3 ms  1.65x  5.6e-03
+     100000  960x540 |     208.6 ms |   544.0 ms  0.38x  5.3e-15 |   418.7 ms  0.50x  3.6e-04 |   105.3 ms  1.98x  3.6e-04
 
-The lane layouts are 2-3x slower than the scalar spans at every point, in float32 too: each Gaussian-row costs a
-whole row of exps and compositing steps where the spans visit 3 to 7 pixels with two exps, and a 16-pixel row is a
-short loop (float32's 16-lane vectors did not make it faster than float64's 4-lane ones, so the vector arithmetic
-is not where such a row's time goes). A hand-written kernel with intrinsics (a C++ extension) might do better on
-the short rows, but would still evaluate 2-5x the pairs. Earlier versions of the production kernels tried the
-other vector layout, 8-lane masked blocks over a span's pixels, and found it no faster (cpu_kernels' module
-docstring). So the compositing stays scalar, and the compute bound it can approach is the scalar FMA rate that
-``bench_rasterizer.py`` reports beside the dgemm rate.
+As numba and LLVM vectorize it, the lane layout is 2-3x slower than the scalar spans, in float32 too (float32's
+16-lane vectors did not make it faster than float64's 4-lane ones: the short row loops' vector bodies are not
+where the time goes). Written by hand with AVX-512 intrinsics in float32 it is 1.45-1.98x faster than the
+production kernel, although it evaluates every pixel of each row (2-5x the pairs of the spans): the vector layout
+does beat the scalar code, but through a C extension, float32 arithmetic (which moves every published number) and
+intrinsics for one instruction set. Two things mattered for it: flushing denormals to zero (exps of far pixels
+underflow; without it the kernel ran 4x slower at 20k Gaussians on 256x160) and prefetching the Gaussian rows (-25% at
+300k). Earlier versions of the production kernels tried 8-lane masked blocks over a span's pixels, and found them
+no faster (cpu_kernels' module docstring).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import shutil
 import statistics
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -155,6 +164,36 @@ def make_lane_kernel(dtype):
 LANES = {"lanes64": (np.float64, make_lane_kernel(np.float64)), "lanes32": (np.float32, make_lane_kernel(np.float32))}
 
 
+AVX512_SOURCE = Path(__file__).with_name("row_lanes_avx512.c")
+
+
+def load_avx512_kernel():
+    """``row_lanes_avx512.c`` compiled for this CPU (gcc -O3 -march=native) and loaded through ctypes, or None with
+    the reason when there is no gcc or no AVX-512."""
+    import llvmlite.binding as llvm
+
+    if not llvm.get_host_cpu_features().get("avx512f"):
+        return None, "no AVX-512 on this CPU"
+    if shutil.which("gcc") is None:
+        return None, "no gcc"
+    library = Path(tempfile.mkdtemp(prefix="gfbench-lanes-")) / "row_lanes_avx512.so"
+    subprocess.run(["gcc", "-O3", "-march=native", "-shared", "-fPIC", "-o", str(library), str(AVX512_SOURCE), "-lm"],
+                   check=True)
+    kernel = ctypes.CDLL(str(library)).fwd_lanes
+    pointer, integer, real = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    kernel.argtypes = [pointer, integer, pointer, pointer] + [integer] * 4 + [real] * 5 + [pointer] * 3
+    kernel.restype = integer
+    return kernel, ""
+
+
+def avx512(kernel, params32, bins, W, H):
+    out = (np.empty((1, H, W, 4), np.float32), np.empty((1, H, W), np.float32), np.empty((1, H, W), np.int64))
+    kernel(params32.ctypes.data, params32.shape[1], bins.tile_offsets.ctypes.data, bins.flatten_ids.ctypes.data,
+           bins.tile_width, bins.tile_height, W, H, MAX_ALPHA, ALPHA_THRESHOLD, MIN_TRANSMITTANCE, K.SPAN_MARGIN,
+           K.PIXEL_MARGIN, *(a.ctypes.data for a in out))
+    return out[0]
+
+
 def inputs(n: int, W: int, H: int):
     """The production pipeline's Gaussian rows and tile lists for the rasterizer benchmark's scene."""
     p, viewmats, Ks = make_scene(n, W, H)
@@ -187,15 +226,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"{'N':>7s} {'size':>8s} | {'scalar spans':>12s} | {'lanes64':>17s} {'max|dC|':>8s} | "
-          f"{'lanes32':>17s} {'max|dC|':>8s}")
+    kernel, missing = load_avx512_kernel()
+    names = list(LANES) + ["avx512"]
+    print(f"{'N':>7s} {'size':>8s} | {'scalar spans':>12s} | "
+          + " | ".join(f"{name:>17s} {'max|dC|':>8s}" for name in names) + (f"   (avx512: {missing})" if missing else ""))
     for point in args.points:
         n, W, H = (int(v) for v in point.split(","))
         params, bins = inputs(n, W, H)
         variants = {"production": lambda: production(params, bins, W, H)}
-        for name, (dtype, kernel) in LANES.items():
+        for name, (dtype, lane_kernel) in LANES.items():
             rows = np.ascontiguousarray(params, dtype=dtype)
-            variants[name] = lambda kernel=kernel, dtype=dtype, rows=rows: lanes(kernel, dtype, rows, bins, W, H)
+            variants[name] = (lambda lane_kernel=lane_kernel, dtype=dtype, rows=rows:
+                              lanes(lane_kernel, dtype, rows, bins, W, H))
+        if kernel is not None:
+            rows32 = np.ascontiguousarray(params, dtype=np.float32)
+            variants["avx512"] = lambda: avx512(kernel, rows32, bins, W, H)
         images = {name: run() for name, run in variants.items()}  # also compiles
         times = {name: [] for name in variants}
         for _ in range(args.repeats):
@@ -205,9 +250,9 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
         ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
         cells = [f"{ms[name]:7.1f} ms {ms['production'] / ms[name]:5.2f}x "
-                 f"{np.abs(images[name] - images['production']).max():8.1e}" for name in LANES]
+                 f"{np.abs(images[name] - images['production']).max():8.1e}" if name in ms else f"{'':>26s}"
+                 for name in names]
         print(f"{n:7d} {W:4d}x{H:<3d} | {ms['production']:9.1f} ms | {' | '.join(cells)}", flush=True)
-
 
 if __name__ == "__main__":
     main()
