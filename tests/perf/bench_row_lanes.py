@@ -36,9 +36,9 @@ where the time goes). Written by hand with AVX-512 intrinsics in float32 it is 1
 production kernel, although it evaluates every pixel of each row (2-5x the pairs of the spans): the vector layout
 does beat the scalar code, but through a C extension, float32 arithmetic (which moves every published number) and
 intrinsics for one instruction set. Two things mattered for it: flushing denormals to zero (exps of far pixels
-underflow; without it the kernel ran 4x slower at 20k Gaussians on 256x160) and prefetching the Gaussian rows (-25% at
-300k). Earlier versions of the production kernels tried 8-lane masked blocks over a span's pixels, and found them
-no faster (cpu_kernels' module docstring).
+underflow; without it the kernel ran 4x slower at 20k Gaussians on 256x160) and prefetching the Gaussian rows
+(-25% at 300k). Earlier versions of the production kernels tried 8-lane masked blocks over a span's pixels, and
+found them no faster (cpu_kernels' module docstring).
 """
 
 from __future__ import annotations
@@ -228,8 +228,8 @@ def main() -> None:
     torch.set_num_threads(1)
     kernel, missing = load_avx512_kernel()
     names = list(LANES) + ["avx512"]
-    print(f"{'N':>7s} {'size':>8s} | {'scalar spans':>12s} | "
-          + " | ".join(f"{name:>17s} {'max|dC|':>8s}" for name in names) + (f"   (avx512: {missing})" if missing else ""))
+    columns = " | ".join(f"{name:>17s} {'max|dC|':>8s}" for name in names)
+    print(f"{'N':>7s} {'size':>8s} | {'scalar spans':>12s} | {columns}" + (f"   (avx512: {missing})" if missing else ""))
     for point in args.points:
         n, W, H = (int(v) for v in point.split(","))
         params, bins = inputs(n, W, H)
