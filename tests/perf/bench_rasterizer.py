@@ -53,8 +53,8 @@ reduction, dtype conversions) and the autograd glue add where Gaussians are many
 set-up (spans, ray planes, the 3DGS recurrence's exps: 40-53% of the 3DGS forward and 25-36% of the 2DGS one when
 it was scalar) now runs as 8-wide vector code; the pixel loops written as masked 8-lane blocks were not faster
 (spans of 2-5 pixels fill a vector poorly, and the per-block bookkeeping costs what the lanes save), and the GPU's
-decomposition, a tile row's pixels as lanes, was 2-3x slower than the scalar spans as numba compiles it, and
-1.45-1.98x faster (forward) only when hand-written with AVX-512 intrinsics in float32 (``bench_row_lanes.py``).
+decomposition, a tile row's pixels as lanes, was 2-2.6x slower than the scalar spans as numba compiles it, and
+1.63-1.96x faster (forward) only when hand-written with AVX-512 intrinsics in float32 (``bench_row_lanes.py``).
 The work charged is the scalar algorithm's: the vector set-up's extra row slots (8 or all 16 of a tile's rows, of
 which a Gaussian reaches 1.5 to 5) are not counted. This is the bound every closing note on the issue has reported
 (flops counted from the kernels over measured peak throughput); ``x cpu`` only measures it in CPU seconds.
@@ -63,8 +63,8 @@ The scalar bound: the same flops at the rate of scalar float64 FMAs (:func:`mach
 independent chains of ``vfmadd...sd`` on the kernels' worker threads, probed beside every dgemm probe, best rate
 of the run), printed in the summary as ``x scalar``. It is the top of the roofline for code that computes one
 value per instruction, which is what the compositing's pixel loops are; ``bench_row_lanes.py`` measures the
-alternative, a tile row's pixels as vector lanes (as a GPU runs it): 0.33-0.53x the scalar spans' speed from
-numba, 1.45-1.98x when hand-written in C with AVX-512 intrinsics in float32 (forward only). On
+alternative, a tile row's pixels as vector lanes (as a GPU runs it): 0.38-0.53x the scalar spans' speed from
+numba, 1.63-1.96x when hand-written in C with AVX-512 intrinsics in float32 (forward only). On
 the Intel VM of 2026-12-02 the dgemm rate was 5.5-6.1x the scalar rate; on the Zen 4 VM it would be 4x by design
 (16 float64 flops per cycle for the dgemm's 512-bit FMAs run as two halves, 4 for two scalar FMAs; the probe was
 not there yet), which is why the same code lands 1.5-2x farther from the dgemm bound on the Intel VMs.
@@ -387,20 +387,29 @@ def gfbench_2dgs(p, viewmats, Ks, W, H):
 GFBENCH = {"3dgs": gfbench_3dgs, "2dgs": gfbench_2dgs}
 
 
+CULLING = dict(near_plane=0.01, far_plane=1e10, radius_clip=0.0)  # the renderers' defaults (gsplat's)
+EPS2D = 0.3  # the 3DGS renderer's default low-pass (gsplat's)
+
+
+def projected_3dgs(p, viewmats, Ks, W, H):
+    """The 3DGS projection, its tile lists and the RGB + depth features, as the renderer makes them (no grad)."""
+    with torch.no_grad():
+        proj = rc.project_3d(p["means"], p["quats"], p["scales"], p["opacities"], viewmats, Ks, W, H, eps2d=EPS2D,
+                             **CULLING)
+        features = torch.cat([p["colors"][None], proj.depths[..., None]], -1)
+    return proj, rc.bin_tiles(proj, W, H), features
+
+
 def work_counts(kind: str, p, viewmats, Ks, W, H) -> dict[str, int]:
     """Gaussian-pixel pairs and Gaussian-rows the forward evaluates and Gaussian-tile intersections,
     through the same pieces as the renderer."""
     with torch.no_grad():
         opac = p["opacities"][None]
         if kind == "3dgs":
-            proj = rc.project_3d(p["means"], p["quats"], p["scales"], p["opacities"], viewmats, Ks, W, H,
-                                 eps2d=0.3, near_plane=0.01, far_plane=1e10, radius_clip=0.0)
-            bins = rc.bin_tiles(proj, W, H)
-            feats = torch.cat([p["colors"][None], proj.depths[..., None]], -1)
+            proj, bins, feats = projected_3dgs(p, viewmats, Ks, W, H)
             rc.RasterizeTiles3D.apply(proj.means2d, proj.conics, opac, feats, bins, W, H, proj.host, False)
         else:
-            proj = rc2.project_2d(p["means"], p["quats"], p["scales"], viewmats, Ks, W, H,
-                                  near_plane=0.01, far_plane=1e10, radius_clip=0.0)
+            proj = rc2.project_2d(p["means"], p["quats"], p["scales"], viewmats, Ks, W, H, **CULLING)
             bins = rc.bin_tiles(proj, W, H)
             feats = torch.cat([p["colors"][None], proj.depths[..., None]], -1)
             densify = torch.zeros(proj.means2d.shape)

@@ -21,24 +21,26 @@ Run from the repository root:
 
     OMP_NUM_THREADS=1 .venv/bin/python tests/perf/bench_row_lanes.py [--points 20000,256,160 ...] [--repeats 5]
 
-Results (2026-12-02 02:27 UTC, the 2-core Intel AVX-512 VM of ``bench_rasterizer.py``'s grid of that day; medians
+Results (2026-12-02 03:10 UTC, the 2-core Intel AVX-512 VM of ``bench_rasterizer.py``'s grid of that day; medians
 of 5, one thread; the ratio is the production kernel's time over the variant's):
 
           N     size | scalar spans |           lanes64  max|dC| |           lanes32  max|dC| |            avx512  max|dC|
-      20000  256x160 |       8.0 ms |    19.7 ms  0.40x  1.1e-14 |    24.4 ms  0.33x  3.2e-05 |     5.5 ms  1.45x  3.2e-05
-     300000  256x160 |      37.9 ms |    95.9 ms  0.40x  3.9e-15 |    92.1 ms  0.41x  1.5e-03 |    22.6 ms  1.67x  1.5e-03
-      20000  960x540 |      46.9 ms |   116.0 ms  0.40x  2.0e-14 |    93.3 ms  0.50x  5.6e-03 |    28.3 ms  1.65x  5.6e-03
-     100000  960x540 |     208.6 ms |   544.0 ms  0.38x  5.3e-15 |   418.7 ms  0.50x  3.6e-04 |   105.3 ms  1.98x  3.6e-04
+      20000  256x160 |       7.8 ms |    19.5 ms  0.40x  1.1e-14 |    14.7 ms  0.53x  3.2e-05 |     4.8 ms  1.63x  3.2e-05
+     300000  256x160 |      35.2 ms |    92.3 ms  0.38x  3.9e-15 |    69.8 ms  0.50x  1.5e-03 |    21.2 ms  1.66x  1.5e-03
+      20000  960x540 |      43.1 ms |   110.6 ms  0.39x  2.0e-14 |    83.7 ms  0.51x  5.6e-03 |    25.4 ms  1.70x  5.6e-03
+     100000  960x540 |     193.1 ms |   505.9 ms  0.38x  5.3e-15 |   386.2 ms  0.50x  3.6e-04 |    98.6 ms  1.96x  3.6e-04
 
-As numba and LLVM vectorize it, the lane layout is 2-3x slower than the scalar spans, in float32 too (float32's
-16-lane vectors did not make it faster than float64's 4-lane ones: the short row loops' vector bodies are not
-where the time goes). Written by hand with AVX-512 intrinsics in float32 it is 1.45-1.98x faster than the
-production kernel, although it evaluates every pixel of each row (2-5x the pairs of the spans): the vector layout
-does beat the scalar code, but through a C extension, float32 arithmetic (which moves every published number) and
-intrinsics for one instruction set. Two things mattered for it: flushing denormals to zero (exps of far pixels
-underflow; without it the kernel ran 4x slower at 20k Gaussians on 256x160) and prefetching the Gaussian rows
-(-25% at 300k). Earlier versions of the production kernels tried 8-lane masked blocks over a span's pixels, and
-found them no faster (cpu_kernels' module docstring).
+As numba and LLVM vectorize it, the lane layout is 2-2.6x slower than the scalar spans; float32's 16-lane vectors
+made it only 1.3x faster than float64's 4-lane ones (the short row loops' vector bodies are not where the time
+goes). Written by hand with AVX-512 intrinsics in float32 it is 1.63-1.96x faster than the production kernel,
+although it evaluates every pixel of each row (2-5x the pairs of the spans): the vector layout does beat the
+scalar code, but through a C extension, float32 arithmetic (which moves every published number) and intrinsics for
+one instruction set. Denormal numbers matter to every lane kernel: far pixels' exps underflow, and each denormal
+operand costs a microcode assist. The C kernel flushes them to zero (without that it ran 4x slower at 20k
+Gaussians on 256x160) and the numba kernels cap sigma at SIGMA_CLAMP (an earlier run without the cap had
+``lanes32`` at 0.33-0.50x). Prefetching the Gaussian rows gave the C kernel -25% at 300k. Earlier versions of the
+production kernels tried 8-lane masked blocks over a span's pixels, and found them no faster (cpu_kernels' module
+docstring).
 """
 
 from __future__ import annotations
@@ -65,10 +67,11 @@ from gfbench.methods.core.cpu_kernels import (
     positive_definite, prefetch_row, sigma_bound, tile_origin,
 )
 
-from bench_rasterizer import make_scene
+from bench_rasterizer import make_scene, projected_3dgs
 
 f32 = np.float32
 LOG2_E_32, LN2_32 = f32(1.442695), f32(0.6931472)
+SIGMA_CLAMP = 80.0  # far pixels' sigma capped here: o exp(-80) >= 7e-38 for o >= 1/255, a normal float32
 EXP32_ORDER = 7  # Taylor terms for exp(r), |r| <= ln(2) / 2, in float32: remainder below 2e-8 relative
 
 
@@ -98,6 +101,7 @@ def make_lane_kernel(dtype):
     """The lane-layout forward for float64 or float32 Gaussian rows (one compiled kernel each)."""
     one, half, zero = dtype(1.0), dtype(0.5), dtype(0.0)
     max_alpha, threshold, min_t = dtype(MAX_ALPHA), dtype(ALPHA_THRESHOLD), dtype(MIN_TRANSMITTANCE)
+    max_sigma = dtype(SIGMA_CLAMP)
     exp = exp_inline if dtype is np.float64 else exp32
 
     @njit(nogil=True, fastmath=K.FASTMATH)
@@ -133,7 +137,8 @@ def make_lane_kernel(dtype):
                     cy, by = half * c * dy * dy, b * dy
                     for lane in range(x1 - x0):  # every pixel of the row: vector code
                         dx = mx - px[lane]
-                        alpha[lane] = min(max_alpha, o * exp(-(half * a * dx * dx + by * dx + cy)))
+                        sigma = min(half * a * dx * dx + by * dx + cy, max_sigma)  # alpha stays a normal number
+                        alpha[lane] = min(max_alpha, o * exp(-sigma))
                     f0, f1, f2, f3 = g[6], g[7], g[8], g[9]
                     finished = 0
                     for lane in range(x1 - x0):  # compositing, gsplat's rules, branch-free: vector code
@@ -197,12 +202,8 @@ def avx512(kernel, params32, bins, W, H):
 def inputs(n: int, W: int, H: int):
     """The production pipeline's Gaussian rows and tile lists for the rasterizer benchmark's scene."""
     p, viewmats, Ks = make_scene(n, W, H)
-    with torch.no_grad():
-        proj = rc.project_3d(p["means"], p["quats"], p["scales"], p["opacities"], viewmats, Ks, W, H, eps2d=0.3,
-                             near_plane=0.01, far_plane=1e10, radius_clip=0.0)
-        features = torch.cat([p["colors"][None], proj.depths[..., None]], -1)
-        params = rc.gaussian_rows(proj.host["means2d"], proj.host["conics"], p["opacities"][None], features)
-    return params, rc.bin_tiles(proj, W, H)
+    proj, bins, features = projected_3dgs(p, viewmats, Ks, W, H)
+    return rc.gaussian_rows(proj.host["means2d"], proj.host["conics"], p["opacities"][None].detach(), features), bins
 
 
 def production(params, bins, W, H):

@@ -10,8 +10,9 @@
 
 #define TILE 16
 
-/* exp(x) for 16 floats: x = n ln 2 + r, exp(r) by its degree-6 Taylor polynomial, times 2^n (scalef);
- * |x| clamped so that results stay normal numbers (denormals cost microcode assists). */
+/* exp(x) for 16 floats: x = n ln 2 + r, exp(r) by its degree-6 Taylor polynomial, times 2^n (scalef); x is
+ * clamped to [-80, 87] (-80: bench_row_lanes.SIGMA_CLAMP) so that results stay normal numbers (denormals cost
+ * microcode assists). */
 static inline __m512 exp512(__m512 x) {
     x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(87.0f)), _mm512_set1_ps(-80.0f));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
