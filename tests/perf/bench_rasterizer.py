@@ -234,6 +234,11 @@ FLOPS = {
     "3dgs": {"pair": 76, "row": 156, "isect": 120, "gaussian": 650},
     "2dgs": {"pair": 203, "row": 206, "isect": 120, "gaussian": 500},
 }
+# The work the mixed bound charges at the scalar FMA rate: a pair's compositing, whose best float64 vector form
+# measured (bench_row_lanes.py: a tile row's pixels as AVX-512 lanes, hand-written in C) ran at 0.93-1.11x the
+# scalar spans' speed. Everything else (row set-up, intersections, projection) is independent per item and
+# charged at the dgemm rate.
+SCALAR_WORK = ("pair",)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -522,7 +527,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     reference_runs: dict[str, list] = {kind: [] for kind in args.kinds}  # (N, pairs, seconds, MB)
-    points = []  # (kind, N, W, H, flops, gfbench f+b seconds, gfbench CPU seconds)
+    points = []  # (kind, N, W, H, flops, scalar flops, gfbench f+b seconds, gfbench CPU seconds)
     peak = gflops
     for kind in args.kinds:
         for n in args.gaussians:
@@ -542,11 +547,19 @@ def print_against_peak(points, peak: tuple[float, float], scalar: float, threads
     scalar FMA rate (:func:`machine_scalar_gflops`) instead of the dgemm's."""
     print(f"peak float64 throughput (dgemm) over the run: {peak[0]:.1f} Gflop/s per wall second on {threads} "
           f"threads, {peak[1]:.1f} per CPU second; scalar FMA throughput {scalar:.1f} Gflop/s; against them:")
-    for kind, n, W, H, flops, seconds, cpu_seconds in points:
+    for kind, n, W, H, flops, scalar_flops, seconds, cpu_seconds in points:
         bound, x_bound, x_cpu = against_bound(flops, seconds, cpu_seconds, peak)
         scalar_bound = flops / (scalar * 1e9)
+        mixed = mixed_bound(flops, scalar_flops, peak[0], scalar)
         print(f"{kind:5s} {n:7d} {W:4d}x{H:<3d}  bound {bound * 1e3:5.1f} ms  x bound {x_bound:5.1f}  "
-              f"x cpu {x_cpu:5.1f}  scalar bound {scalar_bound * 1e3:5.1f} ms  x scalar {seconds / scalar_bound:4.1f}")
+              f"x cpu {x_cpu:5.1f}  scalar bound {scalar_bound * 1e3:5.1f} ms  x scalar {seconds / scalar_bound:4.1f}  "
+              f"mixed bound {mixed * 1e3:5.1f} ms  x mixed {seconds / mixed:4.1f}")
+
+
+def mixed_bound(flops: float, scalar_flops: float, dgemm_gflops: float, scalar_gflops: float) -> float:
+    """Seconds for ``flops`` with the ``scalar_flops`` among them (:data:`SCALAR_WORK`) at the scalar FMA rate
+    and the rest at the dgemm rate."""
+    return scalar_flops / (scalar_gflops * 1e9) + (flops - scalar_flops) / (dgemm_gflops * 1e9)
 
 
 def against_bound(flops: float, seconds: float, cpu_seconds: float, rates: tuple[float, float]):
@@ -599,6 +612,7 @@ def run_point(kind, n, W, H, args, reference, gflops, reference_runs) -> tuple:
     work = work_counts(kind, p, viewmats, Ks, W, H)
     pairs = work["pair"]
     flops = sum(work[k] * FLOPS[kind][k] for k in work)
+    scalar_flops = sum(work[k] * FLOPS[kind][k] for k in SCALAR_WORK)
     bound, x_bound, x_cpu = against_bound(flops, g_both, g_cpu, gflops)
 
     seconds, megabytes = predict_reference(reference_runs, n, pairs)
@@ -619,7 +633,7 @@ def run_point(kind, n, W, H, args, reference, gflops, reference_runs) -> tuple:
           f"{cpu_ratio_text} | {g_fwd:7.3f}s | {rss_text} {g_rss:6.0f}MB | {diffs[0]:>9s} {diffs[1]:>8s} {diffs[2]:>8s} | "
           f"{work['isect']:8d} {work['row']:8d} {pairs:9d} {bound * 1e3:5.0f}ms {x_bound:6.1f}x "
           f"{x_cpu:5.1f}x", flush=True)
-    return kind, n, W, H, flops, g_both, g_cpu
+    return kind, n, W, H, flops, scalar_flops, g_both, g_cpu
 
 
 if __name__ == "__main__":

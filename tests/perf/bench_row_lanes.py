@@ -14,33 +14,41 @@ forward only, RGB + depth, against the production kernel on the same inputs, one
   the AVX-512 machine measured), the Gaussian rows converted once beforehand (not timed);
 - ``avx512``: the same layout hand-written in C with AVX-512 intrinsics, in float32, a row of 16 pixels being one
   vector (``row_lanes_avx512.c``, compiled here with gcc -O3 -march=native and called through ctypes; the column
-  is left empty where the CPU lacks AVX-512 or there is no gcc).
+  is left empty where the CPU lacks AVX-512 or there is no gcc);
+- ``avx512_f64``: the same C kernel in float64, the production kernels' precision: a row is two 8-lane vectors and
+  exp is a degree-13 polynomial (float64 accuracy).
 
 All give the production kernel's images to within their precision (``max|dC|``, the largest colour difference).
 Run from the repository root:
 
     OMP_NUM_THREADS=1 .venv/bin/python tests/perf/bench_row_lanes.py [--points 20000,256,160 ...] [--repeats 5]
 
-Results (2026-12-02 03:10 UTC, the 2-core Intel AVX-512 VM of ``bench_rasterizer.py``'s grid of that day; medians
-of 5, one thread; the ratio is the production kernel's time over the variant's):
+Results (2026-12-02 12:43 UTC, a 2-core Intel AVX-512 VM (LLVM: rocketlake), the machine of ``bench_rasterizer.py``'s
+grid of that day; medians of 7, one thread; the ratio is the production kernel's time over the variant's):
 
-          N     size | scalar spans |           lanes64  max|dC| |           lanes32  max|dC| |            avx512  max|dC|
-      20000  256x160 |       7.8 ms |    19.5 ms  0.40x  1.1e-14 |    14.7 ms  0.53x  3.2e-05 |     4.8 ms  1.63x  3.2e-05
-     300000  256x160 |      35.2 ms |    92.3 ms  0.38x  3.9e-15 |    69.8 ms  0.50x  1.5e-03 |    21.2 ms  1.66x  1.5e-03
-      20000  960x540 |      43.1 ms |   110.6 ms  0.39x  2.0e-14 |    83.7 ms  0.51x  5.6e-03 |    25.4 ms  1.70x  5.6e-03
-     100000  960x540 |     193.1 ms |   505.9 ms  0.38x  5.3e-15 |   386.2 ms  0.50x  3.6e-04 |    98.6 ms  1.96x  3.6e-04
+      N     size | scalar spans |           lanes64  max|dC| |           lanes32  max|dC| |            avx512  max|dC| |        avx512_f64  max|dC|
+  20000  256x160 |       6.3 ms |    16.6 ms  0.38x  1.1e-14 |    12.6 ms  0.50x  3.2e-05 |     4.0 ms  1.59x  3.2e-05 |     6.8 ms  0.93x  1.1e-14
+ 300000  256x160 |      30.1 ms |    80.0 ms  0.38x  3.9e-15 |    59.9 ms  0.50x  1.5e-03 |    18.0 ms  1.68x  1.5e-03 |    30.9 ms  0.97x  3.8e-15
+  20000  960x540 |      39.4 ms |   101.0 ms  0.39x  2.0e-14 |    76.1 ms  0.52x  5.6e-03 |    24.9 ms  1.58x  5.6e-03 |    41.9 ms  0.94x  2.0e-14
+ 100000  960x540 |     175.3 ms |   467.1 ms  0.38x  5.3e-15 |   345.4 ms  0.51x  3.6e-04 |    91.0 ms  1.93x  3.6e-04 |   157.5 ms  1.11x  5.3e-15
 
 As numba and LLVM vectorize it, the lane layout is 2-2.6x slower than the scalar spans; float32's 16-lane vectors
 made it only 1.3x faster than float64's 4-lane ones (the short row loops' vector bodies are not where the time
-goes). Written by hand with AVX-512 intrinsics in float32 it is 1.63-1.96x faster than the production kernel,
-although it evaluates every pixel of each row (2-5x the pairs of the spans): the vector layout does beat the
-scalar code, but through a C extension, float32 arithmetic (which moves every published number) and intrinsics for
-one instruction set. Denormal numbers matter to every lane kernel: far pixels' exps underflow, and each denormal
-operand costs a microcode assist. The C kernel flushes them to zero (without that it ran 4x slower at 20k
-Gaussians on 256x160) and the numba kernels cap sigma at SIGMA_CLAMP (an earlier run without the cap had
-``lanes32`` at 0.33-0.50x). Prefetching the Gaussian rows gave the C kernel -25% at 300k. Earlier versions of the
+goes). Written by hand with AVX-512 intrinsics it is 1.58-1.93x faster than the production kernel in float32,
+although it evaluates every pixel of each row (2-5x the pairs of the spans), and 0.93-1.11x, i.e. no faster, in
+float64: half the lanes per vector and twice the polynomial for exp take the whole gain. So the vector layout beats
+the scalar code only through float32 arithmetic (which moves every published number: training turns last-bit
+differences into tenths of a dB, see ``cpu_kernels._rotmat``), a C extension and intrinsics for one instruction
+set; in the precision the published numbers rest on, scalar code is as fast as the measured vector forms, which is
+why ``bench_rasterizer.py``'s mixed bound charges a pair's compositing at the scalar FMA rate. (Skipping the 8-lane
+half-rows that a Gaussian's span does not reach did not help the float64 kernel: 0.97-1.12x in the same run.)
+Denormal numbers matter to every lane kernel: far pixels' exps underflow, and each denormal operand costs a
+microcode assist. The C kernels flush them to zero (without that the float32 one ran 4x slower at 20k Gaussians on
+256x160) and the numba kernels cap sigma at SIGMA_CLAMP (an earlier run without the cap had ``lanes32`` at
+0.33-0.50x). Prefetching the Gaussian rows gave the float32 C kernel -25% at 300k. Earlier versions of the
 production kernels tried 8-lane masked blocks over a span's pixels, and found them no faster (cpu_kernels' module
-docstring).
+docstring). An earlier run on the same kind of VM (03:10 UTC, before the float64 C kernel) gave 0.38-0.40x,
+0.50-0.53x and 1.63-1.96x for the first three columns.
 """
 
 from __future__ import annotations
@@ -172,28 +180,33 @@ LANES = {"lanes64": (np.float64, make_lane_kernel(np.float64)), "lanes32": (np.f
 AVX512_SOURCE = Path(__file__).with_name("row_lanes_avx512.c")
 
 
-def load_avx512_kernel():
-    """``row_lanes_avx512.c`` compiled for this CPU (gcc -O3 -march=native) and loaded through ctypes, or None with
-    the reason when there is no gcc or no AVX-512."""
+def load_avx512_kernels():
+    """``row_lanes_avx512.c`` compiled for this CPU (gcc -O3 -march=native) and loaded through ctypes: its float32
+    and float64 kernels by column name, or {} and the reason when there is no gcc or no AVX-512."""
     import llvmlite.binding as llvm
 
     if not llvm.get_host_cpu_features().get("avx512f"):
-        return None, "no AVX-512 on this CPU"
+        return {}, "no AVX-512 on this CPU"
     if shutil.which("gcc") is None:
-        return None, "no gcc"
+        return {}, "no gcc"
     library = Path(tempfile.mkdtemp(prefix="gfbench-lanes-")) / "row_lanes_avx512.so"
     subprocess.run(["gcc", "-O3", "-march=native", "-shared", "-fPIC", "-o", str(library), str(AVX512_SOURCE), "-lm"],
                    check=True)
-    kernel = ctypes.CDLL(str(library)).fwd_lanes
-    pointer, integer, real = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-    kernel.argtypes = [pointer, integer, pointer, pointer] + [integer] * 4 + [real] * 5 + [pointer] * 3
-    kernel.restype = integer
-    return kernel, ""
+    compiled = ctypes.CDLL(str(library))
+    kernels = {}
+    for name, symbol, dtype, real in (("avx512", "fwd_lanes", np.float32, ctypes.c_float),
+                                      ("avx512_f64", "fwd_lanes_f64", np.float64, ctypes.c_double)):
+        kernel = getattr(compiled, symbol)
+        pointer, integer = ctypes.c_void_p, ctypes.c_int64
+        kernel.argtypes = [pointer, integer, pointer, pointer] + [integer] * 4 + [real] * 5 + [pointer] * 3
+        kernel.restype = integer
+        kernels[name] = (kernel, dtype)
+    return kernels, ""
 
 
-def avx512(kernel, params32, bins, W, H):
-    out = (np.empty((1, H, W, 4), np.float32), np.empty((1, H, W), np.float32), np.empty((1, H, W), np.int64))
-    kernel(params32.ctypes.data, params32.shape[1], bins.tile_offsets.ctypes.data, bins.flatten_ids.ctypes.data,
+def avx512(kernel, dtype, rows, bins, W, H):
+    out = (np.empty((1, H, W, 4), dtype), np.empty((1, H, W), dtype), np.empty((1, H, W), np.int64))
+    kernel(rows.ctypes.data, rows.shape[1], bins.tile_offsets.ctypes.data, bins.flatten_ids.ctypes.data,
            bins.tile_width, bins.tile_height, W, H, MAX_ALPHA, ALPHA_THRESHOLD, MIN_TRANSMITTANCE, K.SPAN_MARGIN,
            K.PIXEL_MARGIN, *(a.ctypes.data for a in out))
     return out[0]
@@ -227,10 +240,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    kernel, missing = load_avx512_kernel()
-    names = list(LANES) + ["avx512"]
+    compiled, missing = load_avx512_kernels()
+    names = list(LANES) + ["avx512", "avx512_f64"]
     columns = " | ".join(f"{name:>17s} {'max|dC|':>8s}" for name in names)
-    print(f"{'N':>7s} {'size':>8s} | {'scalar spans':>12s} | {columns}" + (f"   (avx512: {missing})" if missing else ""))
+    note = f"   (avx512: {missing})" if missing else ""
+    print(f"{'N':>7s} {'size':>8s} | {'scalar spans':>12s} | {columns}{note}")
     for point in args.points:
         n, W, H = (int(v) for v in point.split(","))
         params, bins = inputs(n, W, H)
@@ -239,9 +253,9 @@ def main() -> None:
             rows = np.ascontiguousarray(params, dtype=dtype)
             variants[name] = (lambda lane_kernel=lane_kernel, dtype=dtype, rows=rows:
                               lanes(lane_kernel, dtype, rows, bins, W, H))
-        if kernel is not None:
-            rows32 = np.ascontiguousarray(params, dtype=np.float32)
-            variants["avx512"] = lambda: avx512(kernel, rows32, bins, W, H)
+        for name, (kernel, dtype) in compiled.items():
+            rows = np.ascontiguousarray(params, dtype=dtype)
+            variants[name] = (lambda kernel=kernel, dtype=dtype, rows=rows: avx512(kernel, dtype, rows, bins, W, H))
         images = {name: run() for name, run in variants.items()}  # also compiles
         times = {name: [] for name in variants}
         for _ in range(args.repeats):
