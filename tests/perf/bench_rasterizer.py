@@ -12,173 +12,86 @@ vectorized torch code for the few CUDA-only helpers). Both sides take the same r
 60-degree view at depths 2..8 (the same 3D scene at every image size), render RGB + expected depth for one
 camera and backpropagate a random linear loss of colours and alphas (and normals for 2DGS).
 
-Per grid point it prints: forward+backward time of the reference (once) and of gfbench (best of
-``--repeats``), their ratio, the same in process CPU seconds (all threads; robust to a shared machine,
-where wall time depends on what else runs), gfbench's render-only (no-grad) time, the peak memory of each
-side (the process's RSS high-water mark, reset before the side runs, minus the RSS at that moment: what
-the side adds), and the largest difference between the two sides' RGB, alpha (and 2DGS normals) images.
-Differences come from float32 (reference) against float64 (gfbench) arithmetic deciding the alpha >= 1/255
-and T > 1e-4 tests differently for a few pairs (each worth at most ~1/255 of a colour), and for 2DGS
-from bounding-box radii that round to a different integer for a few surfels (their tile lists differ).
-gsplat's torch 2DGS projection composites normals scaled by the third scale (its CUDA kernel, which
-gfbench follows, uses unit normals), so the 2DGS scene has third scales of 1, which surfels otherwise
-ignore.
+What a row prints
+-----------------
+Per grid point: forward+backward time of the reference (once) and of gfbench (best of ``--repeats``), their
+ratio, the same in process CPU seconds (all threads; robust to a shared machine, where wall time depends on what
+else runs), gfbench's render-only (no-grad) time, the peak memory of each side (the process's RSS high-water mark,
+reset before the side runs, minus the RSS at that moment: what the side adds), the largest difference between the
+two sides' RGB, alpha (and 2DGS normals) images, the work gfbench did, and its distance from the dgemm bound.
+Image differences come from float32 (reference) against float64 (gfbench) arithmetic deciding the alpha >= 1/255
+and T > 1e-4 tests differently for a few pairs (each worth at most ~1/255 of a colour), and for 2DGS from
+bounding-box radii that round to a different integer for a few surfels (their tile lists differ). gsplat's torch
+2DGS projection composites normals scaled by the third scale (its CUDA kernel, which gfbench follows, uses unit
+normals), so the 2DGS scene has third scales of 1, which surfels otherwise ignore.
 
-Compute bound: gfbench counts the work its forward does (Gaussian-pixel pairs whose alpha it evaluates,
-Gaussian-rows it sets up, Gaussian-tile intersections; backward revisits at most those), charges each the
-flops of forward + backward counted from the kernels' arithmetic (``FLOPS`` below), adds the projection's
-flops per Gaussian, and divides by the machine's float64 throughput on ``--threads`` cores: the best rate of
-a BLAS matrix product (dgemm, the classic peak-flops probe: vectorized FMAs on cached data) seen in the
-run, probed at start-up, before every grid point and after the last. (One probe can catch the cores busy
-and halve the rate, which would flatter the points measured against it: on the shared 2-core VM the probe
-gave 50 to 101 Gflop/s within minutes.) Each row prints its bound against the best rate so far; the
-summary after the grid gives every point against the run's best. ``x bound`` is gfbench's forward+backward
-time over that bound: how far the whole call (projection, binning, compositing, autograd glue) is from
-doing its arithmetic at the rate of a dgemm. ``x cpu`` is the same in CPU seconds: gfbench's CPU seconds
-over the CPU seconds its flops need at the dgemm's best rate per CPU second, which does not move when other
-jobs in this machine take cores away from the run; contention from outside the VM, which slows each core,
-still moves both.
+The compute bounds
+------------------
+gfbench counts the work its forward does (Gaussian-pixel pairs whose alpha it evaluates, Gaussian-rows it sets
+up, Gaussian-tile intersections; backward revisits at most those) and the Gaussians it projects, and charges each
+the flops of forward + backward counted from the kernels' arithmetic (``FLOPS`` below). The summary after the
+grid divides those flops by three rates, each the best probed in the run (probes run at start-up, before every
+point and after the last; one probe can catch the shared cores busy and halve the rate, which would flatter the
+points measured against it):
 
-What that bound assumes: every flop at the rate of a dgemm, i.e. both FMA pipes busy with full vectors (on the Zen
-4 VM below, 16 float64 flops per cycle per core: two 256-bit FMA pipes, a 512-bit FMA running as two halves). It
-is the top of a roofline, not a bound this algorithm can reach: the compositing is a chain of data-dependent steps
-per pixel (alpha threshold, a pixel's early stop, the transmittance recurrence) over spans of 1 to 16 pixels (2 to
-5 on average in this grid), so it runs in scalar code, which retires at most 4 flops per cycle (two scalar FMAs),
-a quarter of the bound's rate, and far less in dependent chains like these; exp, sqrt and divisions are charged as
-a few flops but cost tens of cycles of latency; and with 300k Gaussians binning and the gradient reduction are
-memory-bound (per-Gaussian rows visited in depth order: 24-46 MB against a 32 MB L3), which no flop count sees. So
-4x (Zen 4; 5.5-6x on the Intel VMs) is the floor for scalar code and some 6-10x (on the Zen 4) is where a
-well-tuned scalar kernel would sit; the rest of the distance is what the per-Gaussian stages (projection, binning,
-reduction, dtype conversions) and the autograd glue add where Gaussians are many or pixels few. A Gaussian's row
-set-up (spans, ray planes, the 3DGS recurrence's exps: 40-53% of the 3DGS forward and 25-36% of the 2DGS one when
-it was scalar) now runs as 8-wide vector code; the pixel loops written as masked 8-lane blocks were not faster
-(spans of 2-5 pixels fill a vector poorly, and the per-block bookkeeping costs what the lanes save), and the GPU's
-decomposition, a tile row's pixels as lanes, was 2-2.6x slower than the scalar spans as numba compiles it, and
-1.63-1.96x faster (forward) only when hand-written with AVX-512 intrinsics in float32 (``bench_row_lanes.py``).
-The work charged is the scalar algorithm's: the vector set-up's extra row slots (8 or all 16 of a tile's rows, of
-which a Gaussian reaches 1.5 to 5) are not counted. This is the bound every closing note on the issue has reported
-(flops counted from the kernels over measured peak throughput); ``x cpu`` only measures it in CPU seconds.
+- ``x bound``: all flops at the rate of a BLAS dgemm (:func:`machine_gflops`: both FMA pipes busy with full
+  vectors). The top of the roofline. ``x cpu`` is the same in CPU seconds (gfbench's CPU seconds over those its
+  flops need at the dgemm's rate per CPU second), which other jobs in the VM taking cores away do not move.
+- ``x scalar``: all flops at the rate of scalar float64 FMAs (:func:`machine_scalar_gflops`: 12 independent
+  ``vfmadd...sd`` chains on the kernels' worker threads), the top for code that computes one value per
+  instruction. On the Intel VMs the dgemm rate is 5.5-6.3x this one; on the Zen 4 VM 4x.
+- ``x mixed``: each kind of work at the best rate its float64 form has been measured to reach: a pair's
+  compositing (:data:`SCALAR_WORK`) at the scalar rate, everything else (row set-up, intersections, projection,
+  all independent per item and vectorizable) at the dgemm rate. The compositing is a chain of data-dependent
+  steps per pixel (alpha threshold, the pixel's early stop, the transmittance recurrence) over spans of 2 to 5
+  pixels on average, and every vector form of it measured so far is no faster than the scalar spans in float64:
+  8-lane masked blocks over a span (cpu_kernels' module docstring), a tile row's pixels as lanes from numba
+  (0.38x) and the same hand-written with AVX-512 intrinsics in C (0.93-1.11x; ``bench_row_lanes.py``). Only
+  float32 lanes win (1.58-1.93x, forward), and float32 would move every published number (training turns
+  last-bit differences into tenths of a dB: ``cpu_kernels._rotmat``).
 
-The scalar bound: the same flops at the rate of scalar float64 FMAs (:func:`machine_scalar_gflops`: 12
-independent chains of ``vfmadd...sd`` on the kernels' worker threads, probed beside every dgemm probe, best rate
-of the run), printed in the summary as ``x scalar``. It is the top of the roofline for code that computes one
-value per instruction, which is what the compositing's pixel loops are; ``bench_row_lanes.py`` measures the
-alternative, a tile row's pixels as vector lanes (as a GPU runs it): 0.38-0.53x the scalar spans' speed from
-numba, 1.63-1.96x when hand-written in C with AVX-512 intrinsics in float32 (forward only). On
-the Intel VM of 2026-12-02 the dgemm rate was 5.5-6.1x the scalar rate; on the Zen 4 VM it would be 4x by design
-(16 float64 flops per cycle for the dgemm's 512-bit FMAs run as two halves, 4 for two scalar FMAs; the probe was
-not there yet), which is why the same code lands 1.5-2x farther from the dgemm bound on the Intel VMs.
+The work charged is the scalar algorithm's: the vector row set-up's extra slots (8 or all 16 of a tile's rows, of
+which a Gaussian reaches 1.5 to 5) are not counted, and exp, sqrt and divisions are charged as a few flops though
+they cost tens of cycles of latency. With 300k Gaussians binning and the gradient reduction are memory-bound
+(per-Gaussian rows visited in depth order), which no flop count sees.
 
-Results (2026-12-01 07:54 UTC, from the repository root, on the 2-core Zen 4 VM; the code with the row set-up
-vectorized, RGB + depth composited in straight-line code (cpu_kernels.UNROLLED_FEATURES), the 2DGS projection
-in scalars, 2DGS surface normals from cached camera rays (surface_normals) and freed memory retained
-(memory.retain_freed_memory)):
+Results
+-------
+2026-12-02 12:49 UTC, a 2-core Intel VM with AVX-512 (LLVM: rocketlake, 480 MB L3), the command above with
+``--repeats 5``; best dgemm 207.9 Gflop/s on 2 threads, best scalar FMA rate 32.9 Gflop/s. gfbench is 26-160x
+faster than the reference wherever the reference ran (skipped where it would need 13-43 GB), adds 20-639 MB of
+memory (the reference 0.6-11.7 GB), and its render-only time is 36-46% of forward + backward. The summary:
 
-    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python tests/perf/bench_rasterizer.py --threads 2 --repeats 5
+    3dgs    20000  256x160  bound   0.5 ms  x bound  36.1  x cpu  28.2  scalar bound   3.2 ms  x scalar  5.7  mixed bound   1.9 ms  x mixed  9.3
+    3dgs    20000  512x320  bound   1.3 ms  x bound  23.8  x cpu  20.4  scalar bound   8.3 ms  x scalar  3.8  mixed bound   6.0 ms  x mixed  5.2
+    3dgs    20000  960x540  bound   3.9 ms  x bound  18.9  x cpu  17.2  scalar bound  24.7 ms  x scalar  3.0  mixed bound  19.3 ms  x mixed  3.8
+    3dgs   100000  256x160  bound   2.2 ms  x bound  30.3  x cpu  27.1  scalar bound  13.6 ms  x scalar  4.8  mixed bound   7.5 ms  x mixed  8.6
+    3dgs   100000  512x320  bound   6.0 ms  x bound  19.6  x cpu  18.3  scalar bound  37.7 ms  x scalar  3.1  mixed bound  26.2 ms  x mixed  4.5
+    3dgs   100000  960x540  bound  17.1 ms  x bound  15.1  x cpu  14.4  scalar bound 108.2 ms  x scalar  2.4  mixed bound  82.3 ms  x mixed  3.1
+    3dgs   300000  256x160  bound   3.0 ms  x bound  36.4  x cpu  31.3  scalar bound  19.1 ms  x scalar  5.8  mixed bound   8.5 ms  x mixed 12.9
+    3dgs   300000  512x320  bound   7.5 ms  x bound  23.5  x cpu  21.2  scalar bound  47.6 ms  x scalar  3.7  mixed bound  29.5 ms  x mixed  6.0
+    3dgs   300000  960x540  bound  19.5 ms  x bound  17.1  x cpu  15.8  scalar bound 123.1 ms  x scalar  2.7  mixed bound  89.1 ms  x mixed  3.7
+    2dgs    20000  256x160  bound   0.6 ms  x bound  40.5  x cpu  31.3  scalar bound   3.8 ms  x scalar  6.4  mixed bound   2.7 ms  x mixed  9.0
+    2dgs    20000  512x320  bound   1.5 ms  x bound  35.9  x cpu  30.0  scalar bound   9.3 ms  x scalar  5.7  mixed bound   7.2 ms  x mixed  7.3
+    2dgs    20000  960x540  bound   4.4 ms  x bound  31.3  x cpu  28.3  scalar bound  28.0 ms  x scalar  4.9  mixed bound  23.3 ms  x mixed  5.9
+    2dgs   100000  256x160  bound   2.9 ms  x bound  30.2  x cpu  25.9  scalar bound  18.6 ms  x scalar  4.8  mixed bound  13.1 ms  x mixed  6.8
+    2dgs   100000  512x320  bound   7.2 ms  x bound  23.6  x cpu  21.8  scalar bound  45.6 ms  x scalar  3.7  mixed bound  35.5 ms  x mixed  4.8
+    2dgs   100000  960x540  bound  21.6 ms  x bound  20.2  x cpu  19.4  scalar bound 136.7 ms  x scalar  3.2  mixed bound 113.6 ms  x mixed  3.8
+    2dgs   300000  256x160  bound   5.4 ms  x bound  35.2  x cpu  30.6  scalar bound  34.0 ms  x scalar  5.6  mixed bound  20.1 ms  x mixed  9.4
+    2dgs   300000  512x320  bound  16.6 ms  x bound  24.6  x cpu  22.8  scalar bound 105.3 ms  x scalar  3.9  mixed bound  75.1 ms  x mixed  5.4
+    2dgs   300000  960x540  bound  46.6 ms  x bound  19.9  x cpu  19.0  scalar bound 294.9 ms  x scalar  3.1  mixed bound 231.6 ms  x mixed  4.0
 
-gfbench is 21-167x faster than the reference wherever the reference ran (3DGS 23-167x, 2DGS 21-58x); it was
-skipped where it would not fit in memory (see below). Against the run's best dgemm rate (102.6 Gflop/s on 2
-threads, 52 per CPU second) gfbench is 8.1-20.1x from the bound for 3DGS and 11.7-28.4x for 2DGS in wall time
-(7.8-17.2x and 11.3-20.8x in CPU seconds): three points within 10x (3DGS 20k, 100k and 300k at 960x540), the
-small images with many Gaussians farthest. Peak memory gfbench adds: 21-643 MB (the reference 0.7-13.2 GB).
-Render-only time is 31-54% of forward + backward. A run of this stop 45 minutes earlier (07:09, before the 2DGS
-projection change, VM busier: best dgemm 95.6 Gflop/s, the first probe 80) measured 3DGS 10.4-24.0x and 2DGS
-14.6-29.1x.
+So 3DGS is 15.1-36.4x from the dgemm bound, 2.4-5.8x from the scalar one and 3.1-12.9x from the mixed one; 2DGS
+19.9-40.5x, 3.1-6.4x and 3.8-9.4x. The points farthest from every bound are the small images: few pixels per
+Gaussian, so the per-Gaussian stages (projection, binning, gradient reduction, dtype conversions) and the
+autograd glue weigh most. At 3DGS 300k on 256x160 (110-115 ms a call) the kernels take about 84 ms: compositing 37
+(forward 15.5, backward 22), projection 23 (9 + 14), binning 9, reduction and scatter 11, row packing 2.5.
 
-Single points move by up to +-60% between runs on this VM (the 07:09 run's dgemm probes gave 80 to 96 Gflop/s,
-this one's 90 to 103), so the changes of this version are measured side by side, in one process on the same inputs
-(medians of 6): the straight-line RGB + depth path made the 3DGS forward 8-20% faster and its backward 2-9%, the
-2DGS forward 3-12% and its backward 1-9%; the 2DGS projection in scalars is 1.7x (forward) and 1.8x (backward)
-faster on one thread, with the same bits; the surface normals are 2x faster (forward + backward of two 960x540
-cameras: 124 -> 63 ms; one 256x144 camera on one thread: 6.4 -> 4.1 ms). Retaining freed memory does not show
-in these best-of-5 times (the best render is one that reused memory) but in the average render, which is what
-training sees: 300k Gaussians, mean of 12 renders after 3, 162 / 145 -> 125 / 120 ms at 256x160 and 225 / 218
--> 201 / 197 ms at 512x320 (two sittings), no change at 100k or below.
-
-    2026-12-01 07:54 UTC; znver4, 8 float64 lanes per vector; 2 threads; gfbench first call (JIT compile, or load from numba's cache) 0.4 s; freed memory retained; machine float64 throughput (dgemm) 89.5 Gflop/s per wall second on 2 threads, 46.2 per CPU second
-    kind        N     size |  ref f+b  gfb f+b   ratio |  ref cpu  gfb cpu   ratio |  gfb fwd |  ref mem  gfb mem | max|dRGB|  max|dA|  max|dN| |   isects     rows     pairs   bound x bound  x cpu
-    ------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------
-    3dgs    20000  256x160 |    0.48s   0.018s   26.6x |    0.88s   0.030s   28.9x |   0.008s |    706MB     21MB |   2.9e-03  2.3e-03          |    39034   193730    737928     1ms   16.1x  13.8x
-    3dgs    20000  512x320 |    0.90s   0.039s   23.2x |    1.66s   0.063s   26.2x |   0.014s |   1080MB     57MB |   2.4e-03  2.3e-03          |    61492   450775   2406123     3ms   13.9x  11.4x
-    3dgs    20000  960x540 |    3.73s   0.074s   50.2x |    6.87s   0.137s   50.2x |   0.030s |   2447MB    121MB |   2.5e-03  2.5e-03          |   118162  1161230   7924558     8ms    9.3x   8.6x
-    3dgs   100000  256x160 |    3.00s   0.070s   43.0x |    5.74s   0.128s   44.8x |   0.033s |   3383MB     91MB |   2.1e-03  2.6e-05          |   193433   956202   2764195     4ms   16.0x  14.8x
-    3dgs   100000  512x320 |    7.41s   0.128s   57.7x |   13.82s   0.241s   57.3x |   0.062s |   5176MB    114MB |   1.6e-03  3.1e-04          |   305726  2228668  10407448    12ms   10.6x  10.1x
-    3dgs   100000  960x540 |   29.35s   0.282s  104.2x |   47.07s   0.539s   87.3x |   0.125s |  10859MB    217MB |   1.9e-03  2.0e-04          |   584888  5629976  33460615    35ms    8.1x   7.8x
-    3dgs   300000  256x160 |    8.66s   0.123s   70.3x |   14.57s   0.209s   69.6x |   0.053s |   7224MB    257MB |   1.5e-03  1.1e-06          |   582620   952253   2826565     6ms   20.1x  17.2x
-    3dgs   300000  512x320 |   31.12s   0.186s  167.2x |   49.08s   0.339s  144.7x |   0.090s |  13243MB    325MB |   8.0e-04  1.3e-04          |   918920  2555735  11302750    15ms   12.2x  11.2x
-    3dgs   300000  960x540 | ~    14s   0.346s    skip |            0.648s         |   0.160s | ~   30GB    445MB |                             |  1760892  5908421  35764927    39ms    8.8x   8.3x
-    2dgs    20000  256x160 |    0.77s   0.035s   22.1x |    1.37s   0.050s   27.2x |   0.011s |   1044MB     39MB |   1.8e-02  1.9e-02  2.8e-02 |    32383   142787    403585     1ms   28.4x  20.8x
-    2dgs    20000  512x320 |    1.85s   0.055s   33.4x |    2.91s   0.098s   29.7x |   0.023s |   1578MB     81MB |   3.3e-02  3.4e-02  5.8e-02 |    50614   313360   1110599     3ms   18.6x  16.6x
-    2dgs    20000  960x540 |    3.24s   0.153s   21.2x |    5.76s   0.283s   20.4x |   0.061s |   2886MB    239MB |   5.1e-03  5.3e-03  1.9e-02 |    93750   794211   3621211     9ms   17.0x  15.9x
-    2dgs   100000  256x160 |    3.80s   0.096s   39.5x |    6.73s   0.166s   40.6x |   0.052s |   5023MB    122MB |   3.8e-03  6.9e-04  9.1e-03 |   160333   701874   1959317     6ms   16.1x  14.0x
-    2dgs   100000  512x320 |   11.02s   0.191s   57.6x |   19.36s   0.362s   53.5x |   0.075s |   6897MB    177MB |   3.8e-03  3.7e-03  6.7e-03 |   250355  1533952   5435385    15ms   13.1x  12.5x
-    2dgs   100000  960x540 | ~    16s   0.539s    skip |            1.024s         |   0.197s | ~   14GB    314MB |                             |   462759  3866099  17689964    44ms   12.3x  11.8x
-    2dgs   300000  256x160 | ~    11s   0.190s    skip |            0.338s         |   0.083s | ~   15GB    387MB |                             |   484390  1626287   2827323    11ms   17.5x  15.7x
-    2dgs   300000  512x320 | ~    21s   0.455s    skip |            0.853s         |   0.181s | ~   20GB    421MB |                             |   756980  4544242  11244661    34ms   13.5x  12.8x
-    2dgs   300000  960x540 | ~    49s   1.103s    skip |            2.126s         |   0.427s | ~   42GB    643MB |                             |  1401141 10462787  35551705    94ms   11.7x  11.3x
-    peak float64 throughput (dgemm) over the run: 102.6 Gflop/s per wall second on 2 threads, 51.7 per CPU second; against it:
-    3dgs    20000  256x160  bound   1.0 ms  x bound  17.9  x cpu  15.1
-    3dgs    20000  512x320  bound   2.7 ms  x bound  14.6  x cpu  11.9
-    3dgs    20000  960x540  bound   7.9 ms  x bound   9.4  x cpu   8.7
-    3dgs   100000  256x160  bound   4.4 ms  x bound  16.0  x cpu  14.8
-    3dgs   100000  512x320  bound  12.1 ms  x bound  10.6  x cpu  10.1
-    3dgs   100000  960x540  bound  34.7 ms  x bound   8.1  x cpu   7.8
-    3dgs   300000  256x160  bound   6.1 ms  x bound  20.1  x cpu  17.2
-    3dgs   300000  512x320  bound  15.2 ms  x bound  12.2  x cpu  11.2
-    3dgs   300000  960x540  bound  39.4 ms  x bound   8.8  x cpu   8.3
-    2dgs    20000  256x160  bound   1.2 ms  x bound  28.4  x cpu  20.8
-    2dgs    20000  512x320  bound   3.0 ms  x bound  18.6  x cpu  16.6
-    2dgs    20000  960x540  bound   9.0 ms  x bound  17.0  x cpu  15.9
-    2dgs   100000  256x160  bound   6.0 ms  x bound  16.1  x cpu  14.0
-    2dgs   100000  512x320  bound  14.6 ms  x bound  13.1  x cpu  12.5
-    2dgs   100000  960x540  bound  43.8 ms  x bound  12.3  x cpu  11.8
-    2dgs   300000  256x160  bound  10.9 ms  x bound  17.5  x cpu  15.7
-    2dgs   300000  512x320  bound  33.7 ms  x bound  13.5  x cpu  12.8
-    2dgs   300000  960x540  bound  94.4 ms  x bound  11.7  x cpu  11.3
-
-Earlier runs on this VM: the previous version (05:14 and 05:30 UTC, best dgemm 100 and 94 Gflop/s) measured
-3DGS 10.1-29.6x and 8.5-23.4x, 2DGS 12.3-25.8x and 14.2-35.0x; the one before (03:30) 3DGS 10.2-20.3x and 2DGS
-17.8-36.1x. On the AVX2 machine of an earlier version (dgemm 33-35 Gflop/s on 2 threads) the same grid measured
-8.2-16.3x (3DGS) and 10.7-21.7x (2DGS): the dgemm rate there was a third of this machine's while the scalar
-kernels ran only about 1.5x slower, so the same code lands 2x farther from the bound here.
-
-On a 2-core Intel Emerald Rapids VM (AVX-512; LLVM picks 4-wide vectors there), 2026-12-01, the same command:
-before the row set-up's 8-slot block (cpu_kernels.ROW_BLOCK; 09:29 UTC, best dgemm 137.0 Gflop/s) 3DGS
-22.7-58.1x and 2DGS 27.3-50.6x from the bound; with it (11:11 UTC, best dgemm 145.8) 3DGS 22.2-49.8x and 2DGS
-23.3-51.0x (3DGS 300k 256x160: 267 -> 215 ms; 2DGS 20k 256x160: 46 -> 41 ms). gfbench was 16-85x faster than
-the reference, memory 21-634 MB (the reference 0.7-15.2 GB), render-only 36-57%. The same scalar kernels ran
-about 2x slower per pair than on the Zen 4 VM (its clock is 2.1 GHz) while its dgemm rate was 40% higher, so
-every point lands 2-3x farther from the bound than there. The 8-slot block, side by side in one process
-(medians of 5, one thread, same bits): 3DGS forward 10-20% and backward 8-18% faster at 256x160 and 512x320,
-+4% forward and -8% backward at 100k 960x540;
-2DGS 2-11% faster (20k 256x160, 300k 256x160, 100k 960x540).
-
-On a 2-core Intel VM with AVX-512 (LLVM names it rocketlake; 2.6 GHz base, 480 MB L3), 2026-12-02 02:20 UTC, the
-same command with the binning's depth order by NumPy's sort (rasterize_cpu.front_to_back) and the scalar probe:
-gfbench 25-177x faster than the reference wherever it ran, memory 21-644 MB (the reference 0.7-13.1 GB),
-render-only 36-48% of forward + backward; best dgemm 161.2 Gflop/s on 2 threads, best scalar FMA rate 29.2
-(5.5x less). 3DGS is 14.7-35.9x from the dgemm bound and 2.7-6.5x from the scalar one, 2DGS 18.6-43.2x and
-3.4-7.8x. The run of 02:15 UTC (the same code without the probe; best dgemm 173.5) gave 3DGS 15.2-38.3x and
-2DGS 18.6-47.0x from the dgemm bound. The summary of the 02:20 run:
-
-    3dgs    20000  256x160  bound   0.6 ms  x bound  34.9  x cpu  36.8  scalar bound   3.6 ms  x scalar  6.3
-    3dgs    20000  512x320  bound   1.7 ms  x bound  25.8  x cpu  29.0  scalar bound   9.4 ms  x scalar  4.7
-    3dgs    20000  960x540  bound   5.0 ms  x bound  19.5  x cpu  23.1  scalar bound  27.7 ms  x scalar  3.5
-    3dgs   100000  256x160  bound   2.8 ms  x bound  30.1  x cpu  35.1  scalar bound  15.3 ms  x scalar  5.5
-    3dgs   100000  512x320  bound   7.7 ms  x bound  19.3  x cpu  23.4  scalar bound  42.4 ms  x scalar  3.5
-    3dgs   100000  960x540  bound  22.1 ms  x bound  14.7  x cpu  18.4  scalar bound 121.7 ms  x scalar  2.7
-    3dgs   300000  256x160  bound   3.9 ms  x bound  35.9  x cpu  40.3  scalar bound  21.5 ms  x scalar  6.5
-    3dgs   300000  512x320  bound   9.7 ms  x bound  23.3  x cpu  27.2  scalar bound  53.5 ms  x scalar  4.2
-    3dgs   300000  960x540  bound  25.1 ms  x bound  16.2  x cpu  19.5  scalar bound 138.4 ms  x scalar  2.9
-    2dgs    20000  256x160  bound   0.8 ms  x bound  43.2  x cpu  43.7  scalar bound   4.3 ms  x scalar  7.8
-    2dgs    20000  512x320  bound   1.9 ms  x bound  36.9  x cpu  41.1  scalar bound  10.5 ms  x scalar  6.7
-    2dgs    20000  960x540  bound   5.7 ms  x bound  30.1  x cpu  35.8  scalar bound  31.5 ms  x scalar  5.5
-    2dgs   100000  256x160  bound   3.8 ms  x bound  27.5  x cpu  31.1  scalar bound  20.9 ms  x scalar  5.0
-    2dgs   100000  512x320  bound   9.3 ms  x bound  22.9  x cpu  27.1  scalar bound  51.3 ms  x scalar  4.2
-    2dgs   100000  960x540  bound  27.9 ms  x bound  19.3  x cpu  24.2  scalar bound 153.7 ms  x scalar  3.5
-    2dgs   300000  256x160  bound   6.9 ms  x bound  34.1  x cpu  38.8  scalar bound  38.2 ms  x scalar  6.2
-    2dgs   300000  512x320  bound  21.5 ms  x bound  23.7  x cpu  28.7  scalar bound 118.4 ms  x scalar  4.3
-    2dgs   300000  960x540  bound  60.1 ms  x bound  18.6  x cpu  23.3  scalar bound 331.6 ms  x scalar  3.4
+Single points move by up to +-20% between runs on a shared VM, and the same code lands at different distances on
+different CPUs (the dgemm rate varies more between them than the scalar rate does). Earlier grids of the same code
+paths, with the dgemm bound only: a Zen 4 VM (2026-12-01, dgemm 102.6 Gflop/s) 3DGS 8.1-20.1x and 2DGS
+11.7-28.4x; an Intel Emerald Rapids VM (2026-12-01, 145.8) 22.2-49.8x and 23.3-51.0x; a Zen 5 VM (2026-12-02,
+96.1) 9.3-22.9x and 11.0-28.2x; this kind of Intel VM at 02:20 UTC (161.2) 14.7-35.9x and 18.6-43.2x.
 
 With ``--torch-threads 1`` (PyTorch on one thread, the kernels on two, as gfbench trains on the CPU) one
 forward + backward took, in one process alternating both settings (medians of 12): 3DGS 5k at 256x144 (the
