@@ -41,7 +41,7 @@ the scalar code only through float32 arithmetic (which moves every published num
 differences into tenths of a dB, see ``cpu_kernels._rotmat``), a C extension and intrinsics for one instruction
 set; in the precision the published numbers rest on, scalar code is as fast as the measured vector forms, which is
 why ``bench_rasterizer.py``'s mixed bound charges a pair's compositing at the scalar FMA rate. (Skipping the 8-lane
-half-rows that a Gaussian's span does not reach did not help the float64 kernel: 0.97-1.12x in the same run.)
+half-rows that a Gaussian's span does not reach did not help the float64 kernel: 0.97-1.12x in a run of that version.)
 Denormal numbers matter to every lane kernel: far pixels' exps underflow, and each denormal operand costs a
 microcode assist. The C kernels flush them to zero (without that the float32 one ran 4x slower at 20k Gaussians on
 256x160) and the numba kernels cap sigma at SIGMA_CLAMP (an earlier run without the cap had ``lanes32`` at
