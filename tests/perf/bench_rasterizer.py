@@ -44,9 +44,10 @@ points measured against it):
   compositing (:data:`SCALAR_WORK`) at the scalar rate, everything else (row set-up, intersections, projection,
   all independent per item and vectorizable) at the dgemm rate. The compositing is a chain of data-dependent
   steps per pixel (alpha threshold, the pixel's early stop, the transmittance recurrence) over spans of 2 to 5
-  pixels on average, and every vector form of it measured so far is no faster than the scalar spans in float64:
-  8-lane masked blocks over a span (cpu_kernels' module docstring), a tile row's pixels as lanes from numba
-  (0.38x) and the same hand-written with AVX-512 intrinsics in C (0.93-1.11x; ``bench_row_lanes.py``). Only
+  pixels on average, and every float64 vector form of it measured so far runs at most about as fast as the
+  scalar spans: 8-lane masked blocks over a span (no faster; cpu_kernels' module docstring), a tile row's pixels
+  as lanes from numba (0.38x) and the same hand-written with AVX-512 intrinsics in C (0.93-1.11x;
+  ``bench_row_lanes.py``). Only
   float32 lanes win (1.58-1.93x, forward), and float32 would move every published number (training turns
   last-bit differences into tenths of a dB: ``cpu_kernels._rotmat``).
 

@@ -35,7 +35,7 @@ grid of that day; medians of 7, one thread; the ratio is the production kernel's
 As numba and LLVM vectorize it, the lane layout is 2-2.6x slower than the scalar spans; float32's 16-lane vectors
 made it only 1.3x faster than float64's 4-lane ones (the short row loops' vector bodies are not where the time
 goes). Written by hand with AVX-512 intrinsics it is 1.58-1.93x faster than the production kernel in float32,
-although it evaluates every pixel of each row (2-5x the pairs of the spans), and 0.93-1.11x, i.e. no faster, in
+although it evaluates every pixel of each row (2-5x the pairs of the spans), and 0.93-1.11x, about as fast, in
 float64: half the lanes per vector and twice the polynomial for exp take the whole gain. So the vector layout beats
 the scalar code only through float32 arithmetic (which moves every published number: training turns last-bit
 differences into tenths of a dB, see ``cpu_kernels._rotmat``), a C extension and intrinsics for one instruction
