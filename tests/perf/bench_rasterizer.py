@@ -47,9 +47,8 @@ points measured against it):
   pixels on average, and every float64 vector form of it measured so far runs at most about as fast as the
   scalar spans: 8-lane masked blocks over a span (no faster; cpu_kernels' module docstring), a tile row's pixels
   as lanes from numba (0.38x) and the same hand-written with AVX-512 intrinsics in C (0.93-1.11x;
-  ``bench_row_lanes.py``). Only
-  float32 lanes win (1.58-1.93x, forward), and float32 would move every published number (training turns
-  last-bit differences into tenths of a dB: ``cpu_kernels._rotmat``).
+  ``bench_row_lanes.py``). Only float32 lanes win (1.58-1.93x, forward), and float32 would move every
+  published number (training turns last-bit differences into tenths of a dB: ``cpu_kernels._rotmat``).
 
 The work charged is the scalar algorithm's: the vector row set-up's extra slots (8 or all 16 of a tile's rows, of
 which a Gaussian reaches 1.5 to 5) are not counted, and exp, sqrt and divisions are charged as a few flops though
