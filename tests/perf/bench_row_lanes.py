@@ -16,39 +16,41 @@ forward only, RGB + depth, against the production kernel on the same inputs, one
   vector (``row_lanes_avx512.c``, compiled here with gcc -O3 -march=native and called through ctypes; the column
   is left empty where the CPU lacks AVX-512 or there is no gcc);
 - ``avx512_f64``: the same C kernel in float64, the production kernels' precision: a row is two 8-lane vectors and
-  exp is a degree-13 polynomial (float64 accuracy).
+  exp is a degree-13 polynomial (float64 accuracy), evaluated at every pixel;
+- ``avx512_f64_rec``: the same, with exp(-sigma) by a recurrence down the rows instead (the production kernel's
+  trick turned 90 degrees: two vector exps per Gaussian, then two multiplies per pixel and row).
 
 All give the production kernel's images to within their precision (``max|dC|``, the largest colour difference).
 Run from the repository root:
 
     OMP_NUM_THREADS=1 .venv/bin/python tests/perf/bench_row_lanes.py [--points 20000,256,160 ...] [--repeats 5]
 
-Results (2026-12-02 12:43 UTC, a 2-core Intel AVX-512 VM (LLVM: rocketlake), the machine of ``bench_rasterizer.py``'s
+Results (2026-12-02 13:04 UTC, a 2-core Intel AVX-512 VM (LLVM: rocketlake), the machine of ``bench_rasterizer.py``'s
 grid of that day; medians of 7, one thread; the ratio is the production kernel's time over the variant's):
 
-      N     size | scalar spans |           lanes64  max|dC| |           lanes32  max|dC| |            avx512  max|dC| |        avx512_f64  max|dC|
-  20000  256x160 |       6.3 ms |    16.6 ms  0.38x  1.1e-14 |    12.6 ms  0.50x  3.2e-05 |     4.0 ms  1.59x  3.2e-05 |     6.8 ms  0.93x  1.1e-14
- 300000  256x160 |      30.1 ms |    80.0 ms  0.38x  3.9e-15 |    59.9 ms  0.50x  1.5e-03 |    18.0 ms  1.68x  1.5e-03 |    30.9 ms  0.97x  3.8e-15
-  20000  960x540 |      39.4 ms |   101.0 ms  0.39x  2.0e-14 |    76.1 ms  0.52x  5.6e-03 |    24.9 ms  1.58x  5.6e-03 |    41.9 ms  0.94x  2.0e-14
- 100000  960x540 |     175.3 ms |   467.1 ms  0.38x  5.3e-15 |   345.4 ms  0.51x  3.6e-04 |    91.0 ms  1.93x  3.6e-04 |   157.5 ms  1.11x  5.3e-15
+      N     size | scalar spans |           lanes64  max|dC| |           lanes32  max|dC| |            avx512  max|dC| |        avx512_f64  max|dC| |    avx512_f64_rec  max|dC|
+  20000  256x160 |       6.8 ms |    17.7 ms  0.39x  1.1e-14 |    13.6 ms  0.50x  3.2e-05 |     4.4 ms  1.53x  3.2e-05 |     8.2 ms  0.83x  1.1e-14 |     5.6 ms  1.22x  1.8e-14
+ 300000  256x160 |      30.7 ms |    80.5 ms  0.38x  3.9e-15 |    60.8 ms  0.51x  1.5e-03 |    18.7 ms  1.64x  1.5e-03 |    31.9 ms  0.96x  3.8e-15 |    23.5 ms  1.31x  3.4e-15
+  20000  960x540 |      40.3 ms |   100.2 ms  0.40x  2.0e-14 |    76.0 ms  0.53x  5.6e-03 |    25.0 ms  1.61x  5.6e-03 |    44.8 ms  0.90x  2.0e-14 |    29.4 ms  1.37x  3.0e-14
+ 100000  960x540 |     172.1 ms |   456.4 ms  0.38x  5.3e-15 |   342.9 ms  0.50x  3.6e-04 |    85.4 ms  2.02x  3.6e-04 |   168.9 ms  1.02x  5.3e-15 |   102.6 ms  1.68x  6.2e-15
 
 As numba and LLVM vectorize it, the lane layout is 2-2.6x slower than the scalar spans; float32's 16-lane vectors
 made it only 1.3x faster than float64's 4-lane ones (the short row loops' vector bodies are not where the time
-goes). Written by hand with AVX-512 intrinsics it is 1.58-1.93x faster than the production kernel in float32,
-although it evaluates every pixel of each row (2-5x the pairs of the spans), and 0.93-1.11x, about as fast, in
-float64: half the lanes per vector and twice the polynomial for exp take the whole gain. So the vector layout beats
-the scalar code only through float32 arithmetic (which moves every published number: training turns last-bit
-differences into tenths of a dB, see ``cpu_kernels._rotmat``), a C extension and intrinsics for one instruction
-set; in the precision the published numbers rest on, scalar code is as fast as the measured vector forms, which is
-why ``bench_rasterizer.py``'s mixed bound charges a pair's compositing at the scalar FMA rate. (Skipping the 8-lane
-half-rows that a Gaussian's span does not reach did not help the float64 kernel: 0.97-1.12x in a run of that version.)
-Denormal numbers matter to every lane kernel: far pixels' exps underflow, and each denormal operand costs a
-microcode assist. The C kernels flush them to zero (without that the float32 one ran 4x slower at 20k Gaussians on
-256x160) and the numba kernels cap sigma at SIGMA_CLAMP (an earlier run without the cap had ``lanes32`` at
-0.33-0.50x). Prefetching the Gaussian rows gave the float32 C kernel -25% at 300k. Earlier versions of the
-production kernels tried 8-lane masked blocks over a span's pixels, and found them no faster (cpu_kernels' module
-docstring). An earlier run on the same kind of VM (03:10 UTC, before the float64 C kernel) gave 0.38-0.40x,
-0.50-0.53x and 1.63-1.96x for the first three columns.
+goes). Written by hand with AVX-512 intrinsics it evaluates every pixel of each row (2-5x the pairs of the spans)
+and still wins: in float32 by 1.53-2.02x; in float64 with an exp per pixel it is about as fast as the scalar
+spans (0.83-1.02x here, 0.93-1.11x in a run at 12:43), half the lanes per vector and twice the polynomial taking
+the gain; and in float64 with the exps replaced by a recurrence down the rows it is 1.22-1.68x faster, with
+images within 3e-14 of the production kernel's. So the distance to the dgemm bound is partly the scalar code's:
+a float64 vector kernel does better, through a C extension and intrinsics for one instruction set, and with
+different last bits (which training turns into moves of tenths of a dB in the published numbers: see
+``cpu_kernels._rotmat``). Skipping the 8-lane half-rows that a Gaussian's span does not reach did not help the
+float64 kernel (0.97-1.12x with an exp per pixel, in a run of that version). Denormal numbers matter to every lane
+kernel: far pixels' exps underflow, and each denormal operand costs a microcode assist. The C kernels flush them
+to zero (without that the float32 one ran 4x slower at 20k Gaussians on 256x160) and the numba kernels cap sigma
+at SIGMA_CLAMP (an earlier run without the cap had ``lanes32`` at 0.33-0.50x). Prefetching the Gaussian rows gave
+the float32 C kernel -25% at 300k. Earlier versions of the production kernels tried 8-lane masked blocks over a
+span's pixels, and found them no faster (cpu_kernels' module docstring). An earlier run on the same kind of VM
+(03:10 UTC, before the float64 C kernels) gave 0.38-0.40x, 0.50-0.53x and 1.63-1.96x for the first three columns.
 """
 
 from __future__ import annotations
@@ -193,22 +195,24 @@ def load_avx512_kernels():
     subprocess.run(["gcc", "-O3", "-march=native", "-shared", "-fPIC", "-o", str(library), str(AVX512_SOURCE), "-lm"],
                    check=True)
     compiled = ctypes.CDLL(str(library))
-    kernels = {}
-    for name, symbol, dtype, real in (("avx512", "fwd_lanes", np.float32, ctypes.c_float),
-                                      ("avx512_f64", "fwd_lanes_f64", np.float64, ctypes.c_double)):
-        kernel = getattr(compiled, symbol)
-        pointer, integer = ctypes.c_void_p, ctypes.c_int64
-        kernel.argtypes = [pointer, integer, pointer, pointer] + [integer] * 4 + [real] * 5 + [pointer] * 3
-        kernel.restype = integer
-        kernels[name] = (kernel, dtype)
+    pointer, integer = ctypes.c_void_p, ctypes.c_int64
+    head = [pointer, integer, pointer, pointer] + [integer] * 4
+    compiled.fwd_lanes.argtypes = head + [ctypes.c_float] * 5 + [pointer] * 3
+    compiled.fwd_lanes_f64.argtypes = head + [ctypes.c_double] * 5 + [integer] + [pointer] * 3
+    compiled.fwd_lanes.restype = compiled.fwd_lanes_f64.restype = integer
+    kernels = {
+        "avx512": (compiled.fwd_lanes, np.float32, ()),
+        "avx512_f64": (compiled.fwd_lanes_f64, np.float64, (0,)),  # exp at every pixel
+        "avx512_f64_rec": (compiled.fwd_lanes_f64, np.float64, (1,)),  # exp(-sigma) by a recurrence down the rows
+    }
     return kernels, ""
 
 
-def avx512(kernel, dtype, rows, bins, W, H):
+def avx512(kernel, dtype, options, rows, bins, W, H):
     out = (np.empty((1, H, W, 4), dtype), np.empty((1, H, W), dtype), np.empty((1, H, W), np.int64))
     kernel(rows.ctypes.data, rows.shape[1], bins.tile_offsets.ctypes.data, bins.flatten_ids.ctypes.data,
            bins.tile_width, bins.tile_height, W, H, MAX_ALPHA, ALPHA_THRESHOLD, MIN_TRANSMITTANCE, K.SPAN_MARGIN,
-           K.PIXEL_MARGIN, *(a.ctypes.data for a in out))
+           K.PIXEL_MARGIN, *options, *(a.ctypes.data for a in out))
     return out[0]
 
 
@@ -241,7 +245,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     compiled, missing = load_avx512_kernels()
-    names = list(LANES) + ["avx512", "avx512_f64"]
+    names = list(LANES) + ["avx512", "avx512_f64", "avx512_f64_rec"]
     columns = " | ".join(f"{name:>17s} {'max|dC|':>8s}" for name in names)
     note = f"   (avx512: {missing})" if missing else ""
     print(f"{'N':>7s} {'size':>8s} | {'scalar spans':>12s} | {columns}{note}")
@@ -253,9 +257,10 @@ def main() -> None:
             rows = np.ascontiguousarray(params, dtype=dtype)
             variants[name] = (lambda lane_kernel=lane_kernel, dtype=dtype, rows=rows:
                               lanes(lane_kernel, dtype, rows, bins, W, H))
-        for name, (kernel, dtype) in compiled.items():
+        for name, (kernel, dtype, options) in compiled.items():
             rows = np.ascontiguousarray(params, dtype=dtype)
-            variants[name] = (lambda kernel=kernel, dtype=dtype, rows=rows: avx512(kernel, dtype, rows, bins, W, H))
+            variants[name] = (lambda kernel=kernel, dtype=dtype, options=options, rows=rows:
+                              avx512(kernel, dtype, options, rows, bins, W, H))
         images = {name: run() for name, run in variants.items()}  # also compiles
         times = {name: [] for name in variants}
         for _ in range(args.repeats):
