@@ -4,7 +4,7 @@ Run (from the repository root; the reference shim lives beside the checkout in `
 
     OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python tests/perf/bench_rasterizer.py \
         [--kinds 3dgs 2dgs] [--gaussians 20000 100000 300000] [--sizes 256x160 512x320 960x540] \
-        [--threads 2] [--repeats 3] [--reference-limit 900]
+        [--threads 2] [--repeats 3] [--reference-limit 900] [--reference-memory 12]
 
 The baseline is what a user would otherwise reach for on a CPU: gsplat's ``_rasterization`` (3DGS) and its
 ``_torch_impl_2dgs`` pieces (2DGS), made to run on the CPU by ``gsplat_reference_cpu.py`` (which swaps in
@@ -29,31 +29,28 @@ The compute bounds
 ------------------
 gfbench counts the work its forward does (Gaussian-pixel pairs whose alpha it evaluates, Gaussian-rows it sets
 up, Gaussian-tile intersections; backward revisits at most those) and the Gaussians it projects, and charges each
-the flops of forward + backward counted from the kernels' arithmetic (``FLOPS`` below). The summary after the
-grid divides those flops by three rates, each the best probed in the run (probes run at start-up, before every
-point and after the last; one probe can catch the shared cores busy and halve the rate, which would flatter the
-points measured against it):
+the flops of forward + backward counted from the kernels' arithmetic (``FLOPS`` below: an FMA as 2, exp as 20,
+a square root or division as 1 though it costs tens of cycles). The summary after the grid divides those flops by
+two rates, each the best probed in the run (probes run at start-up, before every point and after the last; one
+probe can catch the shared cores busy and halve the rate, which would flatter the points measured against it):
 
 - ``x bound``: all flops at the rate of a BLAS dgemm (:func:`machine_gflops`: both FMA pipes busy with full
-  vectors). The top of the roofline. ``x cpu`` is the same in CPU seconds (gfbench's CPU seconds over those its
-  flops need at the dgemm's rate per CPU second), which other jobs in the VM taking cores away do not move.
+  vectors), the top of the roofline. ``x cpu`` is the same ratio counted in CPU seconds instead of wall seconds:
+  gfbench's CPU seconds over the CPU seconds its flops need at the dgemm's rate per CPU second. Other jobs in the
+  VM taking cores away slow the wall clock but not that ratio.
 - ``x scalar``: all flops at the rate of scalar float64 FMAs (:func:`machine_scalar_gflops`: 12 independent
   ``vfmadd...sd`` chains on the kernels' worker threads), the top for code that computes one value per
-  instruction. On the Intel VMs the dgemm rate is 5.5-6.3x this one; on the Zen 4 VM 4x.
-- ``x mixed``: each kind of work at the best rate its float64 form has been measured to reach: a pair's
-  compositing (:data:`SCALAR_WORK`) at the scalar rate, everything else (row set-up, intersections, projection,
-  all independent per item and vectorizable) at the dgemm rate. The compositing is a chain of data-dependent
-  steps per pixel (alpha threshold, the pixel's early stop, the transmittance recurrence) over spans of 2 to 5
-  pixels on average, and every float64 vector form of it measured so far runs at most about as fast as the
-  scalar spans: 8-lane masked blocks over a span (no faster; cpu_kernels' module docstring), a tile row's pixels
-  as lanes from numba (0.38x) and the same hand-written with AVX-512 intrinsics in C (0.93-1.11x;
-  ``bench_row_lanes.py``). Only float32 lanes win (1.58-1.93x, forward), and float32 would move every
-  published number (training turns last-bit differences into tenths of a dB: ``cpu_kernels._rotmat``).
+  instruction, which is what the compositing's pixel loops are. On the Intel VMs the dgemm rate is 5.5-6.3x this
+  one (on Zen 4 it should be 4x by design: 512-bit FMAs run as two halves; not probed there).
 
-The work charged is the scalar algorithm's: the vector row set-up's extra slots (8 or all 16 of a tile's rows, of
-which a Gaussian reaches 1.5 to 5) are not counted, and exp, sqrt and divisions are charged as a few flops though
-they cost tens of cycles of latency. With 300k Gaussians binning and the gradient reduction are memory-bound
-(per-Gaussian rows visited in depth order), which no flop count sees.
+The scalar bound is not the machine's limit for this work, even in float64: ``bench_row_lanes.py`` runs the 3DGS
+forward compositing with a tile row's pixels as vector lanes, hand-written in C with AVX-512 intrinsics, and in
+float64 with exp(-sigma) by a recurrence down the rows it is 1.22-1.68x faster than the production kernel (images
+within 3e-14), although it evaluates 2-5x the pairs. (With an exp per pixel it is only about as fast; from numba
+the lane layout is 2.6x slower.) So the dgemm bound is the one to measure against. The work charged is the scalar
+algorithm's: the vector row set-up's extra slots (8 or all 16 of a tile's rows, of which a Gaussian reaches 1.5
+to 5) are not counted. With 300k Gaussians binning and the gradient reduction are memory-bound (per-Gaussian rows
+visited in depth order), which no flop count sees.
 
 Results
 -------
@@ -62,36 +59,39 @@ Results
 faster than the reference wherever the reference ran (skipped where it would need 13-43 GB), adds 20-639 MB of
 memory (the reference 0.6-11.7 GB), and its render-only time is 36-46% of forward + backward. The summary:
 
-    3dgs    20000  256x160  bound   0.5 ms  x bound  36.1  x cpu  28.2  scalar bound   3.2 ms  x scalar  5.7  mixed bound   1.9 ms  x mixed  9.3
-    3dgs    20000  512x320  bound   1.3 ms  x bound  23.8  x cpu  20.4  scalar bound   8.3 ms  x scalar  3.8  mixed bound   6.0 ms  x mixed  5.2
-    3dgs    20000  960x540  bound   3.9 ms  x bound  18.9  x cpu  17.2  scalar bound  24.7 ms  x scalar  3.0  mixed bound  19.3 ms  x mixed  3.8
-    3dgs   100000  256x160  bound   2.2 ms  x bound  30.3  x cpu  27.1  scalar bound  13.6 ms  x scalar  4.8  mixed bound   7.5 ms  x mixed  8.6
-    3dgs   100000  512x320  bound   6.0 ms  x bound  19.6  x cpu  18.3  scalar bound  37.7 ms  x scalar  3.1  mixed bound  26.2 ms  x mixed  4.5
-    3dgs   100000  960x540  bound  17.1 ms  x bound  15.1  x cpu  14.4  scalar bound 108.2 ms  x scalar  2.4  mixed bound  82.3 ms  x mixed  3.1
-    3dgs   300000  256x160  bound   3.0 ms  x bound  36.4  x cpu  31.3  scalar bound  19.1 ms  x scalar  5.8  mixed bound   8.5 ms  x mixed 12.9
-    3dgs   300000  512x320  bound   7.5 ms  x bound  23.5  x cpu  21.2  scalar bound  47.6 ms  x scalar  3.7  mixed bound  29.5 ms  x mixed  6.0
-    3dgs   300000  960x540  bound  19.5 ms  x bound  17.1  x cpu  15.8  scalar bound 123.1 ms  x scalar  2.7  mixed bound  89.1 ms  x mixed  3.7
-    2dgs    20000  256x160  bound   0.6 ms  x bound  40.5  x cpu  31.3  scalar bound   3.8 ms  x scalar  6.4  mixed bound   2.7 ms  x mixed  9.0
-    2dgs    20000  512x320  bound   1.5 ms  x bound  35.9  x cpu  30.0  scalar bound   9.3 ms  x scalar  5.7  mixed bound   7.2 ms  x mixed  7.3
-    2dgs    20000  960x540  bound   4.4 ms  x bound  31.3  x cpu  28.3  scalar bound  28.0 ms  x scalar  4.9  mixed bound  23.3 ms  x mixed  5.9
-    2dgs   100000  256x160  bound   2.9 ms  x bound  30.2  x cpu  25.9  scalar bound  18.6 ms  x scalar  4.8  mixed bound  13.1 ms  x mixed  6.8
-    2dgs   100000  512x320  bound   7.2 ms  x bound  23.6  x cpu  21.8  scalar bound  45.6 ms  x scalar  3.7  mixed bound  35.5 ms  x mixed  4.8
-    2dgs   100000  960x540  bound  21.6 ms  x bound  20.2  x cpu  19.4  scalar bound 136.7 ms  x scalar  3.2  mixed bound 113.6 ms  x mixed  3.8
-    2dgs   300000  256x160  bound   5.4 ms  x bound  35.2  x cpu  30.6  scalar bound  34.0 ms  x scalar  5.6  mixed bound  20.1 ms  x mixed  9.4
-    2dgs   300000  512x320  bound  16.6 ms  x bound  24.6  x cpu  22.8  scalar bound 105.3 ms  x scalar  3.9  mixed bound  75.1 ms  x mixed  5.4
-    2dgs   300000  960x540  bound  46.6 ms  x bound  19.9  x cpu  19.0  scalar bound 294.9 ms  x scalar  3.1  mixed bound 231.6 ms  x mixed  4.0
+    3dgs    20000  256x160  bound   0.5 ms  x bound  36.1  x cpu  28.2  scalar bound   3.2 ms  x scalar  5.7
+    3dgs    20000  512x320  bound   1.3 ms  x bound  23.8  x cpu  20.4  scalar bound   8.3 ms  x scalar  3.8
+    3dgs    20000  960x540  bound   3.9 ms  x bound  18.9  x cpu  17.2  scalar bound  24.7 ms  x scalar  3.0
+    3dgs   100000  256x160  bound   2.2 ms  x bound  30.3  x cpu  27.1  scalar bound  13.6 ms  x scalar  4.8
+    3dgs   100000  512x320  bound   6.0 ms  x bound  19.6  x cpu  18.3  scalar bound  37.7 ms  x scalar  3.1
+    3dgs   100000  960x540  bound  17.1 ms  x bound  15.1  x cpu  14.4  scalar bound 108.2 ms  x scalar  2.4
+    3dgs   300000  256x160  bound   3.0 ms  x bound  36.4  x cpu  31.3  scalar bound  19.1 ms  x scalar  5.8
+    3dgs   300000  512x320  bound   7.5 ms  x bound  23.5  x cpu  21.2  scalar bound  47.6 ms  x scalar  3.7
+    3dgs   300000  960x540  bound  19.5 ms  x bound  17.1  x cpu  15.8  scalar bound 123.1 ms  x scalar  2.7
+    2dgs    20000  256x160  bound   0.6 ms  x bound  40.5  x cpu  31.3  scalar bound   3.8 ms  x scalar  6.4
+    2dgs    20000  512x320  bound   1.5 ms  x bound  35.9  x cpu  30.0  scalar bound   9.3 ms  x scalar  5.7
+    2dgs    20000  960x540  bound   4.4 ms  x bound  31.3  x cpu  28.3  scalar bound  28.0 ms  x scalar  4.9
+    2dgs   100000  256x160  bound   2.9 ms  x bound  30.2  x cpu  25.9  scalar bound  18.6 ms  x scalar  4.8
+    2dgs   100000  512x320  bound   7.2 ms  x bound  23.6  x cpu  21.8  scalar bound  45.6 ms  x scalar  3.7
+    2dgs   100000  960x540  bound  21.6 ms  x bound  20.2  x cpu  19.4  scalar bound 136.7 ms  x scalar  3.2
+    2dgs   300000  256x160  bound   5.4 ms  x bound  35.2  x cpu  30.6  scalar bound  34.0 ms  x scalar  5.6
+    2dgs   300000  512x320  bound  16.6 ms  x bound  24.6  x cpu  22.8  scalar bound 105.3 ms  x scalar  3.9
+    2dgs   300000  960x540  bound  46.6 ms  x bound  19.9  x cpu  19.0  scalar bound 294.9 ms  x scalar  3.1
 
-So 3DGS is 15.1-36.4x from the dgemm bound, 2.4-5.8x from the scalar one and 3.1-12.9x from the mixed one; 2DGS
-19.9-40.5x, 3.1-6.4x and 3.8-9.4x. The points farthest from every bound are the small images: few pixels per
-Gaussian, so the per-Gaussian stages (projection, binning, gradient reduction, dtype conversions) and the
-autograd glue weigh most. At 3DGS 300k on 256x160 (110-115 ms a call) the kernels take about 84 ms: compositing 37
-(forward 15.5, backward 22), projection 23 (9 + 14), binning 9, reduction and scatter 11, row packing 2.5.
+So 3DGS is 15.1-36.4x from the dgemm bound and 2.4-5.8x from the scalar one; 2DGS 19.9-40.5x and 3.1-6.4x. An
+earlier run of the same code (12:38 UTC, best dgemm 207.6) gave 15.6-42.1x and 20.3-42.3x. The points farthest
+from both bounds are the small images: few pixels per Gaussian, so the per-Gaussian stages (projection, binning,
+gradient reduction, dtype conversions) and the autograd glue weigh most. At 3DGS 300k on 256x160 (105-115 ms a
+call when profiled) the kernels take about 84 ms: compositing 37 (forward 15.5, backward 22), projection 23
+(9 + 14), binning 9, reduction and scatter 11, row packing 2.5.
 
 Single points move by up to +-20% between runs on a shared VM, and the same code lands at different distances on
-different CPUs (the dgemm rate varies more between them than the scalar rate does). Earlier grids of the same code
-paths, with the dgemm bound only: a Zen 4 VM (2026-12-01, dgemm 102.6 Gflop/s) 3DGS 8.1-20.1x and 2DGS
-11.7-28.4x; an Intel Emerald Rapids VM (2026-12-01, 145.8) 22.2-49.8x and 23.3-51.0x; a Zen 5 VM (2026-12-02,
-96.1) 9.3-22.9x and 11.0-28.2x; this kind of Intel VM at 02:20 UTC (161.2) 14.7-35.9x and 18.6-43.2x.
+different CPUs (the dgemm rate varies more between them than the scalar rate does). Earlier grids against the
+dgemm bound: the same kernels on a Zen 5 VM (2026-12-02, dgemm 96.1 Gflop/s) 3DGS 9.3-22.9x and 2DGS 11.0-28.2x,
+and on this kind of Intel VM at 02:20 UTC (161.2) 14.7-35.9x and 18.6-43.2x; earlier versions of the kernels
+(before the binning's NumPy sort, and on the Zen 4 also before the row set-up's 8-slot block) on a Zen 4 VM
+(2026-12-01, 102.6) 8.1-20.1x and 11.7-28.4x, and on an Intel Emerald Rapids VM (2026-12-01, 145.8) 22.2-49.8x
+and 23.3-51.0x.
 
 With ``--torch-threads 1`` (PyTorch on one thread, the kernels on two, as gfbench trains on the CPU) one
 forward + backward took, in one process alternating both settings (medians of 12): 3DGS 5k at 256x144 (the
@@ -147,11 +147,6 @@ FLOPS = {
     "3dgs": {"pair": 76, "row": 156, "isect": 120, "gaussian": 650},
     "2dgs": {"pair": 203, "row": 206, "isect": 120, "gaussian": 500},
 }
-# The work the mixed bound charges at the scalar FMA rate: a pair's compositing, whose best float64 vector form
-# measured (bench_row_lanes.py: a tile row's pixels as AVX-512 lanes, hand-written in C) ran at 0.93-1.11x the
-# scalar spans' speed. Everything else (row set-up, intersections, projection) is independent per item and
-# charged at the dgemm rate.
-SCALAR_WORK = ("pair",)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -440,7 +435,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     reference_runs: dict[str, list] = {kind: [] for kind in args.kinds}  # (N, pairs, seconds, MB)
-    points = []  # (kind, N, W, H, flops, scalar flops, gfbench f+b seconds, gfbench CPU seconds)
+    points = []  # (kind, N, W, H, flops, gfbench f+b seconds, gfbench CPU seconds)
     peak = gflops
     for kind in args.kinds:
         for n in args.gaussians:
@@ -460,19 +455,11 @@ def print_against_peak(points, peak: tuple[float, float], scalar: float, threads
     scalar FMA rate (:func:`machine_scalar_gflops`) instead of the dgemm's."""
     print(f"peak float64 throughput (dgemm) over the run: {peak[0]:.1f} Gflop/s per wall second on {threads} "
           f"threads, {peak[1]:.1f} per CPU second; scalar FMA throughput {scalar:.1f} Gflop/s; against them:")
-    for kind, n, W, H, flops, scalar_flops, seconds, cpu_seconds in points:
+    for kind, n, W, H, flops, seconds, cpu_seconds in points:
         bound, x_bound, x_cpu = against_bound(flops, seconds, cpu_seconds, peak)
         scalar_bound = flops / (scalar * 1e9)
-        mixed = mixed_bound(flops, scalar_flops, peak[0], scalar)
         print(f"{kind:5s} {n:7d} {W:4d}x{H:<3d}  bound {bound * 1e3:5.1f} ms  x bound {x_bound:5.1f}  "
-              f"x cpu {x_cpu:5.1f}  scalar bound {scalar_bound * 1e3:5.1f} ms  x scalar {seconds / scalar_bound:4.1f}  "
-              f"mixed bound {mixed * 1e3:5.1f} ms  x mixed {seconds / mixed:4.1f}")
-
-
-def mixed_bound(flops: float, scalar_flops: float, dgemm_gflops: float, scalar_gflops: float) -> float:
-    """Seconds for ``flops`` with the ``scalar_flops`` among them (:data:`SCALAR_WORK`) at the scalar FMA rate
-    and the rest at the dgemm rate."""
-    return scalar_flops / (scalar_gflops * 1e9) + (flops - scalar_flops) / (dgemm_gflops * 1e9)
+              f"x cpu {x_cpu:5.1f}  scalar bound {scalar_bound * 1e3:5.1f} ms  x scalar {seconds / scalar_bound:4.1f}")
 
 
 def against_bound(flops: float, seconds: float, cpu_seconds: float, rates: tuple[float, float]):
@@ -525,7 +512,6 @@ def run_point(kind, n, W, H, args, reference, gflops, reference_runs) -> tuple:
     work = work_counts(kind, p, viewmats, Ks, W, H)
     pairs = work["pair"]
     flops = sum(work[k] * FLOPS[kind][k] for k in work)
-    scalar_flops = sum(work[k] * FLOPS[kind][k] for k in SCALAR_WORK)
     bound, x_bound, x_cpu = against_bound(flops, g_both, g_cpu, gflops)
 
     seconds, megabytes = predict_reference(reference_runs, n, pairs)
@@ -546,7 +532,7 @@ def run_point(kind, n, W, H, args, reference, gflops, reference_runs) -> tuple:
           f"{cpu_ratio_text} | {g_fwd:7.3f}s | {rss_text} {g_rss:6.0f}MB | {diffs[0]:>9s} {diffs[1]:>8s} {diffs[2]:>8s} | "
           f"{work['isect']:8d} {work['row']:8d} {pairs:9d} {bound * 1e3:5.0f}ms {x_bound:6.1f}x "
           f"{x_cpu:5.1f}x", flush=True)
-    return kind, n, W, H, flops, scalar_flops, g_both, g_cpu
+    return kind, n, W, H, flops, g_both, g_cpu
 
 
 if __name__ == "__main__":
