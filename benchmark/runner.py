@@ -33,6 +33,7 @@ from PIL import Image
 from gfbench import methods as method_registry
 from gfbench import metrics, results, shards
 from gfbench.data import load_scene
+from gfbench.methods.core import lanes
 from gfbench.paths import data_root
 from gfbench.priors import PriorSource, Priors, prior_kind
 from gfbench.protocols import Split
@@ -54,6 +55,7 @@ class Job:
     preset: str
     priors: dict[str, PriorSource] = field(default_factory=dict)  # kind -> the prior this job's method gets
     prior_cache: Path | None = None  # where priors cache their per-scene predictions
+    cpu_compositing: str = "spans"  # the CPU rasterizer's 3DGS compositing (methods.core.lanes)
 
     def identity(self, scene_sha256: str) -> dict[str, Any]:
         """Everything that determines this job's numbers; its hash keys the record."""
@@ -65,6 +67,8 @@ class Job:
         }
         if self.priors:  # only then, so that jobs without priors keep the identity they always had
             identity["priors"] = {kind: source.identity() for kind, source in sorted(self.priors.items())}
+        if self.cpu_compositing != "spans":  # the lanes kernels' numbers differ in the last bits, so do their runs'
+            identity["cpu_compositing"] = self.cpu_compositing
         return identity
 
 
@@ -160,8 +164,10 @@ def plan_jobs(suite: SuiteSpec, method_names: list[str], scenes: list[str] | Non
         configs[method] = resolve_config(method, chosen_preset, overrides, explicit_preset=preset is not None,
                                          device=device, method_class=cls, protocol=suite.protocol_type)
         sources[method] = resolve_priors(suite, method_registry.capabilities_of(cls).priors, priors or {})
+    compositing = lanes.compositing() if device == "cpu" else "spans"
+    lanes.require(compositing)
     return [
-        Job(suite, scene, method, seed, configs[method], chosen_preset, sources[method], prior_cache)
+        Job(suite, scene, method, seed, configs[method], chosen_preset, sources[method], prior_cache, compositing)
         for scene in (scenes or suite.scenes)
         for method in method_names
         for seed in (seeds or suite.seeds)
@@ -255,10 +261,11 @@ def fit_and_score(job: Job, scene: Scene, workdir: Path, device: str, on_step: C
     priors = job_priors(job, scene, split, device)
     extra = {"priors": priors} if method_registry.accepts_priors(method.fit) else {}
     started = time.perf_counter()
-    method.fit(split.train, points=split.points, config=job.config, seed=job.seed, workdir=workdir, progress=on_step,
-               **extra)
-    fit_seconds = time.perf_counter() - started
-    renders = [r.rgb for r in method.render([v.camera for v in split.test])]
+    with lanes.using(job.cpu_compositing):
+        method.fit(split.train, points=split.points, config=job.config, seed=job.seed, workdir=workdir,
+                   progress=on_step, **extra)
+        fit_seconds = time.perf_counter() - started
+        renders = [r.rgb for r in method.render([v.camera for v in split.test])]
     save_render_images(workdir, split, renders)
     per_image = score_views(split, renders, job.suite, device)
     return {

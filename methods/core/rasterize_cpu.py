@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from . import cpu_kernels as K
+from . import lanes
 from .projection import project_gaussians_3d, sh_to_colors
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
@@ -441,11 +442,15 @@ class RasterizeTiles3D(torch.autograd.Function):
         C, D = bins.n_cameras, features.shape[-1]
         colors, T = np.empty((C, height, width, D)), np.empty((C, height, width))
         last, pairs = np.empty((C, height, width), dtype=np.int64), np.zeros((bins.n_tiles, 2), dtype=np.int64)
-        run_workers(
-            K.rasterize_3dgs_fwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
-            bins.tile_height, False, colors, T, last, pairs,
-        )
-        ctx.bins, ctx.T, ctx.last = bins, T, last
+        ctx.lanes = lanes.compositing() == "lanes" and D == lanes.FEATURES
+        if ctx.lanes:  # the lanes kernels do not count their work: pairs stay 0
+            lanes.forward(params, bins, width, height, colors, T, last, run_workers)
+        else:
+            run_workers(
+                K.rasterize_3dgs_fwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
+                bins.tile_height, False, colors, T, last, pairs,
+            )
+        ctx.bins, ctx.T, ctx.last, ctx.size = bins, T, last, (width, height)
         keep_rows_for_backward(ctx, params, backward_follows)
         ctx.shapes = [tuple(t.shape) for t in (means2d, conics, opacities, features)]
         bins.pairs_evaluated, bins.rows_evaluated = (int(v) for v in pairs.sum(axis=0))
@@ -455,10 +460,14 @@ class RasterizeTiles3D(torch.autograd.Function):
     def backward(ctx, v_colors, v_T):
         bins, params = ctx.bins, take_saved_rows(ctx)
         per_isect = SCRATCH.take((bins.n_isects, params.shape[1]))
-        run_workers(
-            K.rasterize_3dgs_bwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
-            bins.tile_height, False, ctx.T, ctx.last, as_f64(v_colors), as_f64(v_T[..., 0]), per_isect,
-        )
+        if ctx.lanes:  # the forward's kernels, whatever $GFBENCH_CPU_COMPOSITING says now
+            lanes.backward(params, bins, *ctx.size, ctx.T, ctx.last, as_f64(v_colors), as_f64(v_T[..., 0]), per_isect,
+                           run_workers)
+        else:
+            run_workers(
+                K.rasterize_3dgs_bwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
+                bins.tile_height, False, ctx.T, ctx.last, as_f64(v_colors), as_f64(v_T[..., 0]), per_isect,
+            )
         rows = bins.per_rank(per_isect)
         grads = bins.to_gaussians(rows, ctx.shapes, v_colors.dtype)
         for scratch in (params, per_isect, rows):

@@ -1,0 +1,172 @@
+"""The ``lanes`` 3DGS compositing: ``lanes_3dgs.c`` built for this machine and loaded through ctypes.
+
+Opt-in with ``GFBENCH_CPU_COMPOSITING=lanes`` (default ``spans``, the numba kernels of :mod:`.cpu_kernels`, which
+made every published number). The lanes kernels run a tile row's 16 pixels as two 8-lane float64 AVX-512 vectors;
+forward and backward they were 1.24-1.91x faster than the spans kernels on one thread, and a whole 3DGS forward +
+backward 1.05-1.48x faster on two (``tests/perf/bench_row_lanes.py``, ``bench_rasterizer.py --compositing
+lanes``). Their results agree with the spans kernels' to about 1e-14 relative but not to the bit, and training
+turns last-bit differences into moves of tenths of a dB: a run's record names the compositing it used.
+
+Why C with intrinsics and not numba: the same lane layout from numba (``bench_row_lanes.py``'s ``lanes64``) ran
+2.6x slower than the spans kernels, LLVM leaving the short per-row loops poorly vectorized. Why built on first use
+rather than at install: the kernels need AVX-512 and ``-march=native`` (the machine that runs them is the one that
+compiles them, as numba's JIT does), and the package stays installable without a compiler; where there is no gcc
+or no AVX-512, asking for ``lanes`` is an error that says so, and ``spans`` is always there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+SOURCE = Path(__file__).with_name("lanes_3dgs.c")
+ENV = "GFBENCH_CPU_COMPOSITING"
+CHOICES = ("spans", "lanes")
+FEATURES = 4  # the kernels composite RGB + depth only; other feature counts use the spans kernels
+REQUIRED_CPU_FEATURES = ("avx512f",)
+COMPILE_FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
+
+
+class LanesUnavailable(RuntimeError):
+    """The lanes kernels cannot run on this machine (the message says why)."""
+
+
+def compositing() -> str:
+    """The 3DGS compositing asked for by $GFBENCH_CPU_COMPOSITING: ``spans`` (default) or ``lanes``."""
+    value = os.environ.get(ENV, "spans").strip().lower() or "spans"
+    if value not in CHOICES:
+        raise ValueError(f"${ENV} must be one of {', '.join(CHOICES)}, got {value!r}")
+    return value
+
+
+@contextmanager
+def using(choice: str) -> Iterator[None]:
+    """$GFBENCH_CPU_COMPOSITING set to ``choice`` inside the block (a job runs with the compositing its record
+    names, whatever the worker process's environment says), restored after."""
+    if choice not in CHOICES:
+        raise ValueError(f"compositing must be one of {', '.join(CHOICES)}, got {choice!r}")
+    saved = os.environ.get(ENV)
+    os.environ[ENV] = choice
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = saved
+
+
+def require(choice: str) -> None:
+    """Fail now, with the reason, when ``choice`` is ``lanes`` and the lanes kernels cannot be built or run here
+    (before any training: a run planned with them must not fall over mid-way)."""
+    if choice == "lanes":
+        library()
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept: $XDG_CACHE_HOME/gfbench/kernels (default ~/.cache)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gfbench" / "kernels"
+
+
+def missing_requirement() -> Optional[str]:
+    """Why the lanes kernels cannot be built or run here, or None."""
+    import llvmlite.binding as llvm
+
+    features = llvm.get_host_cpu_features()
+    absent = [name for name in REQUIRED_CPU_FEATURES if not features.get(name)]
+    if absent:
+        return f"this CPU ({llvm.get_host_cpu_name()}) lacks {', '.join(absent)}"
+    if shutil.which("gcc") is None:
+        return "there is no gcc on PATH to build methods/core/lanes_3dgs.c"
+    return None
+
+
+_library: Optional[ctypes.CDLL] = None
+_lock = threading.Lock()
+
+
+def library() -> ctypes.CDLL:
+    """The built kernels (built once per source and CPU, then loaded from :func:`cache_dir`)."""
+    global _library
+    with _lock:
+        if _library is None:
+            reason = missing_requirement()
+            if reason is not None:
+                raise LanesUnavailable(f"{ENV}=lanes needs AVX-512 and gcc: {reason}; use {ENV}=spans")
+            _library = _declare(ctypes.CDLL(str(_built())))
+        return _library
+
+
+def _built() -> Path:
+    import llvmlite.binding as llvm
+
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(COMPILE_FLAGS).encode()).hexdigest()[:16]
+    target = cache_dir() / f"lanes_3dgs-{llvm.get_host_cpu_name()}-{key}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built = Path(scratch) / target.name
+        result = subprocess.run(["gcc", *COMPILE_FLAGS, "-o", str(built), str(SOURCE), "-lm"],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise LanesUnavailable(f"gcc could not build {SOURCE}: {result.stderr.strip()[-2000:]}")
+        os.replace(built, target)  # atomic: concurrent processes see the old state or the whole library
+    return target
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    pointer, integer, real = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+    head = [pointer, pointer, pointer] + [integer] * 5
+    lib.lanes_3dgs_fwd.argtypes = head + [real] * 5 + [pointer] * 3 + [integer] * 2
+    lib.lanes_3dgs_bwd.argtypes = head + [real] * 4 + [pointer] * 5 + [integer] * 2
+    lib.lanes_3dgs_fwd.restype = lib.lanes_3dgs_bwd.restype = None
+    return lib
+
+
+def _pointer(array, dtype) -> int:
+    """The data pointer of a C-contiguous array of ``dtype`` (anything else would be read wrongly by the kernels)."""
+    if array.dtype != np.dtype(dtype) or not array.flags.c_contiguous:
+        raise ValueError(f"the lanes kernels take C-contiguous {np.dtype(dtype)} arrays, got {array.dtype} "
+                         f"{'contiguous' if array.flags.c_contiguous else 'strided'} of shape {array.shape}")
+    return array.ctypes.data
+
+
+def _tiles(params, bins, width: int, height: int) -> tuple:
+    if params.ndim != 2 or params.shape[1] != 6 + FEATURES:
+        raise ValueError(f"the lanes kernels composite {FEATURES} features (rows of {6 + FEATURES}), "
+                         f"got rows of {params.shape[1]}")
+    return (_pointer(params, np.float64), _pointer(bins.tile_offsets, np.int64), _pointer(bins.flatten_ids, np.int64),
+            bins.n_tiles, bins.tile_width, bins.tile_height, width, height)
+
+
+def forward(params, bins, width: int, height: int, colors, T_final, last, run_workers) -> None:
+    """Fill colors [C, H, W, 4], T_final [C, H, W] and last [C, H, W] as :func:`.cpu_kernels.rasterize_3dgs_fwd`
+    does, on ``run_workers``'s threads (:func:`.rasterize_cpu.run_workers`)."""
+    from . import cpu_kernels as K
+
+    rules = (K.MAX_ALPHA, K.ALPHA_THRESHOLD, K.MIN_TRANSMITTANCE, K.SPAN_MARGIN, K.PIXEL_MARGIN)
+    outputs = (_pointer(colors, np.float64), _pointer(T_final, np.float64), _pointer(last, np.int64))
+    run_workers(library().lanes_3dgs_fwd, *_tiles(params, bins, width, height), *rules, *outputs)
+
+
+def backward(params, bins, width: int, height: int, T_final, last, v_colors, v_T, per_isect, run_workers) -> None:
+    """Fill per_isect [M, 10] as :func:`.cpu_kernels.rasterize_3dgs_bwd` does, from the forward's T_final and
+    last and the output gradients v_colors [C, H, W, 4] and v_T [C, H, W], on ``run_workers``'s threads. The
+    kernels get raw pointers: every array is held here until they return."""
+    from . import cpu_kernels as K
+
+    rules = (K.MAX_ALPHA, K.ALPHA_THRESHOLD, K.SPAN_MARGIN, K.PIXEL_MARGIN)
+    arrays = (_pointer(T_final, np.float64), _pointer(last, np.int64), _pointer(v_colors, np.float64),
+              _pointer(v_T, np.float64), _pointer(per_isect, np.float64))
+    run_workers(library().lanes_3dgs_bwd, *_tiles(params, bins, width, height), *rules, *arrays)

@@ -1,0 +1,271 @@
+/* 3DGS compositing, forward and backward, with a tile row's 16 pixels as float64 vector lanes (AVX-512): the
+ * ``lanes`` compositing of rasterize_cpu (opt-in, GFBENCH_CPU_COMPOSITING=lanes). Same inputs, outputs and rules as
+ * cpu_kernels.rasterize_3dgs_fwd / _bwd (gsplat's: alpha = min(max_alpha, o exp(-sigma)), contributions below thr
+ * skipped, a pixel done before the Gaussian that would take T to <= min_transmittance; backward back to front from
+ * each pixel's last contributor, T recovered by dividing by 1 - alpha), for RGB + depth (4 features) only.
+ *
+ * Where the scalar kernels visit each row's span and get exp(-sigma) along it by a recurrence, these evaluate every
+ * pixel of each row the ellipse reaches, with the recurrence turned 90 degrees: with dy = my - (y + 0.5),
+ * sigma(y + 1) = sigma(y) - b dx - c dy + c / 2, so E(y + 1) = E(y) exp(b dx) g(y), g(y) = exp(c dy - c / 2),
+ * g(y + 1) = g(y) exp(-c): two vector exps per Gaussian and tile, then two multiplies per pixel and row. The results
+ * agree with the scalar kernels' to about 1e-14 relative, not to the bit (tests/test_rasterizer_lanes.py).
+ *
+ * Built and loaded by lanes.py (gcc -O3 -march=native, on the machine that runs it), called through ctypes, which
+ * releases the GIL; each call takes every n_workers-th tile from ``worker`` on. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+
+#define TILE 16
+#define HALVES 2   /* 8-lane vectors per tile row */
+#define FEATURES 4 /* RGB + depth */
+#define ROW (6 + FEATURES)
+#define EXP_LIMIT 700.0 /* |x| of exp(x) clamped here: results stay finite */
+#define FLUSH_DENORMALS 0x8040 /* MXCSR: flush to zero, denormals are zero (alpha T can underflow) */
+
+/* exp(x) for 8 doubles: x = n ln 2 + r (Cody-Waite ln 2 in two parts), exp(r) by Taylor terms to r^13 (|r| <=
+ * ln(2) / 2: remainder about 4e-18 relative), times 2^n. */
+static inline __m512d exp8(__m512d x) {
+    static const double inverse_factorial[14] = {
+        1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320, 1.0 / 362880,
+        1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
+    x = _mm512_max_pd(_mm512_min_pd(x, _mm512_set1_pd(EXP_LIMIT)), _mm512_set1_pd(-EXP_LIMIT));
+    __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(6.93147180369123816490e-01), x);
+    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(1.90821492927058770002e-10), r);
+    __m512d p = _mm512_set1_pd(inverse_factorial[13]);
+    for (int k = 12; k >= 0; k--) p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(inverse_factorial[k]));
+    return _mm512_scalef_pd(p, n);
+}
+
+typedef struct {
+    int64_t cam, x0, y0, x1, y1;
+} Tile;
+
+static Tile tile_at(int64_t tile, int64_t tile_w, int64_t tile_h, int64_t width, int64_t height) {
+    Tile t;
+    int64_t local = tile % (tile_w * tile_h);
+    t.cam = tile / (tile_w * tile_h);
+    t.x0 = (local % tile_w) * TILE;
+    t.y0 = (local / tile_w) * TILE;
+    t.x1 = t.x0 + TILE < width ? t.x0 + TILE : width;
+    t.y1 = t.y0 + TILE < height ? t.y0 + TILE : height;
+    return t;
+}
+
+/* One Gaussian as seen from one tile: its parameters, the tile rows [ylo, yhi) its ellipse reaches, and the state
+ * of the row recurrence (E per half-row, exp(b dx), g and its per-row factor). ``ok`` is 0 for a Gaussian to skip. */
+typedef struct {
+    double mx, my, a, b, c, o;
+    int64_t ylo, yhi;
+    int ok;
+    __m512d dx[HALVES], E[HALVES], Fx[HALVES];
+    double g, g_step;
+} Splat;
+
+static void splat_at(Splat *s, const double *row, const Tile *t, const __m512d px[HALVES], double thr,
+                     double span_margin, double pixel_margin) {
+    s->mx = row[0], s->my = row[1], s->a = row[2], s->b = row[3], s->c = row[4], s->o = row[5];
+    double det = s->a * s->c - s->b * s->b;
+    s->ok = s->o >= thr && s->a > 0 && det > 0; /* the scalar kernels' sigma_bound and positive_definite */
+    if (!s->ok) return;
+    double smax = log(s->o / thr);
+    smax += span_margin * (1.0 + smax);
+    double ey = sqrt(2.0 * smax * s->a / det); /* cpu_kernels.ellipse_rows */
+    s->ylo = (int64_t)ceil(s->my - ey - 0.5 - pixel_margin);
+    s->yhi = (int64_t)floor(s->my + ey - 0.5 + pixel_margin) + 1;
+    if (s->ylo < t->y0) s->ylo = t->y0;
+    if (s->yhi > t->y1) s->yhi = t->y1;
+    double dy0 = s->my - ((double)s->ylo + 0.5);
+    for (int h = 0; h < HALVES; h++) {
+        s->dx[h] = _mm512_sub_pd(_mm512_set1_pd(s->mx), px[h]);
+        __m512d quadratic = _mm512_mul_pd(_mm512_mul_pd(_mm512_set1_pd(0.5 * s->a), s->dx[h]), s->dx[h]);
+        __m512d sigma0 = _mm512_fmadd_pd(_mm512_set1_pd(s->b * dy0), s->dx[h],
+                                         _mm512_add_pd(quadratic, _mm512_set1_pd(0.5 * s->c * dy0 * dy0)));
+        s->E[h] = exp8(_mm512_sub_pd(_mm512_setzero_pd(), sigma0));
+        s->Fx[h] = exp8(_mm512_mul_pd(_mm512_set1_pd(s->b), s->dx[h]));
+    }
+    s->g = exp(fmin(fmax(s->c * dy0 - 0.5 * s->c, -EXP_LIMIT), EXP_LIMIT));
+    s->g_step = exp(-s->c);
+}
+
+/* exp(-sigma) on half-row h of the current row, and the recurrence moved on to the next row's. */
+static inline __m512d splat_row(Splat *s, int h) {
+    __m512d e = s->E[h];
+    s->E[h] = _mm512_mul_pd(_mm512_mul_pd(s->E[h], s->Fx[h]), _mm512_set1_pd(s->g));
+    return e;
+}
+
+static void lane_centres(const Tile *t, __m512d px[HALVES]) {
+    const __m512d lane = _mm512_setr_pd(0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5);
+    for (int h = 0; h < HALVES; h++) px[h] = _mm512_add_pd(_mm512_set1_pd((double)(t->x0 + 8 * h)), lane);
+}
+
+/* colors [C, H, W, 4], T_final [C, H, W] and last [C, H, W] (index into flatten_ids, -1 if none), as
+ * cpu_kernels.rasterize_3dgs_fwd fills them. */
+void lanes_3dgs_fwd(const double *params, const int64_t *tile_offsets, const int64_t *flatten_ids, int64_t n_tiles,
+                    int64_t tile_w, int64_t tile_h, int64_t width, int64_t height, double max_alpha, double thr,
+                    double min_transmittance, double span_margin, double pixel_margin, double *colors,
+                    double *T_final, int64_t *last, int64_t worker, int64_t n_workers) {
+    double T[TILE][TILE] __attribute__((aligned(64)));
+    double acc[FEATURES][TILE][TILE] __attribute__((aligned(64)));
+    int64_t lastb[TILE][TILE] __attribute__((aligned(64)));
+    unsigned int saved_csr = _mm_getcsr();
+    _mm_setcsr(saved_csr | FLUSH_DENORMALS);
+    for (int64_t tile = worker; tile < n_tiles; tile += n_workers) {
+        Tile t = tile_at(tile, tile_w, tile_h, width, height);
+        __m512d px[HALVES], f[FEATURES];
+        lane_centres(&t, px);
+        __mmask16 valid16 = (__mmask16)((1u << (t.x1 - t.x0)) - 1u); /* lanes inside the image */
+        __mmask8 valid[HALVES] = {(__mmask8)(valid16 & 0xff), (__mmask8)(valid16 >> 8)};
+        for (int r = 0; r < TILE; r++)
+            for (int h = 0; h < HALVES; h++) {
+                /* T is kept negated once a pixel is done; lanes outside the image start done */
+                __mmask8 inside = r < t.y1 - t.y0 ? valid[h] : 0;
+                _mm512_store_pd(&T[r][8 * h], _mm512_mask_mov_pd(_mm512_set1_pd(-1.0), inside, _mm512_set1_pd(1.0)));
+                for (int k = 0; k < FEATURES; k++) _mm512_store_pd(&acc[k][r][8 * h], _mm512_setzero_pd());
+                _mm512_store_si512(&lastb[r][8 * h], _mm512_set1_epi64(-1));
+            }
+        int64_t n_live = (t.x1 - t.x0) * (t.y1 - t.y0);
+        Splat s;
+        for (int64_t j = tile_offsets[tile]; j < tile_offsets[tile + 1] && n_live > 0; j++) {
+            if (j + 8 < tile_offsets[tile + 1]) __builtin_prefetch(params + flatten_ids[j + 8] * ROW);
+            const double *row = params + flatten_ids[j] * ROW;
+            splat_at(&s, row, &t, px, thr, span_margin, pixel_margin);
+            if (!s.ok) continue;
+            __m512d vo = _mm512_set1_pd(s.o);
+            for (int k = 0; k < FEATURES; k++) f[k] = _mm512_set1_pd(row[6 + k]);
+            __m512i vj = _mm512_set1_epi64(j);
+            for (int64_t y = s.ylo; y < s.yhi; y++, s.g *= s.g_step) {
+                int r = (int)(y - t.y0);
+                for (int h = 0; h < HALVES; h++) {
+                    __m512d e = splat_row(&s, h);
+                    __m512d Tv = _mm512_load_pd(&T[r][8 * h]);
+                    __mmask8 live = _mm512_cmp_pd_mask(Tv, _mm512_setzero_pd(), _CMP_GT_OQ);
+                    if (!live) continue;
+                    __m512d alpha = _mm512_min_pd(_mm512_set1_pd(max_alpha), _mm512_mul_pd(vo, e));
+                    __mmask8 hit = live & _mm512_cmp_pd_mask(alpha, _mm512_set1_pd(thr), _CMP_GE_OQ);
+                    if (!hit) continue;
+                    __m512d next_T = _mm512_mul_pd(Tv, _mm512_sub_pd(_mm512_set1_pd(1.0), alpha));
+                    __mmask8 done = hit & _mm512_cmp_pd_mask(next_T, _mm512_set1_pd(min_transmittance), _CMP_LE_OQ);
+                    __mmask8 take = hit & ~done;
+                    __m512d vis = _mm512_mul_pd(alpha, Tv);
+                    for (int k = 0; k < FEATURES; k++)
+                        _mm512_store_pd(&acc[k][r][8 * h],
+                                        _mm512_mask3_fmadd_pd(vis, f[k], _mm512_load_pd(&acc[k][r][8 * h]), take));
+                    _mm512_store_si512(&lastb[r][8 * h],
+                                       _mm512_mask_mov_epi64(_mm512_load_si512(&lastb[r][8 * h]), take, vj));
+                    Tv = _mm512_mask_mov_pd(Tv, take, next_T);
+                    Tv = _mm512_mask_sub_pd(Tv, done, _mm512_setzero_pd(), Tv);
+                    _mm512_store_pd(&T[r][8 * h], Tv);
+                    n_live -= __builtin_popcount((unsigned)done);
+                }
+            }
+        }
+        for (int64_t y = t.y0; y < t.y1; y++)
+            for (int64_t x = t.x0; x < t.x1; x++) {
+                int r = (int)(y - t.y0), l = (int)(x - t.x0);
+                int64_t at = (t.cam * height + y) * width + x;
+                T_final[at] = fabs(T[r][l]);
+                last[at] = lastb[r][l];
+                for (int k = 0; k < FEATURES; k++) colors[at * FEATURES + k] = acc[k][r][l];
+            }
+    }
+    _mm_setcsr(saved_csr);
+}
+
+/* per_isect [M, 10]: dL/d(mean x, mean y, conic a, b, c, opacity, 4 features) per intersection (zero where the
+ * Gaussian reaches no pixel), as cpu_kernels.rasterize_3dgs_bwd fills it, from the forward's T_final and last
+ * and the output gradients v_colors [C, H, W, 4] and v_T [C, H, W]. Per-Gaussian sums stay in vector accumulators
+ * (both halves of a row in the same ones) and are summed across lanes once per intersection. */
+void lanes_3dgs_bwd(const double *params, const int64_t *tile_offsets, const int64_t *flatten_ids, int64_t n_tiles,
+                    int64_t tile_w, int64_t tile_h, int64_t width, int64_t height, double max_alpha, double thr,
+                    double span_margin, double pixel_margin, const double *T_final, const int64_t *last,
+                    const double *v_colors, const double *v_T, double *per_isect, int64_t worker,
+                    int64_t n_workers) {
+    double T[TILE][TILE] __attribute__((aligned(64)));
+    double later[TILE][TILE] __attribute__((aligned(64))); /* v_T T_final + sum over later Gaussians of w dL/dw */
+    double gout[FEATURES][TILE][TILE] __attribute__((aligned(64)));
+    int64_t lastb[TILE][TILE] __attribute__((aligned(64)));
+    unsigned int saved_csr = _mm_getcsr();
+    _mm_setcsr(saved_csr | FLUSH_DENORMALS);
+    for (int64_t tile = worker; tile < n_tiles; tile += n_workers) {
+        int64_t start = tile_offsets[tile], end = tile_offsets[tile + 1];
+        for (int64_t k = start * ROW; k < end * ROW; k++) per_isect[k] = 0.0;
+        if (start == end) continue;
+        Tile t = tile_at(tile, tile_w, tile_h, width, height);
+        __m512d px[HALVES], f[FEATURES];
+        lane_centres(&t, px);
+        int64_t newest = -1;
+        for (int r = 0; r < TILE; r++)
+            for (int l = 0; l < TILE; l++) {
+                int inside = t.y0 + r < t.y1 && t.x0 + l < t.x1;
+                int64_t at = (t.cam * height + t.y0 + r) * width + t.x0 + l;
+                T[r][l] = inside ? T_final[at] : 1.0;
+                later[r][l] = inside ? v_T[at] * T[r][l] : 0.0;
+                lastb[r][l] = inside ? last[at] : -1; /* no Gaussian reaches lanes outside the image */
+                for (int k = 0; k < FEATURES; k++) gout[k][r][l] = inside ? v_colors[at * FEATURES + k] : 0.0;
+                if (lastb[r][l] > newest) newest = lastb[r][l];
+            }
+        Splat s;
+        for (int64_t j = newest; j >= start; j--) {
+            if (j - 8 >= start) __builtin_prefetch(params + flatten_ids[j - 8] * ROW);
+            const double *row = params + flatten_ids[j] * ROW;
+            splat_at(&s, row, &t, px, thr, span_margin, pixel_margin);
+            if (!s.ok) continue;
+            for (int k = 0; k < FEATURES; k++) f[k] = _mm512_set1_pd(row[6 + k]);
+            /* dL/dsigma v summed as v dy, v dy^2, v dx, v dx dy and v dx^2, chained through sigma once at the end */
+            __m512d s0dy = _mm512_setzero_pd(), s0dy2 = s0dy, s1 = s0dy, s1dy = s0dy, s2 = s0dy, vo = s0dy;
+            __m512d vf[FEATURES] = {s0dy, s0dy, s0dy, s0dy};
+            const __m512i vj = _mm512_set1_epi64(j);
+            for (int64_t y = s.ylo; y < s.yhi; y++, s.g *= s.g_step) {
+                int r = (int)(y - t.y0);
+                __m512d vdy = _mm512_set1_pd(s.my - ((double)y + 0.5));
+                for (int h = 0; h < HALVES; h++) {
+                    __m512d e = splat_row(&s, h);
+                    __mmask8 valid = _mm512_cmp_epi64_mask(vj, _mm512_load_si512(&lastb[r][8 * h]), _MM_CMPINT_LE);
+                    if (!valid) continue;
+                    __m512d oe = _mm512_mul_pd(_mm512_set1_pd(s.o), e);
+                    __m512d alpha = _mm512_min_pd(_mm512_set1_pd(max_alpha), oe);
+                    __mmask8 hit = valid & _mm512_cmp_pd_mask(alpha, _mm512_set1_pd(thr), _CMP_GE_OQ);
+                    if (!hit) continue;
+                    __m512d inv = _mm512_div_pd(_mm512_set1_pd(1.0), _mm512_sub_pd(_mm512_set1_pd(1.0), alpha));
+                    __m512d Tk = _mm512_mul_pd(_mm512_load_pd(&T[r][8 * h]), inv); /* T in front of Gaussian j */
+                    __m512d w = _mm512_mul_pd(alpha, Tk);
+                    __m512d qf = _mm512_setzero_pd(); /* dL/dw = feature . dL/dcolour */
+                    for (int k = 0; k < FEATURES; k++) {
+                        __m512d ok = _mm512_load_pd(&gout[k][r][8 * h]);
+                        qf = _mm512_fmadd_pd(f[k], ok, qf);
+                        vf[k] = _mm512_mask3_fmadd_pd(w, ok, vf[k], hit);
+                    }
+                    __m512d L = _mm512_load_pd(&later[r][8 * h]);
+                    __m512d v_alpha = _mm512_fmsub_pd(Tk, qf, _mm512_mul_pd(L, inv));
+                    /* clamped alphas pass no gradient (gsplat) */
+                    __mmask8 open = hit & _mm512_cmp_pd_mask(oe, _mm512_set1_pd(max_alpha), _CMP_LE_OQ);
+                    vo = _mm512_mask3_fmadd_pd(e, v_alpha, vo, open);
+                    __m512d v_sigma = _mm512_mul_pd(_mm512_sub_pd(_mm512_setzero_pd(), alpha), v_alpha);
+                    __m512d vs_dx = _mm512_mul_pd(v_sigma, s.dx[h]), vs_dy = _mm512_mul_pd(v_sigma, vdy);
+                    s0dy = _mm512_mask_add_pd(s0dy, open, s0dy, vs_dy);
+                    s0dy2 = _mm512_mask3_fmadd_pd(vs_dy, vdy, s0dy2, open);
+                    s1 = _mm512_mask_add_pd(s1, open, s1, vs_dx);
+                    s1dy = _mm512_mask3_fmadd_pd(vs_dx, vdy, s1dy, open);
+                    s2 = _mm512_mask3_fmadd_pd(vs_dx, s.dx[h], s2, open);
+                    _mm512_store_pd(&later[r][8 * h], _mm512_mask3_fmadd_pd(w, qf, L, hit));
+                    _mm512_store_pd(&T[r][8 * h], _mm512_mask_mov_pd(_mm512_load_pd(&T[r][8 * h]), hit, Tk));
+                }
+            }
+            /* sigma = 0.5 a dx^2 + b dx dy + 0.5 c dy^2 with dx = mx - px, dy = my - py */
+            double *out = per_isect + j * ROW;
+            double S1 = _mm512_reduce_add_pd(s1), S0dy = _mm512_reduce_add_pd(s0dy);
+            out[0] = s.a * S1 + s.b * S0dy;
+            out[1] = s.b * S1 + s.c * S0dy;
+            out[2] = 0.5 * _mm512_reduce_add_pd(s2);
+            out[3] = _mm512_reduce_add_pd(s1dy);
+            out[4] = 0.5 * _mm512_reduce_add_pd(s0dy2);
+            out[5] = _mm512_reduce_add_pd(vo);
+            for (int k = 0; k < FEATURES; k++) out[6 + k] = _mm512_reduce_add_pd(vf[k]);
+        }
+    }
+    _mm_setcsr(saved_csr);
+}

@@ -1,0 +1,163 @@
+"""The ``lanes`` 3DGS compositing (GFBENCH_CPU_COMPOSITING=lanes): the C kernels against the dense reference and
+the ``spans`` kernels, the errors where they cannot run, and how runs made with them are kept apart.
+
+The kernel tests need AVX-512 and gcc (they are skipped elsewhere, saying which is missing); the rest run
+anywhere."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gfbench.methods.core import lanes
+from gfbench.methods.core import rasterize_cpu as rc
+from gfbench.methods.core.rasterize import rasterize_3dgs
+from test_leaderboard import PRESETS, build, make_record, presets, save, spec  # noqa: F401 (fixtures)
+from test_rasterizer_cpu import (
+    DT, H, W, assert_grads_close, grads_of, make_cameras, make_scene, ref_render_3dgs, weighted_loss,
+)
+
+MISSING = lanes.missing_requirement()
+needs_lanes = pytest.mark.skipif(MISSING is not None, reason=f"lanes kernels unavailable: {MISSING}")
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def use_lanes(monkeypatch, tmp_path):
+    monkeypatch.setenv(lanes.ENV, "lanes")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # a fresh build, not a cached library
+    monkeypatch.setattr(lanes, "_library", None)
+
+
+def render_and_grads(scene, viewmats, Ks, **kwargs):
+    colors, alphas, _ = rasterize_3dgs(*scene.values(), viewmats, Ks, W, H, render_mode="RGB+ED", **kwargs)
+    outputs = [colors[..., :3], colors[..., 3:] * alphas.detach(), alphas]
+    return colors.detach(), alphas.detach(), grads_of(weighted_loss(outputs), scene), outputs
+
+
+@needs_lanes
+def test_lanes_match_the_dense_reference(use_lanes):
+    """The same tolerances as the spans kernels' test: 1e-5 on images, 1e-4 relative on gradients."""
+    scene = make_scene(300)
+    viewmats, Ks = make_cameras()
+    colors, alphas, got, _ = render_and_grads(scene, viewmats, Ks)
+    ref_colors, ref_alphas = ref_render_3dgs(scene, viewmats, Ks)
+    torch.testing.assert_close(colors, ref_colors, rtol=0, atol=1e-5)
+    torch.testing.assert_close(alphas, ref_alphas, rtol=0, atol=1e-5)
+    ref_outputs = [ref_colors[..., :3], ref_colors[..., 3:] * ref_alphas.detach(), ref_alphas]
+    want = grads_of(weighted_loss(ref_outputs), scene)
+    assert_grads_close(got, want)
+
+
+@needs_lanes
+@pytest.mark.parametrize("opaque", [False, True], ids=["mixed-opacities", "alphas-clamped"])
+def test_lanes_agree_with_spans_to_float64_rounding(monkeypatch, use_lanes, opaque):
+    """Two cameras, partial tiles, Gaussians dense enough that pixels reach the stop rule (and, with opacities
+    of 0.9995, alphas clamped at 0.999 near every centre, which pass no gradient): images and every gradient
+    within 1e-12 of the spans kernels' (they differ only in how exp(-sigma) is rounded), and the lanes kernels
+    really ran (their outputs are not the spans kernels' bits)."""
+    scene = make_scene(800, seed=7, size=3.0)
+    if opaque:
+        with torch.no_grad():
+            scene["opacities"][7:] = 0.9995
+    viewmats, Ks = make_cameras()
+    lanes_out = render_and_grads(scene, viewmats, Ks)
+    monkeypatch.setenv(lanes.ENV, "spans")
+    spans_out = render_and_grads(scene, viewmats, Ks)
+    assert (spans_out[1] > 1 - 1.01e-4).sum() > 10, "no pixel reached the stop rule (T <= 1e-4)"
+    for got, want in ((lanes_out[0], spans_out[0]), (lanes_out[1], spans_out[1])):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert_grads_close(lanes_out[2], spans_out[2], rtol=1e-12)
+    assert not torch.equal(lanes_out[0], spans_out[0])
+
+
+@needs_lanes
+def test_the_backward_uses_the_forwards_kernels(monkeypatch, use_lanes):
+    """Switching $GFBENCH_CPU_COMPOSITING between a forward and its backward changes nothing: the backward
+    follows its forward (whose saved state it reads)."""
+    scene = make_scene(200, seed=2)
+    viewmats, Ks = make_cameras()
+    _, _, expected, _ = render_and_grads(scene, viewmats, Ks)
+    colors, alphas, _ = rasterize_3dgs(*scene.values(), viewmats, Ks, W, H, render_mode="RGB+ED")
+    monkeypatch.setenv(lanes.ENV, "spans")
+    got = grads_of(weighted_loss([colors[..., :3], colors[..., 3:] * alphas.detach(), alphas]), scene)
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+
+
+@needs_lanes
+def test_other_feature_counts_keep_the_spans_kernels(monkeypatch, use_lanes):
+    """RGB only (3 features) is not what the lanes kernels composite: the spans kernels' exact bits."""
+    scene = make_scene(150, seed=4)
+    viewmats, Ks = make_cameras()
+    rgb_lanes, _, _ = rasterize_3dgs(*scene.values(), viewmats, Ks, W, H, render_mode="RGB")
+    monkeypatch.setenv(lanes.ENV, "spans")
+    rgb_spans, _, _ = rasterize_3dgs(*scene.values(), viewmats, Ks, W, H, render_mode="RGB")
+    assert torch.equal(rgb_lanes, rgb_spans)
+
+
+def test_an_unknown_compositing_is_refused(monkeypatch):
+    monkeypatch.setenv(lanes.ENV, "simd")
+    with pytest.raises(ValueError, match=r"GFBENCH_CPU_COMPOSITING must be one of spans, lanes, got 'simd'"):
+        lanes.compositing()
+
+
+def test_lanes_where_they_cannot_run_is_an_error_that_says_why(monkeypatch):
+    monkeypatch.setattr(lanes, "_library", None)
+    monkeypatch.setattr(lanes, "missing_requirement", lambda: "this CPU (generic) lacks avx512f")
+    monkeypatch.setenv(lanes.ENV, "lanes")
+    scene = make_scene(50)
+    viewmats, Ks = make_cameras()
+    with pytest.raises(lanes.LanesUnavailable, match=r"lacks avx512f; use GFBENCH_CPU_COMPOSITING=spans"):
+        rasterize_3dgs(*scene.values(), viewmats, Ks, W, H, render_mode="RGB+ED")
+    assert rc.SCRATCH.free_bytes >= 0  # the pool is still usable
+
+
+def test_a_run_planned_with_lanes_where_they_cannot_run_stops_before_any_job(monkeypatch, spec):  # noqa: F811
+    from gfbench import runner
+
+    monkeypatch.setattr(lanes, "_library", None)
+    monkeypatch.setattr(lanes, "missing_requirement", lambda: "there is no gcc on PATH")
+    monkeypatch.setenv(lanes.ENV, "lanes")
+    monkeypatch.setattr(runner, "resolve_config", lambda *a, **k: dict(PRESETS[spec.preset]))
+    with pytest.raises(lanes.LanesUnavailable, match="there is no gcc on PATH"):
+        runner.plan_jobs(spec, ["3dgs"], None, None, None, {})
+
+
+def test_the_compositing_is_set_for_the_block_and_restored(monkeypatch):
+    monkeypatch.delenv(lanes.ENV, raising=False)
+    with lanes.using("lanes"):
+        assert lanes.compositing() == "lanes"
+    assert lanes.ENV not in __import__("os").environ
+    monkeypatch.setenv(lanes.ENV, "lanes")
+    with lanes.using("spans"):
+        assert lanes.compositing() == "spans"
+    assert lanes.compositing() == "lanes"
+
+
+def test_lanes_runs_have_their_own_identity_and_leaderboard_entry(tmp_path, spec):  # noqa: F811
+    """A spans job keeps the identity (and record hash) jobs always had; a lanes job's identity names it, so
+    its record never replaces a spans one, and the leaderboard shows it as its own entry."""
+    from gfbench import results, runner
+
+    job = runner.Job(spec, "room", "3dgs", 0, dict(PRESETS[spec.preset]), spec.preset)
+    assert "cpu_compositing" not in job.identity("0" * 64)
+    lanes_job = runner.Job(spec, "room", "3dgs", 0, dict(PRESETS[spec.preset]), spec.preset, cpu_compositing="lanes")
+    identity = lanes_job.identity("0" * 64)
+    assert identity["cpu_compositing"] == "lanes"
+    assert results.config_hash(identity) != results.config_hash(job.identity("0" * 64))
+
+    save(tmp_path, make_record(spec, "room", "3dgs", psnr=20.0), "spans")
+    lanes_record = make_record(spec, "room", "3dgs", psnr=20.5)
+    lanes_record["identity"] = {**lanes_record.get("identity", {}), "cpu_compositing": "lanes"}
+    save(tmp_path, lanes_record, "lanes")
+    board = build(tmp_path, spec)
+    psnr = board.long.query("metric == 'psnr'").set_index("method")["value"].to_dict()
+    assert psnr == {"3dgs": 20.0, "3dgs+cpu-lanes": 20.5}
