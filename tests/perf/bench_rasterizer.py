@@ -4,7 +4,7 @@ Run (from the repository root; the reference shim lives beside the checkout in `
 
     OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python tests/perf/bench_rasterizer.py \
         [--kinds 3dgs 2dgs] [--gaussians 20000 100000 300000] [--sizes 256x160 512x320 960x540] \
-        [--threads 2] [--repeats 3] [--reference-limit 900] [--reference-memory 12]
+        [--threads 2] [--repeats 3] [--reference-limit 900] [--reference-memory 12] [--compositing lanes]
 
 The baseline is what a user would otherwise reach for on a CPU: gsplat's ``_rasterization`` (3DGS) and its
 ``_torch_impl_2dgs`` pieces (2DGS), made to run on the CPU by ``gsplat_reference_cpu.py`` (which swaps in
@@ -115,6 +115,7 @@ import ctypes
 import gc
 import importlib.util
 import math
+import os
 import time
 from pathlib import Path
 
@@ -122,6 +123,7 @@ import numpy as np
 import torch
 from numba import njit
 
+from gfbench.methods.core import lanes
 from gfbench.methods.core import rasterize_cpu as rc
 from gfbench.methods.core import rasterize_cpu_2dgs as rc2
 from gfbench.methods.core.memory import retain_freed_memory
@@ -315,8 +317,9 @@ def projected_3dgs(p, viewmats, Ks, W, H):
 
 def work_counts(kind: str, p, viewmats, Ks, W, H) -> dict[str, int]:
     """Gaussian-pixel pairs and Gaussian-rows the forward evaluates and Gaussian-tile intersections,
-    through the same pieces as the renderer."""
-    with torch.no_grad():
+    through the same pieces as the renderer (with the spans compositing, which counts them: the bound is the
+    scalar algorithm's work whichever compositing is timed)."""
+    with torch.no_grad(), lanes.using("spans"):
         opac = p["opacities"][None]
         if kind == "3dgs":
             proj, bins, feats = projected_3dgs(p, viewmats, Ks, W, H)
@@ -411,11 +414,15 @@ def main() -> None:
                         help="skip the reference where its predicted forward+backward time exceeds this (s)")
     parser.add_argument("--reference-memory", type=float, default=12.0,
                         help="skip the reference where its predicted peak memory exceeds this (GB)")
+    parser.add_argument("--compositing", choices=lanes.CHOICES, default="spans",
+                        help="gfbench's 3DGS compositing ($GFBENCH_CPU_COMPOSITING; 2DGS always uses spans)")
     parser.add_argument("--reference-shim", type=Path, default=DEFAULT_SHIM,
                         help="path to gsplat_reference_cpu.py")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     retained = retain_freed_memory()  # as the gfbench command runs (GFBENCH_RETAIN_FREED_MEMORY=0: without)
+    os.environ[lanes.ENV] = args.compositing
+    lanes.require(args.compositing)
     references = load_reference(args.reference_shim)
 
     first = first_call_seconds()
@@ -424,7 +431,7 @@ def main() -> None:
     split = "" if args.torch_threads is None else f" (gfbench: PyTorch on {args.torch_threads}, kernels on {args.threads})"
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_description()}; {args.threads} threads{split}; "
           f"gfbench first call (JIT compile, or load from numba's cache) {first:.1f} s; "
-          f"freed memory {'retained' if retained else 'returned to the OS'}; "
+          f"freed memory {'retained' if retained else 'returned to the OS'}; {args.compositing} compositing; "
           f"machine float64 throughput (dgemm) "
           f"{gflops[0]:.1f} Gflop/s per wall second on {args.threads} threads, {gflops[1]:.1f} per CPU second; "
           f"scalar FMA throughput {scalar:.1f} Gflop/s")

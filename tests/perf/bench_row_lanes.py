@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import shutil
 import statistics
 import subprocess
 import tempfile
@@ -71,6 +70,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from gfbench.methods.core import cpu_kernels as K
+from gfbench.methods.core import lanes as lanes_kernels
 from gfbench.methods.core import rasterize_cpu as rc
 from gfbench.methods.core.cpu_kernels import (
     ALPHA_THRESHOLD, MAX_ALPHA, MIN_TRANSMITTANCE, PREFETCH_AHEAD, TILE_SIZE, ellipse_rows, exp_inline,
@@ -182,37 +182,39 @@ LANES = {"lanes64": (np.float64, make_lane_kernel(np.float64)), "lanes32": (np.f
 AVX512_SOURCE = Path(__file__).with_name("row_lanes_avx512.c")
 
 
-def load_avx512_kernels():
-    """``row_lanes_avx512.c`` compiled for this CPU (gcc -O3 -march=native) and loaded through ctypes: its float32
-    and float64 kernels by column name, or {} and the reason when there is no gcc or no AVX-512."""
-    import llvmlite.binding as llvm
-
-    if not llvm.get_host_cpu_features().get("avx512f"):
-        return {}, "no AVX-512 on this CPU"
-    if shutil.which("gcc") is None:
-        return {}, "no gcc"
+def load_avx512_kernel():
+    """``row_lanes_avx512.c`` compiled for this CPU (gcc -O3 -march=native) and loaded through ctypes, or None with
+    the reason when there is no gcc or no AVX-512."""
+    missing = lanes_kernels.missing_requirement()
+    if missing is not None:
+        return None, missing
     library = Path(tempfile.mkdtemp(prefix="gfbench-lanes-")) / "row_lanes_avx512.so"
     subprocess.run(["gcc", "-O3", "-march=native", "-shared", "-fPIC", "-o", str(library), str(AVX512_SOURCE), "-lm"],
                    check=True)
-    compiled = ctypes.CDLL(str(library))
-    pointer, integer = ctypes.c_void_p, ctypes.c_int64
-    head = [pointer, integer, pointer, pointer] + [integer] * 4
-    compiled.fwd_lanes.argtypes = head + [ctypes.c_float] * 5 + [pointer] * 3
-    compiled.fwd_lanes_f64.argtypes = head + [ctypes.c_double] * 5 + [integer] + [pointer] * 3
-    compiled.fwd_lanes.restype = compiled.fwd_lanes_f64.restype = integer
-    kernels = {
-        "avx512": (compiled.fwd_lanes, np.float32, ()),
-        "avx512_f64": (compiled.fwd_lanes_f64, np.float64, (0,)),  # exp at every pixel
-        "avx512_f64_rec": (compiled.fwd_lanes_f64, np.float64, (1,)),  # exp(-sigma) by a recurrence down the rows
-    }
-    return kernels, ""
+    kernel = ctypes.CDLL(str(library)).fwd_lanes
+    pointer, integer, real = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    kernel.argtypes = [pointer, integer, pointer, pointer] + [integer] * 4 + [real] * 5 + [pointer] * 3
+    kernel.restype = integer
+    return kernel, ""
 
 
-def avx512(kernel, dtype, options, rows, bins, W, H):
-    out = (np.empty((1, H, W, 4), dtype), np.empty((1, H, W), dtype), np.empty((1, H, W), np.int64))
-    kernel(rows.ctypes.data, rows.shape[1], bins.tile_offsets.ctypes.data, bins.flatten_ids.ctypes.data,
+def avx512(kernel, params32, bins, W, H):
+    out = (np.empty((1, H, W, 4), np.float32), np.empty((1, H, W), np.float32), np.empty((1, H, W), np.int64))
+    kernel(params32.ctypes.data, params32.shape[1], bins.tile_offsets.ctypes.data, bins.flatten_ids.ctypes.data,
            bins.tile_width, bins.tile_height, W, H, MAX_ALPHA, ALPHA_THRESHOLD, MIN_TRANSMITTANCE, K.SPAN_MARGIN,
-           K.PIXEL_MARGIN, *options, *(a.ctypes.data for a in out))
+           K.PIXEL_MARGIN, *(a.ctypes.data for a in out))
+    return out[0]
+
+
+def one_thread(kernel, *args):
+    """:func:`.rasterize_cpu.run_workers` on this thread only."""
+    kernel(*args, 0, 1)
+
+
+def package_lanes(params, bins, W, H):
+    """The package's lanes compositing (``methods/core/lanes_3dgs.c``), forward."""
+    out = (np.empty((1, H, W, 4)), np.empty((1, H, W)), np.empty((1, H, W), np.int64))
+    lanes_kernels.forward(params, bins, W, H, *out, one_thread)
     return out[0]
 
 
@@ -237,6 +239,46 @@ def lanes(kernel, dtype, params, bins, W, H):
     return out[0]
 
 
+def production_backward(params, bins, W, H, grads):
+    """The production 3DGS backward's per-intersection gradient rows, from its own forward's state."""
+    state = (np.empty((1, H, W, 4)), np.empty((1, H, W)), np.empty((1, H, W), np.int64),
+             np.zeros((bins.n_tiles, 2), np.int64))
+    K.rasterize_3dgs_fwd(params, bins.tile_offsets, bins.flatten_ids, bins.tile_width, bins.tile_height, False,
+                         *state, 0, 1)
+    T_final, last = state[1], state[2]
+    per_isect = np.empty((bins.n_isects, params.shape[1]))
+    run = lambda: K.rasterize_3dgs_bwd(params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,  # noqa: E731
+                                       bins.tile_height, False, T_final, last, *grads, per_isect, 0, 1)
+    return run, per_isect, (T_final, last)
+
+
+def lanes_backward(params, bins, W, H, grads, state):
+    """The package's lanes backward on the production forward's state: a callable and the rows it fills."""
+    per_isect = np.empty((bins.n_isects, params.shape[1]))
+    run = lambda: lanes_kernels.backward(params, bins, W, H, *state, *grads, per_isect, one_thread)  # noqa: E731
+    return run, per_isect
+
+
+def backward_line(params, bins, n, W, H, repeats):
+    """Production backward against the package's lanes backward (one thread, medians): times, ratio and the
+    largest difference of each gradient column relative to that column's largest magnitude."""
+    rng = np.random.default_rng(1)
+    grads = (rng.standard_normal((1, H, W, 4)), rng.standard_normal((1, H, W)))
+    run_production, expected, state = production_backward(params, bins, W, H, grads)
+    run_lanes, got = lanes_backward(params, bins, W, H, grads, state)
+    times = {"production": [], "lanes": []}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, run in (("production", run_production), ("lanes", run_lanes)):
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    production_ms, lanes_ms = (statistics.median(t[1:]) * 1e3 for t in times.values())
+    scale = np.maximum(np.abs(expected).max(axis=0), 1e-300)
+    relative = (np.abs(got - expected) / scale).max()
+    return (f"{n:7d} {W:4d}x{H:<3d} | {production_ms:9.1f} ms | {lanes_ms:7.1f} ms {production_ms / lanes_ms:5.2f}x "
+            f"{relative:9.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", nargs="+", default=["20000,256,160", "300000,256,160", "20000,960,540",
@@ -244,11 +286,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    compiled, missing = load_avx512_kernels()
-    names = list(LANES) + ["avx512", "avx512_f64", "avx512_f64_rec"]
+    kernel, missing = load_avx512_kernel()
+    names = list(LANES) + ["avx512", "lanes_3dgs.c"]
     columns = " | ".join(f"{name:>17s} {'max|dC|':>8s}" for name in names)
-    note = f"   (avx512: {missing})" if missing else ""
+    note = f"   (the C kernels: {missing})" if missing else ""
     print(f"{'N':>7s} {'size':>8s} | {'scalar spans':>12s} | {columns}{note}")
+    backward_lines = []
     for point in args.points:
         n, W, H = (int(v) for v in point.split(","))
         params, bins = inputs(n, W, H)
@@ -257,10 +300,10 @@ def main() -> None:
             rows = np.ascontiguousarray(params, dtype=dtype)
             variants[name] = (lambda lane_kernel=lane_kernel, dtype=dtype, rows=rows:
                               lanes(lane_kernel, dtype, rows, bins, W, H))
-        for name, (kernel, dtype, options) in compiled.items():
-            rows = np.ascontiguousarray(params, dtype=dtype)
-            variants[name] = (lambda kernel=kernel, dtype=dtype, options=options, rows=rows:
-                              avx512(kernel, dtype, options, rows, bins, W, H))
+        if kernel is not None:
+            rows32 = np.ascontiguousarray(params, dtype=np.float32)
+            variants["avx512"] = lambda: avx512(kernel, rows32, bins, W, H)
+            variants["lanes_3dgs.c"] = lambda: package_lanes(params, bins, W, H)
         images = {name: run() for name, run in variants.items()}  # also compiles
         times = {name: [] for name in variants}
         for _ in range(args.repeats):
@@ -273,6 +316,13 @@ def main() -> None:
                  f"{np.abs(images[name] - images['production']).max():8.1e}" if name in ms else f"{'':>26s}"
                  for name in names]
         print(f"{n:7d} {W:4d}x{H:<3d} | {ms['production']:9.1f} ms | {' | '.join(cells)}", flush=True)
+        if kernel is not None:
+            backward_lines.append(backward_line(params, bins, n, W, H, args.repeats))
+    if backward_lines:
+        print("\nbackward (RGB + depth): the production kernel against the package's lanes backward")
+        print(f"{'N':>7s} {'size':>8s} | {'scalar spans':>12s} | {'lanes_3dgs.c':>20s} {'max rel d':>9s}")
+        print("\n".join(backward_lines))
+
 
 if __name__ == "__main__":
     main()
