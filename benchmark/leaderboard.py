@@ -128,13 +128,11 @@ class Entry:
     method: str
     config: str
     priors: str = ""  # gfbench.priors.priors_label of the record's priors
-    compositing: str = ""  # +cpu-lanes for runs on the CPU rasterizer's lanes compositing (methods.core.lanes)
 
     def label(self, suite_preset: str) -> str:
-        """``method`` for the suite's preset, ``method@<config>`` for any other, followed by the priors and
-        ``+cpu-lanes`` for runs on the lanes compositing."""
+        """``method`` for the suite's preset, ``method@<config>`` for any other, followed by the priors."""
         base = self.method if self.config == suite_preset else f"{self.method}@{self.config}"
-        return base + self.priors + self.compositing
+        return base + self.priors
 
 
 def method_label(record: dict[str, Any], spec: SuiteSpec, entries: "Entries | None" = None) -> str:
@@ -159,9 +157,8 @@ class Entries:
         method, preset, config = record["method"], record.get("preset"), _plain(record.get("config"))
         reference = self.preset(method, preset) if isinstance(preset, str) else None
         reference = for_record_protocol(reference, record)
-        compositing = (record.get("identity") or {}).get("cpu_compositing", "spans")
         entry = Entry(method, preset if reference is not None and reference == config else config_digest(config),
-                      priors_label(record.get("priors")), "" if compositing == "spans" else f"+cpu-{compositing}")
+                      priors_label(record.get("priors")))
         if entry not in self.configs:
             self.configs[entry] = config
             self.differences[entry] = describe_difference(config, reference, preset)

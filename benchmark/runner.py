@@ -55,7 +55,7 @@ class Job:
     preset: str
     priors: dict[str, PriorSource] = field(default_factory=dict)  # kind -> the prior this job's method gets
     prior_cache: Path | None = None  # where priors cache their per-scene predictions
-    cpu_compositing: str = "spans"  # the CPU rasterizer's 3DGS compositing (methods.core.lanes)
+    cpu_compositing: str = "auto"  # the CPU rasterizer's 3DGS compositing asked for (methods.core.lanes)
 
     def identity(self, scene_sha256: str) -> dict[str, Any]:
         """Everything that determines this job's numbers; its hash keys the record."""
@@ -67,8 +67,6 @@ class Job:
         }
         if self.priors:  # only then, so that jobs without priors keep the identity they always had
             identity["priors"] = {kind: source.identity() for kind, source in sorted(self.priors.items())}
-        if self.cpu_compositing != "spans":  # the lanes kernels' numbers differ in the last bits, so do their runs'
-            identity["cpu_compositing"] = self.cpu_compositing
         return identity
 
 
@@ -164,8 +162,9 @@ def plan_jobs(suite: SuiteSpec, method_names: list[str], scenes: list[str] | Non
         configs[method] = resolve_config(method, chosen_preset, overrides, explicit_preset=preset is not None,
                                          device=device, method_class=cls, protocol=suite.protocol_type)
         sources[method] = resolve_priors(suite, method_registry.capabilities_of(cls).priors, priors or {})
-    compositing = lanes.compositing() if device == "cpu" else "spans"
-    lanes.require(compositing)
+    compositing = lanes.compositing()
+    if device == "cpu":
+        lanes.require(compositing)
     return [
         Job(suite, scene, method, seed, configs[method], chosen_preset, sources[method], prior_cache, compositing)
         for scene in (scenes or suite.scenes)
@@ -261,11 +260,10 @@ def fit_and_score(job: Job, scene: Scene, workdir: Path, device: str, on_step: C
     priors = job_priors(job, scene, split, device)
     extra = {"priors": priors} if method_registry.accepts_priors(method.fit) else {}
     started = time.perf_counter()
-    with lanes.using(job.cpu_compositing):
-        method.fit(split.train, points=split.points, config=job.config, seed=job.seed, workdir=workdir,
-                   progress=on_step, **extra)
-        fit_seconds = time.perf_counter() - started
-        renders = [r.rgb for r in method.render([v.camera for v in split.test])]
+    method.fit(split.train, points=split.points, config=job.config, seed=job.seed, workdir=workdir, progress=on_step,
+               **extra)
+    fit_seconds = time.perf_counter() - started
+    renders = [r.rgb for r in method.render([v.camera for v in split.test])]
     save_render_images(workdir, split, renders)
     per_image = score_views(split, renders, job.suite, device)
     return {
@@ -431,7 +429,10 @@ def execute_job(job: Job, root: Path | str, workdir: Path, device: str, on_step:
         if job.scene not in cache:
             cache.clear()  # keep one scene in memory at a time
             cache[job.scene] = load_scene(job.suite.dataset, job.scene, root)
-        produced.update(status="ok", **fit_and_score(job, cache[job.scene], workdir, device, on_step))
+        with lanes.using(job.cpu_compositing):  # as planned, whatever this (worker) process's environment says
+            if device == "cpu":  # provenance, as the host: the two compositings agree to ~1e-14, not to the bit
+                produced["cpu_compositing"] = lanes.active()
+            produced.update(status="ok", **fit_and_score(job, cache[job.scene], workdir, device, on_step))
     except DiskFull:
         raise  # a full disk stops every job, not just this one
     except Exception as exc:  # one failing job must not stop the others

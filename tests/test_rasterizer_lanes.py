@@ -1,5 +1,5 @@
-"""The ``lanes`` 3DGS compositing (GFBENCH_CPU_COMPOSITING=lanes): the C kernels against the dense reference and
-the ``spans`` kernels, the errors where they cannot run, and how runs made with them are kept apart.
+"""The ``lanes`` 3DGS compositing (GFBENCH_CPU_COMPOSITING): the C kernels against the dense reference and the
+``spans`` kernels, ``auto`` and the errors where they cannot run, and the records that name which one a job ran.
 
 The kernel tests need AVX-512 and gcc (they are skipped elsewhere, saying which is missing); the rest run
 anywhere."""
@@ -12,7 +12,7 @@ import torch
 from gfbench.methods.core import lanes
 from gfbench.methods.core import rasterize_cpu as rc
 from gfbench.methods.core.rasterize import rasterize_3dgs
-from test_leaderboard import PRESETS, build, make_record, presets, save, spec  # noqa: F401 (fixtures)
+from test_leaderboard import PRESETS, presets, spec  # noqa: F401 (fixtures)
 from test_rasterizer_cpu import (
     DT, H, W, assert_grads_close, grads_of, make_cameras, make_scene, ref_render_3dgs, weighted_loss,
 )
@@ -30,10 +30,16 @@ def _single_thread():
 
 
 @pytest.fixture
-def use_lanes(monkeypatch, tmp_path):
+def use_lanes(monkeypatch):
     monkeypatch.setenv(lanes.ENV, "lanes")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # a fresh build, not a cached library
+
+
+@pytest.fixture
+def lanes_missing(monkeypatch):
+    """A machine where the lanes kernels cannot run."""
     monkeypatch.setattr(lanes, "_library", None)
+    monkeypatch.setattr(lanes, "_unavailable", None)
+    monkeypatch.setattr(lanes, "missing_requirement", lambda: "this CPU (generic) lacks avx512f")
 
 
 def render_and_grads(scene, viewmats, Ks, **kwargs):
@@ -103,32 +109,56 @@ def test_other_feature_counts_keep_the_spans_kernels(monkeypatch, use_lanes):
     assert torch.equal(rgb_lanes, rgb_spans)
 
 
+@needs_lanes
+def test_the_kernels_are_built_once_then_loaded_from_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(lanes, "_library", None)
+    monkeypatch.setattr(lanes, "_unavailable", None)
+    lanes.library()
+    built = list((tmp_path / "gfbench" / "kernels").glob("lanes_3dgs-*.so"))
+    assert len(built) == 1 and not list(built[0].parent.glob("tmp*"))  # no half-built leftovers
+    monkeypatch.setattr(lanes, "_library", None)
+    monkeypatch.setattr(lanes.subprocess, "run", lambda *a, **k: pytest.fail("rebuilt although cached"))
+    assert lanes.library().lanes_3dgs_fwd is not None
+
+
 def test_an_unknown_compositing_is_refused(monkeypatch):
     monkeypatch.setenv(lanes.ENV, "simd")
-    with pytest.raises(ValueError, match=r"GFBENCH_CPU_COMPOSITING must be one of spans, lanes, got 'simd'"):
+    with pytest.raises(ValueError, match=r"GFBENCH_CPU_COMPOSITING must be one of auto, spans, lanes, got 'simd'"):
         lanes.compositing()
 
 
-def test_lanes_where_they_cannot_run_is_an_error_that_says_why(monkeypatch):
-    monkeypatch.setattr(lanes, "_library", None)
-    monkeypatch.setattr(lanes, "missing_requirement", lambda: "this CPU (generic) lacks avx512f")
+def test_lanes_where_they_cannot_run_is_an_error_that_says_why(monkeypatch, lanes_missing):
     monkeypatch.setenv(lanes.ENV, "lanes")
     scene = make_scene(50)
     viewmats, Ks = make_cameras()
-    with pytest.raises(lanes.LanesUnavailable, match=r"lacks avx512f; use GFBENCH_CPU_COMPOSITING=spans"):
+    with pytest.raises(lanes.LanesUnavailable, match=r"lacks avx512f; use GFBENCH_CPU_COMPOSITING=spans \(or auto\)"):
         rasterize_3dgs(*scene.values(), viewmats, Ks, W, H, render_mode="RGB+ED")
     assert rc.SCRATCH.free_bytes >= 0  # the pool is still usable
 
 
-def test_a_run_planned_with_lanes_where_they_cannot_run_stops_before_any_job(monkeypatch, spec):  # noqa: F811
+def test_auto_renders_with_spans_where_lanes_cannot_run(monkeypatch, lanes_missing):
+    """The default (auto) on such a machine: the spans kernels, to the bit."""
+    monkeypatch.delenv(lanes.ENV, raising=False)
+    assert lanes.compositing() == "auto" and lanes.active() == "spans"
+    scene = make_scene(120, seed=3)
+    viewmats, Ks = make_cameras()
+    auto = render_and_grads(scene, viewmats, Ks)
+    monkeypatch.setenv(lanes.ENV, "spans")
+    spans = render_and_grads(scene, viewmats, Ks)
+    assert torch.equal(auto[0], spans[0]) and all(torch.equal(auto[2][k], spans[2][k]) for k in spans[2])
+
+
+def test_a_run_planned_with_lanes_where_they_cannot_run_stops_before_any_job(monkeypatch, spec,  # noqa: F811
+                                                                             lanes_missing):
     from gfbench import runner
 
-    monkeypatch.setattr(lanes, "_library", None)
-    monkeypatch.setattr(lanes, "missing_requirement", lambda: "there is no gcc on PATH")
     monkeypatch.setenv(lanes.ENV, "lanes")
     monkeypatch.setattr(runner, "resolve_config", lambda *a, **k: dict(PRESETS[spec.preset]))
-    with pytest.raises(lanes.LanesUnavailable, match="there is no gcc on PATH"):
+    with pytest.raises(lanes.LanesUnavailable, match="lacks avx512f"):
         runner.plan_jobs(spec, ["3dgs"], None, None, None, {})
+    monkeypatch.setenv(lanes.ENV, "auto")  # auto plans anywhere
+    assert [job.cpu_compositing for job in runner.plan_jobs(spec, ["3dgs"], ["room"], [0], None, {})] == ["auto"]
 
 
 def test_the_compositing_is_set_for_the_block_and_restored(monkeypatch):
@@ -142,22 +172,24 @@ def test_the_compositing_is_set_for_the_block_and_restored(monkeypatch):
     assert lanes.compositing() == "lanes"
 
 
-def test_lanes_runs_have_their_own_identity_and_leaderboard_entry(tmp_path, spec):  # noqa: F811
-    """A spans job keeps the identity (and record hash) jobs always had; a lanes job's identity names it, so
-    its record never replaces a spans one, and the leaderboard shows it as its own entry."""
-    from gfbench import results, runner
+def test_a_job_runs_the_compositing_it_was_planned_with_and_its_record_names_it(tmp_path, monkeypatch,
+                                                                              spec):  # noqa: F811
+    """The job carries the compositing asked for when it was planned (a cluster worker's environment may say
+    otherwise); its record names the one that ran, beside the host. The identity (and so the record's hash)
+    does not depend on it: on the published suites both give the same numbers to the last digit."""
+    from gfbench import runner
 
-    job = runner.Job(spec, "room", "3dgs", 0, dict(PRESETS[spec.preset]), spec.preset)
-    assert "cpu_compositing" not in job.identity("0" * 64)
-    lanes_job = runner.Job(spec, "room", "3dgs", 0, dict(PRESETS[spec.preset]), spec.preset, cpu_compositing="lanes")
-    identity = lanes_job.identity("0" * 64)
-    assert identity["cpu_compositing"] == "lanes"
-    assert results.config_hash(identity) != results.config_hash(job.identity("0" * 64))
-
-    save(tmp_path, make_record(spec, "room", "3dgs", psnr=20.0), "spans")
-    lanes_record = make_record(spec, "room", "3dgs", psnr=20.5)
-    lanes_record["identity"] = {**lanes_record.get("identity", {}), "cpu_compositing": "lanes"}
-    save(tmp_path, lanes_record, "lanes")
-    board = build(tmp_path, spec)
-    psnr = board.long.query("metric == 'psnr'").set_index("method")["value"].to_dict()
-    assert psnr == {"3dgs": 20.0, "3dgs+cpu-lanes": 20.5}
+    seen = []
+    monkeypatch.setattr(runner.shards, "scene_sha256", lambda root, dataset, scene: "0" * 64)
+    monkeypatch.setattr(runner, "load_scene", lambda dataset, scene, root: object())
+    monkeypatch.setattr(runner, "fit_and_score", lambda job, scene, workdir, device, on_step: seen.append(
+        lanes.compositing()) or {"metrics": {"psnr": 21.0, "ssim": 0.8, "lpips_vgg_3dgs": 0.2}, "per_image": []})
+    monkeypatch.setenv(lanes.ENV, "lanes")  # the worker's environment
+    job = runner.Job(spec, "room", "3dgs", 0, dict(PRESETS[spec.preset]), spec.preset, cpu_compositing="spans")
+    outcome = runner.run_job(job, tmp_path, tmp_path / "data", "cpu", overwrite=False, lpips_hashes={})
+    assert outcome.status == "ok" and seen == ["spans"] and lanes.compositing() == "lanes"
+    record = __import__("gfbench.results", fromlist=["read_record"]).read_record(outcome.path)
+    assert record["cpu_compositing"] == "spans" and "host" in record
+    assert "cpu_compositing" not in record["identity"]
+    other = runner.Job(spec, "room", "3dgs", 0, dict(PRESETS[spec.preset]), spec.preset, cpu_compositing="lanes")
+    assert other.identity("0" * 64) == job.identity("0" * 64)

@@ -1,11 +1,15 @@
 """The ``lanes`` 3DGS compositing: ``lanes_3dgs.c`` built for this machine and loaded through ctypes.
 
-Opt-in with ``GFBENCH_CPU_COMPOSITING=lanes`` (default ``spans``, the numba kernels of :mod:`.cpu_kernels`, which
-made every published number). The lanes kernels run a tile row's 16 pixels as two 8-lane float64 AVX-512 vectors;
-forward and backward they were 1.24-1.91x faster than the spans kernels on one thread, and a whole 3DGS forward +
-backward 1.05-1.48x faster on two (``tests/perf/bench_row_lanes.py``, ``bench_rasterizer.py --compositing
-lanes``). Their results agree with the spans kernels' to about 1e-14 relative but not to the bit, and training
-turns last-bit differences into moves of tenths of a dB: a run's record names the compositing it used.
+$GFBENCH_CPU_COMPOSITING chooses the CPU rasterizer's 3DGS compositing: ``auto`` (the default) takes ``lanes``
+where this machine can build and run them (AVX-512 and gcc) and ``spans`` elsewhere; ``spans`` and ``lanes``
+force one (``lanes`` where it cannot run is an error). ``spans`` are the numba kernels of :mod:`.cpu_kernels`;
+the lanes kernels run a tile row's 16 pixels as two 8-lane float64 AVX-512 vectors, and were 1.05-1.69x
+(forward) and 1.23-1.85x (backward) faster on one thread (``tests/perf/bench_row_lanes.py``), a whole 3DGS fit
+on the synthetic suites 1.35-1.40x faster. Their float64 results agree with the spans kernels' to about 1e-14
+relative, not to the bit; what reaches PyTorch is float32, and on this project's three published suites every
+number came out the same to the last digit with either (every method, every scene). Training can turn a
+last-bit difference into a visible one, as it does between CPUs, so each record names the compositing its job
+ran (``cpu_compositing``, beside ``host``).
 
 Why C with intrinsics and not numba: the same lane layout from numba (``bench_row_lanes.py``'s ``lanes64``) ran
 2.6x slower than the spans kernels, LLVM leaving the short per-row loops poorly vectorized. Why built on first use
@@ -31,7 +35,7 @@ import numpy as np
 
 SOURCE = Path(__file__).with_name("lanes_3dgs.c")
 ENV = "GFBENCH_CPU_COMPOSITING"
-CHOICES = ("spans", "lanes")
+CHOICES = ("auto", "spans", "lanes")
 FEATURES = 4  # the kernels composite RGB + depth only; other feature counts use the spans kernels
 REQUIRED_CPU_FEATURES = ("avx512f",)
 COMPILE_FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
@@ -42,11 +46,27 @@ class LanesUnavailable(RuntimeError):
 
 
 def compositing() -> str:
-    """The 3DGS compositing asked for by $GFBENCH_CPU_COMPOSITING: ``spans`` (default) or ``lanes``."""
-    value = os.environ.get(ENV, "spans").strip().lower() or "spans"
+    """The 3DGS compositing asked for by $GFBENCH_CPU_COMPOSITING: ``auto`` (default), ``spans`` or ``lanes``."""
+    value = os.environ.get(ENV, "auto").strip().lower() or "auto"
     if value not in CHOICES:
         raise ValueError(f"${ENV} must be one of {', '.join(CHOICES)}, got {value!r}")
     return value
+
+
+def active() -> str:
+    """The compositing renders use now: ``lanes`` or ``spans`` (``auto`` resolved; an error when ``lanes`` is
+    asked for and cannot run)."""
+    choice = compositing()
+    if choice == "spans":
+        return "spans"
+    if choice == "lanes":
+        library()
+        return "lanes"
+    try:
+        library()
+    except LanesUnavailable:
+        return "spans"
+    return "lanes"
 
 
 @contextmanager
@@ -68,7 +88,8 @@ def using(choice: str) -> Iterator[None]:
 
 def require(choice: str) -> None:
     """Fail now, with the reason, when ``choice`` is ``lanes`` and the lanes kernels cannot be built or run here
-    (before any training: a run planned with them must not fall over mid-way)."""
+    (before any training: a run planned with them must not fall over mid-way); ``auto`` and ``spans`` always
+    run."""
     if choice == "lanes":
         library()
 
@@ -92,18 +113,26 @@ def missing_requirement() -> Optional[str]:
 
 
 _library: Optional[ctypes.CDLL] = None
+_unavailable: Optional[str] = None  # why the kernels could not be had, once found out
 _lock = threading.Lock()
 
 
 def library() -> ctypes.CDLL:
-    """The built kernels (built once per source and CPU, then loaded from :func:`cache_dir`)."""
-    global _library
+    """The built kernels (built once per source and CPU, then loaded from :func:`cache_dir`), or
+    :class:`LanesUnavailable` with the reason."""
+    global _library, _unavailable
     with _lock:
-        if _library is None:
+        if _library is None and _unavailable is None:
             reason = missing_requirement()
+            try:
+                if reason is None:
+                    _library = _declare(ctypes.CDLL(str(_built())))
+            except (OSError, LanesUnavailable) as exc:
+                reason = str(exc)
             if reason is not None:
-                raise LanesUnavailable(f"{ENV}=lanes needs AVX-512 and gcc: {reason}; use {ENV}=spans")
-            _library = _declare(ctypes.CDLL(str(_built())))
+                _unavailable = f"{ENV}=lanes needs AVX-512 and gcc: {reason}; use {ENV}=spans (or auto)"
+        if _library is None:
+            raise LanesUnavailable(_unavailable)
         return _library
 
 

@@ -25,7 +25,11 @@ Why numba rather than a C++ extension: it installs as a wheel from the package r
 dependency (no compiler or build step at install time, on any platform), its code is Python that the
 tests exercise directly, it compiles through LLVM (clang's backend, so scalar loops come out as a C++
 compiler's would) and caches to disk (a cold compile takes about 30 s of CPU once per machine, a cached
-load about 1 s). What it lacks (explicit SIMD intrinsics, prefetch hints) these scalar kernels do not use;
+load about 1 s). What it lacks is explicit SIMD: the 3DGS compositing with a tile row's pixels as vector lanes
+runs 2.6x slower from numba than the scalar kernels, and 1.05-1.85x faster when written in C with AVX-512
+intrinsics (``tests/perf/bench_row_lanes.py``). Those C kernels are the ``lanes`` compositing (:mod:`.lanes`; RGB +
+depth only), which renders use wherever the machine has AVX-512 and gcc (``GFBENCH_CPU_COMPOSITING``: ``auto``,
+``spans``, ``lanes``); everything else, and 3DGS on other machines, runs the numba kernels.
 ``tests/perf/bench_rasterizer.py`` has the measured distance to the machine's limit and why.
 """
 
@@ -442,7 +446,7 @@ class RasterizeTiles3D(torch.autograd.Function):
         C, D = bins.n_cameras, features.shape[-1]
         colors, T = np.empty((C, height, width, D)), np.empty((C, height, width))
         last, pairs = np.empty((C, height, width), dtype=np.int64), np.zeros((bins.n_tiles, 2), dtype=np.int64)
-        ctx.lanes = lanes.compositing() == "lanes" and D == lanes.FEATURES
+        ctx.lanes = D == lanes.FEATURES and lanes.active() == "lanes"
         if ctx.lanes:  # the lanes kernels do not count their work: pairs stay 0
             lanes.forward(params, bins, width, height, colors, T, last, run_workers)
         else:

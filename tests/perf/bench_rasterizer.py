@@ -414,8 +414,9 @@ def main() -> None:
                         help="skip the reference where its predicted forward+backward time exceeds this (s)")
     parser.add_argument("--reference-memory", type=float, default=12.0,
                         help="skip the reference where its predicted peak memory exceeds this (GB)")
-    parser.add_argument("--compositing", choices=lanes.CHOICES, default="spans",
-                        help="gfbench's 3DGS compositing ($GFBENCH_CPU_COMPOSITING; 2DGS always uses spans)")
+    parser.add_argument("--compositing", choices=lanes.CHOICES, default="auto",
+                        help="gfbench's 3DGS compositing ($GFBENCH_CPU_COMPOSITING: auto takes lanes where they can "
+                             "run; 2DGS always uses spans)")
     parser.add_argument("--reference-shim", type=Path, default=DEFAULT_SHIM,
                         help="path to gsplat_reference_cpu.py")
     args = parser.parse_args()
@@ -431,7 +432,7 @@ def main() -> None:
     split = "" if args.torch_threads is None else f" (gfbench: PyTorch on {args.torch_threads}, kernels on {args.threads})"
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_description()}; {args.threads} threads{split}; "
           f"gfbench first call (JIT compile, or load from numba's cache) {first:.1f} s; "
-          f"freed memory {'retained' if retained else 'returned to the OS'}; {args.compositing} compositing; "
+          f"freed memory {'retained' if retained else 'returned to the OS'}; 3DGS compositing {lanes.active()}; "
           f"machine float64 throughput (dgemm) "
           f"{gflops[0]:.1f} Gflop/s per wall second on {args.threads} threads, {gflops[1]:.1f} per CPU second; "
           f"scalar FMA throughput {scalar:.1f} Gflop/s")

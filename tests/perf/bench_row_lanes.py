@@ -1,11 +1,12 @@
-"""Would the 3DGS forward compositing run faster with a tile row's pixels as vector lanes? Measured side by side.
+"""Would the 3DGS compositing run faster with a tile row's pixels as vector lanes? Measured side by side.
 
-The CPU kernels (``methods/core/cpu_kernels.py``) composite a Gaussian only over the pixels of each row where it
-can reach alpha >= 1/255 (its span: 3 to 7 pixels on average in the rasterizer benchmark's grid), in scalar code,
-with exp(-sigma) along the row by a two-multiply recurrence (two exps per row). A GPU instead gives every pixel
-of the tile a lane and evaluates each Gaussian at all of them. This benchmark runs that lane layout on the CPU,
-forward only, RGB + depth, against the production kernel on the same inputs, one thread, so that the question
-"is the distance to the dgemm bound (``bench_rasterizer.py``) the scalar code's fault?" has a measured answer:
+The CPU kernels (``methods/core/cpu_kernels.py``, the ``spans`` compositing) composite a Gaussian only over the
+pixels of each row where it can reach alpha >= 1/255 (its span: 3 to 7 pixels on average in the rasterizer
+benchmark's grid), in scalar code, with exp(-sigma) along the row by a two-multiply recurrence (two exps per row).
+A GPU instead gives every pixel of the tile a lane and evaluates each Gaussian at all of them. This benchmark runs
+that lane layout on the CPU, RGB + depth, against the spans kernel on the same inputs, one thread, so that the
+question "is the distance to the dgemm bound (``bench_rasterizer.py``) the scalar code's fault?" has a measured
+answer. Forward:
 
 - ``lanes64``: per Gaussian-row, alpha at all pixels of the row in one branch-free loop (float64 exp per pixel,
   written so that LLVM vectorizes it: 4 lanes per ymm register on the machines measured), then a branch-free
@@ -13,44 +14,54 @@ forward only, RGB + depth, against the production kernel on the same inputs, one
 - ``lanes32``: the same in float32 (the precision of gsplat's CUDA kernels; LLVM chose 16-lane zmm vectors on
   the AVX-512 machine measured), the Gaussian rows converted once beforehand (not timed);
 - ``avx512``: the same layout hand-written in C with AVX-512 intrinsics, in float32, a row of 16 pixels being one
-  vector (``row_lanes_avx512.c``, compiled here with gcc -O3 -march=native and called through ctypes; the column
-  is left empty where the CPU lacks AVX-512 or there is no gcc);
-- ``avx512_f64``: the same C kernel in float64, the production kernels' precision: a row is two 8-lane vectors and
-  exp is a degree-13 polynomial (float64 accuracy), evaluated at every pixel;
-- ``avx512_f64_rec``: the same, with exp(-sigma) by a recurrence down the rows instead (the production kernel's
-  trick turned 90 degrees: two vector exps per Gaussian, then two multiplies per pixel and row).
+  vector, exp per pixel (``row_lanes_avx512.c``, compiled here with gcc -O3 -march=native and called through
+  ctypes);
+- ``lanes_3dgs.c``: the package's opt-in ``lanes`` compositing (``methods/core/lanes_3dgs.c``,
+  ``GFBENCH_CPU_COMPOSITING=lanes``): the layout in C in float64, a row being two 8-lane vectors, with
+  exp(-sigma) by the spans kernels' recurrence turned 90 degrees (down the rows: two vector exps per Gaussian
+  and tile, then two multiplies per pixel and row).
 
-All give the production kernel's images to within their precision (``max|dC|``, the largest colour difference).
-Run from the repository root:
+Then the backward of the last against the spans kernel's, from the same forward state and random output
+gradients (``max rel d``: the largest gradient difference relative to its column's largest magnitude). The C
+columns are left empty where the CPU lacks AVX-512 or there is no gcc. All give the spans kernel's images to
+within their precision (``max|dC|``, the largest colour difference). Run from the repository root:
 
     OMP_NUM_THREADS=1 .venv/bin/python tests/perf/bench_row_lanes.py [--points 20000,256,160 ...] [--repeats 5]
 
-Results (2026-12-02 13:04 UTC, a 2-core Intel AVX-512 VM (LLVM: rocketlake), the machine of ``bench_rasterizer.py``'s
-grid of that day; medians of 7, one thread; the ratio is the production kernel's time over the variant's):
+Results (2026-12-02 13:14 UTC, a 2-core Intel AVX-512 VM (LLVM: rocketlake), the machine of ``bench_rasterizer.py``'s
+grid of that day; medians of 5, one thread; the ratio is the spans kernel's time over the variant's):
 
-      N     size | scalar spans |           lanes64  max|dC| |           lanes32  max|dC| |            avx512  max|dC| |        avx512_f64  max|dC| |    avx512_f64_rec  max|dC|
-  20000  256x160 |       6.8 ms |    17.7 ms  0.39x  1.1e-14 |    13.6 ms  0.50x  3.2e-05 |     4.4 ms  1.53x  3.2e-05 |     8.2 ms  0.83x  1.1e-14 |     5.6 ms  1.22x  1.8e-14
- 300000  256x160 |      30.7 ms |    80.5 ms  0.38x  3.9e-15 |    60.8 ms  0.51x  1.5e-03 |    18.7 ms  1.64x  1.5e-03 |    31.9 ms  0.96x  3.8e-15 |    23.5 ms  1.31x  3.4e-15
-  20000  960x540 |      40.3 ms |   100.2 ms  0.40x  2.0e-14 |    76.0 ms  0.53x  5.6e-03 |    25.0 ms  1.61x  5.6e-03 |    44.8 ms  0.90x  2.0e-14 |    29.4 ms  1.37x  3.0e-14
- 100000  960x540 |     172.1 ms |   456.4 ms  0.38x  5.3e-15 |   342.9 ms  0.50x  3.6e-04 |    85.4 ms  2.02x  3.6e-04 |   168.9 ms  1.02x  5.3e-15 |   102.6 ms  1.68x  6.2e-15
+      N     size | scalar spans |           lanes64  max|dC| |           lanes32  max|dC| |            avx512  max|dC| |      lanes_3dgs.c  max|dC|
+  20000  256x160 |       6.6 ms |    17.2 ms  0.39x  1.1e-14 |    13.0 ms  0.51x  3.2e-05 |     4.1 ms  1.60x  3.2e-05 |     6.3 ms  1.05x  1.8e-14
+ 300000  256x160 |      30.6 ms |    80.5 ms  0.38x  3.9e-15 |    60.7 ms  0.50x  1.5e-03 |    17.5 ms  1.75x  1.5e-03 |    24.2 ms  1.27x  3.3e-15
+  20000  960x540 |      41.1 ms |   103.9 ms  0.40x  2.0e-14 |    77.1 ms  0.53x  5.6e-03 |    22.5 ms  1.83x  5.6e-03 |    32.0 ms  1.28x  3.0e-14
+ 100000  960x540 |     172.2 ms |   459.1 ms  0.38x  5.3e-15 |   341.0 ms  0.51x  3.6e-04 |    84.7 ms  2.03x  3.6e-04 |   101.6 ms  1.69x  6.2e-15
+
+    backward (RGB + depth): the production kernel against the package's lanes backward
+          N     size | scalar spans |         lanes_3dgs.c max rel d
+      20000  256x160 |       9.3 ms |     6.8 ms  1.37x   1.8e-14
+     300000  256x160 |      42.7 ms |    34.7 ms  1.23x   1.9e-14
+      20000  960x540 |      56.8 ms |    30.9 ms  1.84x   3.4e-14
+     100000  960x540 |     237.1 ms |   128.0 ms  1.85x   2.5e-14
 
 As numba and LLVM vectorize it, the lane layout is 2-2.6x slower than the scalar spans; float32's 16-lane vectors
 made it only 1.3x faster than float64's 4-lane ones (the short row loops' vector bodies are not where the time
 goes). Written by hand with AVX-512 intrinsics it evaluates every pixel of each row (2-5x the pairs of the spans)
-and still wins: in float32 by 1.53-2.02x; in float64 with an exp per pixel it is about as fast as the scalar
-spans (0.83-1.02x here, 0.93-1.11x in a run at 12:43), half the lanes per vector and twice the polynomial taking
-the gain; and in float64 with the exps replaced by a recurrence down the rows it is 1.22-1.68x faster, with
-images within 3e-14 of the production kernel's. So the distance to the dgemm bound is partly the scalar code's:
-a float64 vector kernel does better, through a C extension and intrinsics for one instruction set, and with
-different last bits (which training turns into moves of tenths of a dB in the published numbers: see
-``cpu_kernels._rotmat``). Skipping the 8-lane half-rows that a Gaussian's span does not reach did not help the
-float64 kernel (0.97-1.12x with an exp per pixel, in a run of that version). Denormal numbers matter to every lane
-kernel: far pixels' exps underflow, and each denormal operand costs a microcode assist. The C kernels flush them
-to zero (without that the float32 one ran 4x slower at 20k Gaussians on 256x160) and the numba kernels cap sigma
-at SIGMA_CLAMP (an earlier run without the cap had ``lanes32`` at 0.33-0.50x). Prefetching the Gaussian rows gave
-the float32 C kernel -25% at 300k. Earlier versions of the production kernels tried 8-lane masked blocks over a
-span's pixels, and found them no faster (cpu_kernels' module docstring). An earlier run on the same kind of VM
-(03:10 UTC, before the float64 C kernels) gave 0.38-0.40x, 0.50-0.53x and 1.63-1.96x for the first three columns.
+and still wins: in float32 by 1.60-2.03x; in float64 with the recurrence by 1.05-1.69x forward and 1.23-1.85x
+backward, most where images are large, with results within 4e-14 of the spans kernel's. In float64 with an exp
+per pixel instead (an earlier version of that kernel) it was only about as fast as the spans (0.83-1.11x in two
+runs): half the lanes per vector and twice the polynomial took the gain, and the recurrence gave it back. So the
+distance to the dgemm bound is partly the scalar code's; the price of the vector kernels is C with intrinsics for
+one instruction set, and last bits that differ from the spans kernels' (which training turns into moves of tenths
+of a dB in the published numbers: see ``cpu_kernels._rotmat``), hence opt-in. Skipping the 8-lane half-rows that
+a Gaussian's span does not reach did not help the float64 kernel with an exp per pixel (0.97-1.12x). Denormal
+numbers matter to every lane kernel: far pixels' exps underflow, and each denormal operand costs a microcode
+assist. The C kernels flush them to zero (without that the float32 one ran 4x slower at 20k Gaussians on 256x160)
+and the numba kernels cap sigma at SIGMA_CLAMP (an earlier run without the cap had ``lanes32`` at 0.33-0.50x).
+Prefetching the Gaussian rows gave the float32 C kernel -25% at 300k. Earlier versions of the production kernels
+tried 8-lane masked blocks over a span's pixels, and found them no faster (cpu_kernels' module docstring). An
+earlier run on the same kind of VM (03:10 UTC) gave 0.38-0.40x, 0.50-0.53x and 1.63-1.96x for the first three
+columns.
 """
 
 from __future__ import annotations
