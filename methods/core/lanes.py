@@ -4,8 +4,9 @@ $GFBENCH_CPU_COMPOSITING chooses the CPU rasterizer's 3DGS compositing: ``auto``
 where this machine can build and run them (AVX-512 and gcc) and ``spans`` elsewhere; ``spans`` and ``lanes``
 force one (``lanes`` where it cannot run is an error). ``spans`` are the numba kernels of :mod:`.cpu_kernels`;
 the lanes kernels run a tile row's 16 pixels as two 8-lane float64 AVX-512 vectors, and were 1.05-1.69x
-(forward) and 1.23-1.85x (backward) faster on one thread (``tests/perf/bench_row_lanes.py``), a whole 3DGS fit
-on the synthetic suites 1.35-1.40x faster. Their float64 results agree with the spans kernels' to about 1e-14
+(forward) and 1.23-1.85x (backward) faster on one thread (``tests/perf/bench_row_lanes.py``), a 3DGS forward +
+backward on two 1.0-1.6x (``bench_rasterizer.py``; the more pixels per Gaussian, the more) and the 3DGS fits of
+the synthetic suites 1.31-1.47x. Their float64 results agree with the spans kernels' to about 1e-14
 relative, not to the bit; what reaches PyTorch is float32, and on this project's three published suites every
 number came out the same to the last digit with either (every method, every scene). Training can turn a
 last-bit difference into a visible one, as it does between CPUs, so each record names the compositing its job

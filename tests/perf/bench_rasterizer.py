@@ -43,19 +43,23 @@ probe can catch the shared cores busy and halve the rate, which would flatter th
   instruction, which is what the compositing's pixel loops are. On the Intel VMs the dgemm rate is 5.5-6.3x this
   one (on Zen 4 it should be 4x by design: 512-bit FMAs run as two halves; not probed there).
 
-The scalar bound is not the machine's limit for this work, even in float64: ``bench_row_lanes.py`` runs the 3DGS
-forward compositing with a tile row's pixels as vector lanes, hand-written in C with AVX-512 intrinsics, and in
-float64 with exp(-sigma) by a recurrence down the rows it is 1.22-1.68x faster than the production kernel (images
-within 3e-14), although it evaluates 2-5x the pairs. (With an exp per pixel it is only about as fast; from numba
-the lane layout is 2.6x slower.) So the dgemm bound is the one to measure against. The work charged is the scalar
-algorithm's: the vector row set-up's extra slots (8 or all 16 of a tile's rows, of which a Gaussian reaches 1.5
-to 5) are not counted. With 300k Gaussians binning and the gradient reduction are memory-bound (per-Gaussian rows
+The scalar bound is not the machine's limit for this work, even in float64: the 3DGS compositing with a tile
+row's pixels as vector lanes, hand-written in C with AVX-512 intrinsics, float64, exp(-sigma) by a recurrence down
+the rows (the package's ``lanes`` compositing, ``methods/core/lanes_3dgs.c``) is 1.05-1.69x faster forward and
+1.23-1.85x backward than the scalar kernels on one thread (``bench_row_lanes.py``), although it evaluates 2-5x
+the pairs. So the dgemm bound is the one to measure against. The work charged is the scalar algorithm's (the
+lanes kernels' extra pairs and the vector row set-up's extra slots are not counted; work counts always come from
+the spans kernels). With 300k Gaussians binning and the gradient reduction are memory-bound (per-Gaussian rows
 visited in depth order), which no flop count sees.
+
+``--compositing`` chooses gfbench's 3DGS compositing as $GFBENCH_CPU_COMPOSITING does (``auto``, the default,
+takes ``lanes`` where AVX-512 and gcc are there); 2DGS always runs the spans kernels.
 
 Results
 -------
 2026-12-02 12:49 UTC, a 2-core Intel VM with AVX-512 (LLVM: rocketlake, 480 MB L3), the command above with
-``--repeats 5``; best dgemm 207.9 Gflop/s on 2 threads, best scalar FMA rate 32.9 Gflop/s. gfbench is 26-160x
+``--repeats 5``, before the lanes kernels existed (so 3DGS on the spans kernels; ``--compositing spans`` runs them
+now); best dgemm 207.9 Gflop/s on 2 threads, best scalar FMA rate 32.9 Gflop/s. gfbench is 26-160x
 faster than the reference wherever the reference ran (skipped where it would need 13-43 GB), adds 20-639 MB of
 memory (the reference 0.6-11.7 GB), and its render-only time is 36-46% of forward + backward. The summary:
 
@@ -79,7 +83,25 @@ memory (the reference 0.6-11.7 GB), and its render-only time is 36-46% of forwar
     2dgs   300000  960x540  bound  46.6 ms  x bound  19.9  x cpu  19.0  scalar bound 294.9 ms  x scalar  3.1
 
 So 3DGS is 15.1-36.4x from the dgemm bound and 2.4-5.8x from the scalar one; 2DGS 19.9-40.5x and 3.1-6.4x. An
-earlier run of the same code (12:38 UTC, best dgemm 207.6) gave 15.6-42.1x and 20.3-42.3x. The points farthest
+earlier run of the same code (12:38 UTC, best dgemm 207.6) gave 15.6-42.1x and 20.3-42.3x.
+
+3DGS on the lanes kernels, the same machine an hour later (13:49 UTC, ``--kinds 3dgs --compositing lanes``; best
+dgemm 203.2, scalar 32.9): gfbench 28-208x faster than the reference wherever it ran (at 100k on 960x540 too this
+time: 33.7 s against 0.163 s), memory 21-458 MB, render-only 34-46% of forward + backward, and against the bounds:
+
+    3dgs    20000  256x160  bound   0.5 ms  x bound  34.6  x cpu  25.5  scalar bound   3.2 ms  x scalar  5.6
+    3dgs    20000  512x320  bound   1.3 ms  x bound  18.2  x cpu  14.9  scalar bound   8.3 ms  x scalar  3.0
+    3dgs    20000  960x540  bound   4.0 ms  x bound  15.0  x cpu  13.0  scalar bound  24.6 ms  x scalar  2.4
+    3dgs   100000  256x160  bound   2.2 ms  x bound  25.4  x cpu  22.6  scalar bound  13.6 ms  x scalar  4.1
+    3dgs   100000  512x320  bound   6.1 ms  x bound  14.3  x cpu  13.0  scalar bound  37.7 ms  x scalar  2.3
+    3dgs   100000  960x540  bound  17.5 ms  x bound   9.3  x cpu   8.6  scalar bound 108.0 ms  x scalar  1.5
+    3dgs   300000  256x160  bound   3.1 ms  x bound  34.3  x cpu  29.2  scalar bound  19.1 ms  x scalar  5.6
+    3dgs   300000  512x320  bound   7.7 ms  x bound  18.9  x cpu  16.6  scalar bound  47.5 ms  x scalar  3.1
+    3dgs   300000  960x540  bound  19.9 ms  x bound  11.7  x cpu  10.3  scalar bound 122.8 ms  x scalar  1.9
+
+9.3-34.6x from the dgemm bound (spans: 15.1-36.4x): a forward + backward 1.2-1.6x faster wherever the image
+has many pixels per Gaussian (100k on 960x540: 259 -> 163 ms), about the same at 256x160, where the per-Gaussian
+stages dominate. The points farthest
 from both bounds are the small images: few pixels per Gaussian, so the per-Gaussian stages (projection, binning,
 gradient reduction, dtype conversions) and the autograd glue weigh most. At 3DGS 300k on 256x160 (105-115 ms a
 call when profiled) the kernels take about 84 ms: compositing 37 (forward 15.5, backward 22), projection 23
