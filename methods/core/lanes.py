@@ -128,8 +128,8 @@ def library() -> ctypes.CDLL:
             try:
                 if reason is None:
                     _library = _declare(ctypes.CDLL(str(_built())))
-            except (OSError, LanesUnavailable) as exc:
-                reason = str(exc)
+            except (OSError, RuntimeError) as exc:  # RuntimeError: LanesUnavailable, or no home for the cache
+                reason = f"{type(exc).__name__}: {exc}"
             if reason is not None:
                 _unavailable = f"{ENV}=lanes needs AVX-512 and gcc: {reason}; use {ENV}=spans (or auto)"
         if _library is None:
@@ -140,7 +140,12 @@ def library() -> ctypes.CDLL:
 def _built() -> Path:
     import llvmlite.binding as llvm
 
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(COMPILE_FLAGS).encode()).hexdigest()[:16]
+    # -march=native: the library is this CPU's (its name and features) and this gcc's, as well as this source's
+    features = llvm.get_host_cpu_features()
+    compiler = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout
+    identity = [SOURCE.read_text(), " ".join(COMPILE_FLAGS), llvm.get_host_cpu_name(), compiler,
+                " ".join(sorted(name for name, on in features.items() if on))]
+    key = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:16]
     target = cache_dir() / f"lanes_3dgs-{llvm.get_host_cpu_name()}-{key}.so"
     if target.is_file():
         return target
@@ -172,10 +177,30 @@ def _pointer(array, dtype) -> int:
     return array.ctypes.data
 
 
+def _holding(kernel, arrays: tuple):
+    """``kernel`` as a callable that keeps ``arrays`` alive as long as it is referenced: the kernels get raw
+    pointers, and a worker thread may still be writing after the caller's frame is gone (an interrupt while it
+    waits for the workers)."""
+
+    def call(*args):
+        return kernel(*args)
+
+    call.arrays = arrays
+    return call
+
+
+def _check_shape(name: str, array, shape: tuple) -> None:
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"lanes kernels: {name} has shape {tuple(array.shape)}, expected {tuple(shape)}")
+
+
 def _tiles(params, bins, width: int, height: int) -> tuple:
     if params.ndim != 2 or params.shape[1] != 6 + FEATURES:
         raise ValueError(f"the lanes kernels composite {FEATURES} features (rows of {6 + FEATURES}), "
                          f"got rows of {params.shape[1]}")
+    if bins.n_tiles != bins.n_cameras * bins.tile_width * bins.tile_height:
+        raise ValueError(f"lanes kernels: {bins.n_tiles} tiles for {bins.n_cameras} cameras of "
+                         f"{bins.tile_width} x {bins.tile_height}")
     return (_pointer(params, np.float64), _pointer(bins.tile_offsets, np.int64), _pointer(bins.flatten_ids, np.int64),
             bins.n_tiles, bins.tile_width, bins.tile_height, width, height)
 
@@ -185,18 +210,28 @@ def forward(params, bins, width: int, height: int, colors, T_final, last, run_wo
     does, on ``run_workers``'s threads (:func:`.rasterize_cpu.run_workers`)."""
     from . import cpu_kernels as K
 
+    C = bins.n_cameras
+    for name, array, shape in (("colors", colors, (C, height, width, FEATURES)),
+                               ("T_final", T_final, (C, height, width)), ("last", last, (C, height, width))):
+        _check_shape(name, array, shape)
     rules = (K.MAX_ALPHA, K.ALPHA_THRESHOLD, K.MIN_TRANSMITTANCE, K.SPAN_MARGIN, K.PIXEL_MARGIN)
     outputs = (_pointer(colors, np.float64), _pointer(T_final, np.float64), _pointer(last, np.int64))
-    run_workers(library().lanes_3dgs_fwd, *_tiles(params, bins, width, height), *rules, *outputs)
+    kernel = _holding(library().lanes_3dgs_fwd, (params, bins, colors, T_final, last))
+    run_workers(kernel, *_tiles(params, bins, width, height), *rules, *outputs)
 
 
 def backward(params, bins, width: int, height: int, T_final, last, v_colors, v_T, per_isect, run_workers) -> None:
     """Fill per_isect [M, 10] as :func:`.cpu_kernels.rasterize_3dgs_bwd` does, from the forward's T_final and
-    last and the output gradients v_colors [C, H, W, 4] and v_T [C, H, W], on ``run_workers``'s threads. The
-    kernels get raw pointers: every array is held here until they return."""
+    last and the output gradients v_colors [C, H, W, 4] and v_T [C, H, W], on ``run_workers``'s threads."""
     from . import cpu_kernels as K
 
+    C = bins.n_cameras
+    for name, array, shape in (("T_final", T_final, (C, height, width)), ("last", last, (C, height, width)),
+                               ("v_colors", v_colors, (C, height, width, FEATURES)), ("v_T", v_T, (C, height, width)),
+                               ("per_isect", per_isect, (bins.n_isects, 6 + FEATURES))):
+        _check_shape(name, array, shape)
     rules = (K.MAX_ALPHA, K.ALPHA_THRESHOLD, K.SPAN_MARGIN, K.PIXEL_MARGIN)
-    arrays = (_pointer(T_final, np.float64), _pointer(last, np.int64), _pointer(v_colors, np.float64),
-              _pointer(v_T, np.float64), _pointer(per_isect, np.float64))
-    run_workers(library().lanes_3dgs_bwd, *_tiles(params, bins, width, height), *rules, *arrays)
+    pointers = (_pointer(T_final, np.float64), _pointer(last, np.int64), _pointer(v_colors, np.float64),
+                _pointer(v_T, np.float64), _pointer(per_isect, np.float64))
+    kernel = _holding(library().lanes_3dgs_bwd, (params, bins, T_final, last, v_colors, v_T, per_isect))
+    run_workers(kernel, *_tiles(params, bins, width, height), *rules, *pointers)

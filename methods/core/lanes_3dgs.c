@@ -7,8 +7,11 @@
  * Where the scalar kernels visit each row's span and get exp(-sigma) along it by a recurrence, these evaluate every
  * pixel of each row the ellipse reaches, with the recurrence turned 90 degrees: with dy = my - (y + 0.5),
  * sigma(y + 1) = sigma(y) - b dx - c dy + c / 2, so E(y + 1) = E(y) exp(b dx) g(y), g(y) = exp(c dy - c / 2),
- * g(y + 1) = g(y) exp(-c): two vector exps per Gaussian and tile, then two multiplies per pixel and row. The results
- * agree with the scalar kernels' to about 1e-14 relative, not to the bit (tests/test_rasterizer_lanes.py).
+ * g(y + 1) = g(y) exp(-c): two vector exps per Gaussian and tile, then two multiplies per pixel and row. That is
+ * right only while every E, factor and ratio exp(b dx) g(y) is a normal number, never clamped or flushed, so a
+ * Gaussian whose sigma or b dx + c dy over the tile's lanes and rows could leave RECURRENCE_RANGE (thin ones seen at
+ * an angle, long ones whose mean is far from the tile) gets exp(-sigma) at every pixel instead. The results agree with the scalar kernels' to about
+ * 1e-13 relative, not to the bit (tests/test_rasterizer_lanes.py).
  *
  * Built and loaded by lanes.py (gcc -O3 -march=native, on the machine that runs it), called through ctypes, which
  * releases the GIL; each call takes every n_workers-th tile from ``worker`` on. */
@@ -21,6 +24,9 @@
 #define FEATURES 4 /* RGB + depth */
 #define ROW (6 + FEATURES)
 #define EXP_LIMIT 700.0 /* |x| of exp(x) clamped here: results stay finite */
+#define RECURRENCE_RANGE 650.0 /* the row recurrence is used while sigma and |b dx| + |c dy| + |c| stay below this:
+                                  E, exp(b dx), g and their ratio then lie within exp(+-650), normal numbers (the
+                                  smallest is exp(-708)), and no exp is clamped at EXP_LIMIT */
 #define FLUSH_DENORMALS 0x8040 /* MXCSR: flush to zero, denormals are zero (alpha T can underflow) */
 
 /* exp(x) for 8 doubles: x = n ln 2 + r (Cody-Waite ln 2 in two parts), exp(r) by Taylor terms to r^13 (|r| <=
@@ -54,15 +60,32 @@ static Tile tile_at(int64_t tile, int64_t tile_w, int64_t tile_h, int64_t width,
     return t;
 }
 
-/* One Gaussian as seen from one tile: its parameters, the tile rows [ylo, yhi) its ellipse reaches, and the state
- * of the row recurrence (E per half-row, exp(b dx), g and its per-row factor). ``ok`` is 0 for a Gaussian to skip. */
+/* One Gaussian as seen from one tile: its parameters, the tile rows [ylo, yhi) its ellipse reaches, and either
+ * the state of the row recurrence (E per half-row, exp(b dx), g and its per-row factor) or, where the recurrence
+ * is not safe (``recurrence`` 0), what exp(-sigma) at every pixel needs (0.5 a dx^2 per lane). ``ok`` is 0 for a
+ * Gaussian to skip. */
 typedef struct {
     double mx, my, a, b, c, o;
     int64_t ylo, yhi;
-    int ok;
-    __m512d dx[HALVES], E[HALVES], Fx[HALVES];
+    int ok, recurrence;
+    __m512d dx[HALVES], qx[HALVES], E[HALVES], Fx[HALVES];
     double g, g_step;
 } Splat;
+
+static inline double sigma_at(const Splat *s, double dx, double dy) {
+    return 0.5 * s->a * dx * dx + s->b * dx * dy + 0.5 * s->c * dy * dy;
+}
+
+/* Whether the row recurrence stays within RECURRENCE_RANGE over the tile's lanes and the Gaussian's rows: sigma is
+ * convex, so its largest value over that box is at a corner; |b dx| and |c dy| are largest at the box's edges. */
+static int recurrence_is_safe(const Splat *s, const Tile *t) {
+    double dx_lo = s->mx - ((double)t->x0 + TILE - 0.5), dx_hi = s->mx - ((double)t->x0 + 0.5);
+    double dy_lo = s->my - ((double)s->yhi - 0.5), dy_hi = s->my - ((double)s->ylo + 0.5);
+    double corners = fmax(fmax(sigma_at(s, dx_lo, dy_lo), sigma_at(s, dx_lo, dy_hi)),
+                          fmax(sigma_at(s, dx_hi, dy_lo), sigma_at(s, dx_hi, dy_hi)));
+    double factors = fabs(s->b) * fmax(fabs(dx_lo), fabs(dx_hi)) + fabs(s->c) * (fmax(fabs(dy_lo), fabs(dy_hi)) + 1.0);
+    return corners <= RECURRENCE_RANGE && factors <= RECURRENCE_RANGE;
+}
 
 static void splat_at(Splat *s, const double *row, const Tile *t, const __m512d px[HALVES], double thr,
                      double span_margin, double pixel_margin) {
@@ -78,22 +101,30 @@ static void splat_at(Splat *s, const double *row, const Tile *t, const __m512d p
     if (s->ylo < t->y0) s->ylo = t->y0;
     if (s->yhi > t->y1) s->yhi = t->y1;
     double dy0 = s->my - ((double)s->ylo + 0.5);
+    s->recurrence = s->ylo < s->yhi && recurrence_is_safe(s, t);
     for (int h = 0; h < HALVES; h++) {
         s->dx[h] = _mm512_sub_pd(_mm512_set1_pd(s->mx), px[h]);
-        __m512d quadratic = _mm512_mul_pd(_mm512_mul_pd(_mm512_set1_pd(0.5 * s->a), s->dx[h]), s->dx[h]);
+        s->qx[h] = _mm512_mul_pd(_mm512_mul_pd(_mm512_set1_pd(0.5 * s->a), s->dx[h]), s->dx[h]);
+        if (!s->recurrence) continue;
         __m512d sigma0 = _mm512_fmadd_pd(_mm512_set1_pd(s->b * dy0), s->dx[h],
-                                         _mm512_add_pd(quadratic, _mm512_set1_pd(0.5 * s->c * dy0 * dy0)));
+                                         _mm512_add_pd(s->qx[h], _mm512_set1_pd(0.5 * s->c * dy0 * dy0)));
         s->E[h] = exp8(_mm512_sub_pd(_mm512_setzero_pd(), sigma0));
         s->Fx[h] = exp8(_mm512_mul_pd(_mm512_set1_pd(s->b), s->dx[h]));
     }
-    s->g = exp(fmin(fmax(s->c * dy0 - 0.5 * s->c, -EXP_LIMIT), EXP_LIMIT));
+    s->g = s->recurrence ? exp(s->c * dy0 - 0.5 * s->c) : 0.0;
     s->g_step = exp(-s->c);
 }
 
-/* exp(-sigma) on half-row h of the current row, and the recurrence moved on to the next row's. */
-static inline __m512d splat_row(Splat *s, int h) {
+/* exp(-sigma) on half-row h of the row at ``dy`` (= my - row centre), by the recurrence (then moved on to the next
+ * row) or directly. */
+static inline __m512d splat_row(Splat *s, int h, double dy) {
+    if (!s->recurrence) {
+        __m512d sigma = _mm512_fmadd_pd(_mm512_set1_pd(s->b * dy), s->dx[h],
+                                        _mm512_add_pd(s->qx[h], _mm512_set1_pd(0.5 * s->c * dy * dy)));
+        return exp8(_mm512_sub_pd(_mm512_setzero_pd(), sigma));
+    }
     __m512d e = s->E[h];
-    s->E[h] = _mm512_mul_pd(_mm512_mul_pd(s->E[h], s->Fx[h]), _mm512_set1_pd(s->g));
+    s->E[h] = _mm512_mul_pd(s->E[h], _mm512_mul_pd(s->Fx[h], _mm512_set1_pd(s->g))); /* E times the row's ratio */
     return e;
 }
 
@@ -115,6 +146,7 @@ void lanes_3dgs_fwd(const double *params, const int64_t *tile_offsets, const int
     _mm_setcsr(saved_csr | FLUSH_DENORMALS);
     for (int64_t tile = worker; tile < n_tiles; tile += n_workers) {
         Tile t = tile_at(tile, tile_w, tile_h, width, height);
+        if (t.x1 <= t.x0 || t.y1 <= t.y0) continue; /* no pixels (tile lists inconsistent with the image) */
         __m512d px[HALVES], f[FEATURES];
         lane_centres(&t, px);
         __mmask16 valid16 = (__mmask16)((1u << (t.x1 - t.x0)) - 1u); /* lanes inside the image */
@@ -139,8 +171,9 @@ void lanes_3dgs_fwd(const double *params, const int64_t *tile_offsets, const int
             __m512i vj = _mm512_set1_epi64(j);
             for (int64_t y = s.ylo; y < s.yhi; y++, s.g *= s.g_step) {
                 int r = (int)(y - t.y0);
+                double dy = s.my - ((double)y + 0.5);
                 for (int h = 0; h < HALVES; h++) {
-                    __m512d e = splat_row(&s, h);
+                    __m512d e = splat_row(&s, h, dy);
                     __m512d Tv = _mm512_load_pd(&T[r][8 * h]);
                     __mmask8 live = _mm512_cmp_pd_mask(Tv, _mm512_setzero_pd(), _CMP_GT_OQ);
                     if (!live) continue;
@@ -221,9 +254,10 @@ void lanes_3dgs_bwd(const double *params, const int64_t *tile_offsets, const int
             const __m512i vj = _mm512_set1_epi64(j);
             for (int64_t y = s.ylo; y < s.yhi; y++, s.g *= s.g_step) {
                 int r = (int)(y - t.y0);
-                __m512d vdy = _mm512_set1_pd(s.my - ((double)y + 0.5));
+                double dy = s.my - ((double)y + 0.5);
+                __m512d vdy = _mm512_set1_pd(dy);
                 for (int h = 0; h < HALVES; h++) {
-                    __m512d e = splat_row(&s, h);
+                    __m512d e = splat_row(&s, h, dy);
                     __mmask8 valid = _mm512_cmp_epi64_mask(vj, _mm512_load_si512(&lastb[r][8 * h]), _MM_CMPINT_LE);
                     if (!valid) continue;
                     __m512d oe = _mm512_mul_pd(_mm512_set1_pd(s.o), e);
