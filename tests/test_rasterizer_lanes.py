@@ -196,8 +196,8 @@ def test_a_job_runs_the_compositing_it_was_planned_with_and_its_record_names_it(
     outcome = runner.run_job(job, tmp_path, tmp_path / "data", "cpu", overwrite=False, lpips_hashes={})
     assert outcome.status == "ok" and seen == ["spans"] and lanes.compositing() == "lanes"
     record = __import__("gfbench.results", fromlist=["read_record"]).read_record(outcome.path)
-    assert record["cpu_compositing"] == "spans" and "host" in record
-    assert "cpu_compositing" not in record["identity"]
+    assert record["cpu_3dgs_compositing"] == "spans" and "host" in record
+    assert "cpu_compositing" not in record["identity"] and "cpu_3dgs_compositing" not in record["identity"]
     other = runner.Job(spec, "room", "3dgs", 0, dict(PRESETS[spec.preset]), spec.preset, cpu_compositing="lanes")
     assert other.identity("0" * 64) == job.identity("0" * 64)
 

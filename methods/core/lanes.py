@@ -3,14 +3,14 @@
 $GFBENCH_CPU_COMPOSITING chooses the CPU rasterizer's 3DGS compositing: ``auto`` (the default) takes ``lanes``
 where this machine can build and run them (AVX-512 and gcc) and ``spans`` elsewhere; ``spans`` and ``lanes``
 force one (``lanes`` where it cannot run is an error). ``spans`` are the numba kernels of :mod:`.cpu_kernels`;
-the lanes kernels run a tile row's 16 pixels as two 8-lane float64 AVX-512 vectors, and were 1.05-1.69x
-(forward) and 1.23-1.85x (backward) faster on one thread (``tests/perf/bench_row_lanes.py``), a 3DGS forward +
-backward on two 1.0-1.6x (``bench_rasterizer.py``; the more pixels per Gaussian, the more) and the 3DGS fits of
-the synthetic suites 1.31-1.47x. Their float64 results agree with the spans kernels' to about 1e-14
-relative, not to the bit; what reaches PyTorch is float32, and on this project's three published suites every
-number came out the same to the last digit with either (every method, every scene). Training can turn a
+the lanes kernels run a tile row's 16 pixels as two 8-lane float64 AVX-512 vectors, and were 0.98-1.46x
+(forward) and 1.16-1.79x (backward) as fast as the spans kernels on one thread (``tests/perf/bench_row_lanes.py``:
+the more pixels per Gaussian, the more), and the 3DGS fits of the synthetic suites about 1.25-1.45x faster. Their
+float64 results agree with the spans kernels' to about 1e-13 relative, not to the bit; what reaches PyTorch is
+float32, and of the 216 numbers of this project's three published tables 210 came out the same to the last digit
+with either, the other 6 (one 3DGS row) within 1e-7 dB. Training can turn a
 last-bit difference into a visible one, as it does between CPUs, so each record names the compositing its job
-ran (``cpu_compositing``, beside ``host``).
+ran (``cpu_3dgs_compositing``, beside ``host``).
 
 Why C with intrinsics and not numba: the same lane layout from numba (``bench_row_lanes.py``'s ``lanes64``) ran
 2.6x slower than the spans kernels, LLVM leaving the short per-row loops poorly vectorized. Why built on first use

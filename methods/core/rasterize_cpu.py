@@ -26,7 +26,7 @@ dependency (no compiler or build step at install time, on any platform), its cod
 tests exercise directly, it compiles through LLVM (clang's backend, so scalar loops come out as a C++
 compiler's would) and caches to disk (a cold compile takes about 30 s of CPU once per machine, a cached
 load about 1 s). What it lacks is explicit SIMD: the 3DGS compositing with a tile row's pixels as vector lanes
-runs 2.6x slower from numba than the scalar kernels, and 1.05-1.85x faster when written in C with AVX-512
+runs 2.6x slower from numba than the scalar kernels, and up to 1.8x faster when written in C with AVX-512
 intrinsics (``tests/perf/bench_row_lanes.py``). Those C kernels are the ``lanes`` compositing (:mod:`.lanes`; RGB +
 depth only), which renders use wherever the machine has AVX-512 and gcc (``GFBENCH_CPU_COMPOSITING``: ``auto``,
 ``spans``, ``lanes``); everything else, and 3DGS on other machines, runs the numba kernels.

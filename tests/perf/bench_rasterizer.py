@@ -45,9 +45,9 @@ probe can catch the shared cores busy and halve the rate, which would flatter th
 
 The scalar bound is not the machine's limit for this work, even in float64: the 3DGS compositing with a tile
 row's pixels as vector lanes, hand-written in C with AVX-512 intrinsics, float64, exp(-sigma) by a recurrence down
-the rows (the package's ``lanes`` compositing, ``methods/core/lanes_3dgs.c``) is 1.05-1.69x faster forward and
-1.23-1.85x backward than the scalar kernels on one thread (``bench_row_lanes.py``), although it evaluates 2-5x
-the pairs. So the dgemm bound is the one to measure against. The work charged is the scalar algorithm's (the
+the rows (the package's ``lanes`` compositing, ``methods/core/lanes_3dgs.c``) is 0.98-1.46x as fast forward and
+1.16-1.79x backward as the scalar kernels on one thread (``bench_row_lanes.py``), although it evaluates 2-5x the
+pairs. So the dgemm bound is the one to measure against. The work charged is the scalar algorithm's (the
 lanes kernels' extra pairs and the vector row set-up's extra slots are not counted; work counts always come from
 the spans kernels). With 300k Gaussians binning and the gradient reduction are memory-bound (per-Gaussian rows
 visited in depth order), which no flop count sees.
@@ -87,7 +87,7 @@ earlier run of the same code (12:38 UTC, best dgemm 207.6) gave 15.6-42.1x and 2
 
 3DGS on the lanes kernels, the same machine an hour later (13:49 UTC, ``--kinds 3dgs --compositing lanes``; best
 dgemm 203.2, scalar 32.9): gfbench 28-208x faster than the reference wherever it ran (at 100k on 960x540 too this
-time: 33.7 s against 0.163 s), memory 21-458 MB, render-only 34-46% of forward + backward, and against the bounds:
+time: 33.7 s against 0.163 s), memory 21-458 MB, render-only 35-46% of forward + backward, and against the bounds:
 
     3dgs    20000  256x160  bound   0.5 ms  x bound  34.6  x cpu  25.5  scalar bound   3.2 ms  x scalar  5.6
     3dgs    20000  512x320  bound   1.3 ms  x bound  18.2  x cpu  14.9  scalar bound   8.3 ms  x scalar  3.0
@@ -101,7 +101,10 @@ time: 33.7 s against 0.163 s), memory 21-458 MB, render-only 34-46% of forward +
 
 9.3-34.6x from the dgemm bound (spans: 15.1-36.4x): a forward + backward 1.2-1.6x faster wherever the image
 has many pixels per Gaussian (100k on 960x540: 259 -> 163 ms), about the same at 256x160, where the per-Gaussian
-stages dominate. The points farthest
+stages dominate. That run predates the kernels' check that the row recurrence is exact for each Gaussian and tile
+(``bench_row_lanes.py``: about 10% of the compositing at 256x160). With it (14:13 UTC) the VM was busy (dgemm
+probes 103-166 Gflop/s, scalar 24.7-29.9): 10.1-40.8x from the dgemm bound in wall time, 9.3-29.0x in CPU seconds
+(``x cpu``, which the load moves less), against 8.6-29.2x in CPU seconds at 13:49. The points farthest
 from both bounds are the small images: few pixels per Gaussian, so the per-Gaussian stages (projection, binning,
 gradient reduction, dtype conversions) and the autograd glue weigh most. At 3DGS 300k on 256x160 (105-115 ms a
 call when profiled) the kernels take about 84 ms: compositing 37 (forward 15.5, backward 22), projection 23

@@ -28,27 +28,30 @@ within their precision (``max|dC|``, the largest colour difference). Run from th
 
     OMP_NUM_THREADS=1 .venv/bin/python tests/perf/bench_row_lanes.py [--points 20000,256,160 ...] [--repeats 5]
 
-Results (2026-12-02 13:14 UTC, a 2-core Intel AVX-512 VM (LLVM: rocketlake), the machine of ``bench_rasterizer.py``'s
+Results (2026-12-02 14:05 UTC, a 2-core Intel AVX-512 VM (LLVM: rocketlake), the machine of ``bench_rasterizer.py``'s
 grid of that day; medians of 5, one thread; the ratio is the spans kernel's time over the variant's):
 
       N     size | scalar spans |           lanes64  max|dC| |           lanes32  max|dC| |            avx512  max|dC| |      lanes_3dgs.c  max|dC|
-  20000  256x160 |       6.6 ms |    17.2 ms  0.39x  1.1e-14 |    13.0 ms  0.51x  3.2e-05 |     4.1 ms  1.60x  3.2e-05 |     6.3 ms  1.05x  1.8e-14
- 300000  256x160 |      30.6 ms |    80.5 ms  0.38x  3.9e-15 |    60.7 ms  0.50x  1.5e-03 |    17.5 ms  1.75x  1.5e-03 |    24.2 ms  1.27x  3.3e-15
-  20000  960x540 |      41.1 ms |   103.9 ms  0.40x  2.0e-14 |    77.1 ms  0.53x  5.6e-03 |    22.5 ms  1.83x  5.6e-03 |    32.0 ms  1.28x  3.0e-14
- 100000  960x540 |     172.2 ms |   459.1 ms  0.38x  5.3e-15 |   341.0 ms  0.51x  3.6e-04 |    84.7 ms  2.03x  3.6e-04 |   101.6 ms  1.69x  6.2e-15
+  20000  256x160 |       6.8 ms |    17.4 ms  0.39x  1.1e-14 |    13.3 ms  0.51x  3.2e-05 |     4.3 ms  1.59x  3.2e-05 |     7.0 ms  0.98x  1.9e-14
+ 300000  256x160 |      32.0 ms |    82.9 ms  0.39x  3.9e-15 |    62.6 ms  0.51x  1.5e-03 |    19.3 ms  1.65x  1.5e-03 |    29.2 ms  1.10x  3.2e-15
+  20000  960x540 |      43.9 ms |   105.8 ms  0.42x  2.0e-14 |    77.5 ms  0.57x  5.6e-03 |    22.9 ms  1.92x  5.6e-03 |    33.8 ms  1.30x  3.0e-14
+ 100000  960x540 |     177.7 ms |   471.5 ms  0.38x  5.3e-15 |   354.3 ms  0.50x  3.6e-04 |    88.5 ms  2.01x  3.6e-04 |   121.7 ms  1.46x  6.7e-15
 
     backward (RGB + depth): the production kernel against the package's lanes backward
           N     size | scalar spans |         lanes_3dgs.c max rel d
-      20000  256x160 |       9.3 ms |     6.8 ms  1.37x   1.8e-14
-     300000  256x160 |      42.7 ms |    34.7 ms  1.23x   1.9e-14
-      20000  960x540 |      56.8 ms |    30.9 ms  1.84x   3.4e-14
-     100000  960x540 |     237.1 ms |   128.0 ms  1.85x   2.5e-14
+      20000  256x160 |       9.4 ms |     7.5 ms  1.26x   1.8e-14
+     300000  256x160 |      44.4 ms |    38.4 ms  1.16x   2.0e-14
+      20000  960x540 |      61.0 ms |    34.1 ms  1.79x   3.4e-14
+     100000  960x540 |     241.4 ms |   141.8 ms  1.70x   2.6e-14
 
 As numba and LLVM vectorize it, the lane layout is 2-2.6x slower than the scalar spans; float32's 16-lane vectors
 made it only 1.3x faster than float64's 4-lane ones (the short row loops' vector bodies are not where the time
 goes). Written by hand with AVX-512 intrinsics it evaluates every pixel of each row (2-5x the pairs of the spans)
-and still wins: in float32 by 1.60-2.03x; in float64 with the recurrence by 1.05-1.69x forward and 1.23-1.85x
-backward, most where images are large, with results within 4e-14 of the spans kernel's. In float64 with an exp
+and still wins: in float32 by 1.59-2.01x; in float64 with the recurrence by up to 1.46x forward and 1.16-1.79x
+backward, most where images are large, with results within 4e-14 of the spans kernel's. (Before the kernels
+checked that the recurrence is exact for each Gaussian and tile, falling back to an exp per pixel where it is not:
+thin Gaussians at an angle, long ones far from the tile; none here, but the check costs about 10% at 256x160,
+where the unchecked kernels measured 1.05-1.13x forward and 1.31-1.38x backward.) In float64 with an exp
 per pixel instead (an earlier version of that kernel) it was only about as fast as the spans (0.83-1.11x in two
 runs): half the lanes per vector and twice the polynomial took the gain, and the recurrence gave it back. So the
 distance to the dgemm bound is partly the scalar code's; the price of the vector kernels is C with intrinsics for
