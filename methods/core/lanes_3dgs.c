@@ -72,19 +72,9 @@ typedef struct {
     double g, g_step;
 } Splat;
 
-static inline double sigma_at(const Splat *s, double dx, double dy) {
-    return 0.5 * s->a * dx * dx + s->b * dx * dy + 0.5 * s->c * dy * dy;
-}
-
-/* Whether the row recurrence stays within RECURRENCE_RANGE over the tile's lanes and the Gaussian's rows: sigma is
- * convex, so its largest value over that box is at a corner; |b dx| and |c dy| are largest at the box's edges. */
-static int recurrence_is_safe(const Splat *s, const Tile *t) {
-    double dx_lo = s->mx - ((double)t->x0 + TILE - 0.5), dx_hi = s->mx - ((double)t->x0 + 0.5);
-    double dy_lo = s->my - ((double)s->yhi - 0.5), dy_hi = s->my - ((double)s->ylo + 0.5);
-    double corners = fmax(fmax(sigma_at(s, dx_lo, dy_lo), sigma_at(s, dx_lo, dy_hi)),
-                          fmax(sigma_at(s, dx_hi, dy_lo), sigma_at(s, dx_hi, dy_hi)));
-    double factors = fabs(s->b) * fmax(fabs(dx_lo), fabs(dx_hi)) + fabs(s->c) * (fmax(fabs(dy_lo), fabs(dy_hi)) + 1.0);
-    return corners <= RECURRENCE_RANGE && factors <= RECURRENCE_RANGE;
+static inline __m512d sigma8(const Splat *s, int h, double dy) {
+    return _mm512_fmadd_pd(_mm512_set1_pd(s->b * dy), s->dx[h],
+                           _mm512_add_pd(s->qx[h], _mm512_set1_pd(0.5 * s->c * dy * dy)));
 }
 
 static void splat_at(Splat *s, const double *row, const Tile *t, const __m512d px[HALVES], double thr,
@@ -100,17 +90,27 @@ static void splat_at(Splat *s, const double *row, const Tile *t, const __m512d p
     s->yhi = (int64_t)floor(s->my + ey - 0.5 + pixel_margin) + 1;
     if (s->ylo < t->y0) s->ylo = t->y0;
     if (s->yhi > t->y1) s->yhi = t->y1;
-    double dy0 = s->my - ((double)s->ylo + 0.5);
-    s->recurrence = s->ylo < s->yhi && recurrence_is_safe(s, t);
+    double dy0 = s->my - ((double)s->ylo + 0.5), dy_last = s->my - ((double)s->yhi - 0.5);
+    /* the recurrence where it is exact: sigma within RECURRENCE_RANGE at every lane of the first and last row (sigma
+     * is convex along a lane's rows, so those bound the rows between), and |b dx| + |c dy| too */
+    double dx_far = fmax(fabs(s->mx - ((double)t->x0 + 0.5)), fabs(s->mx - ((double)t->x0 + TILE - 0.5)));
+    double factors = fabs(s->b) * dx_far + fabs(s->c) * (fmax(fabs(dy0), fabs(dy_last)) + 1.0);
+    s->recurrence = s->ylo < s->yhi && factors <= RECURRENCE_RANGE;
+    __m512d sigma0[HALVES];
+    const __m512d range = _mm512_set1_pd(RECURRENCE_RANGE);
     for (int h = 0; h < HALVES; h++) {
         s->dx[h] = _mm512_sub_pd(_mm512_set1_pd(s->mx), px[h]);
         s->qx[h] = _mm512_mul_pd(_mm512_mul_pd(_mm512_set1_pd(0.5 * s->a), s->dx[h]), s->dx[h]);
-        if (!s->recurrence) continue;
-        __m512d sigma0 = _mm512_fmadd_pd(_mm512_set1_pd(s->b * dy0), s->dx[h],
-                                         _mm512_add_pd(s->qx[h], _mm512_set1_pd(0.5 * s->c * dy0 * dy0)));
-        s->E[h] = exp8(_mm512_sub_pd(_mm512_setzero_pd(), sigma0));
-        s->Fx[h] = exp8(_mm512_mul_pd(_mm512_set1_pd(s->b), s->dx[h]));
+        sigma0[h] = sigma8(s, h, dy0);
+        __mmask8 beyond = _mm512_cmp_pd_mask(sigma0[h], range, _CMP_GT_OQ) |
+                          _mm512_cmp_pd_mask(sigma8(s, h, dy_last), range, _CMP_GT_OQ);
+        if (beyond) s->recurrence = 0;
     }
+    if (s->recurrence)
+        for (int h = 0; h < HALVES; h++) {
+            s->E[h] = exp8(_mm512_sub_pd(_mm512_setzero_pd(), sigma0[h]));
+            s->Fx[h] = exp8(_mm512_mul_pd(_mm512_set1_pd(s->b), s->dx[h]));
+        }
     s->g = s->recurrence ? exp(s->c * dy0 - 0.5 * s->c) : 0.0;
     s->g_step = exp(-s->c);
 }
@@ -118,11 +118,7 @@ static void splat_at(Splat *s, const double *row, const Tile *t, const __m512d p
 /* exp(-sigma) on half-row h of the row at ``dy`` (= my - row centre), by the recurrence (then moved on to the next
  * row) or directly. */
 static inline __m512d splat_row(Splat *s, int h, double dy) {
-    if (!s->recurrence) {
-        __m512d sigma = _mm512_fmadd_pd(_mm512_set1_pd(s->b * dy), s->dx[h],
-                                        _mm512_add_pd(s->qx[h], _mm512_set1_pd(0.5 * s->c * dy * dy)));
-        return exp8(_mm512_sub_pd(_mm512_setzero_pd(), sigma));
-    }
+    if (!s->recurrence) return exp8(_mm512_sub_pd(_mm512_setzero_pd(), sigma8(s, h, dy)));
     __m512d e = s->E[h];
     s->E[h] = _mm512_mul_pd(s->E[h], _mm512_mul_pd(s->Fx[h], _mm512_set1_pd(s->g))); /* E times the row's ratio */
     return e;

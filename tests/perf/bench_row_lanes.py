@@ -51,7 +51,9 @@ and still wins: in float32 by 1.59-2.01x; in float64 with the recurrence by up t
 backward, most where images are large, with results within 4e-14 of the spans kernel's. (Before the kernels
 checked that the recurrence is exact for each Gaussian and tile, falling back to an exp per pixel where it is not:
 thin Gaussians at an angle, long ones far from the tile; none here, but the check costs about 10% at 256x160,
-where the unchecked kernels measured 1.05-1.13x forward and 1.31-1.38x backward.) In float64 with an exp
+where the unchecked kernels measured 1.05-1.13x forward and 1.31-1.38x backward. The table's check evaluated sigma
+at the box's corners in scalars; done on the row's lanes as vectors instead, a run on a busier VM at 14:30 UTC
+gave 1.05-1.56x forward and 1.18-1.75x backward.) In float64 with an exp
 per pixel instead (an earlier version of that kernel) it was only about as fast as the spans (0.83-1.11x in two
 runs): half the lanes per vector and twice the polynomial took the gain, and the recurrence gave it back. So the
 distance to the dgemm bound is partly the scalar code's; the price of the vector kernels is C with intrinsics for
