@@ -7,10 +7,12 @@ anywhere."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 
+from gfbench import results
 from gfbench.methods.core import lanes
 from gfbench.methods.core.rasterize import rasterize_3dgs
 from test_leaderboard import PRESETS, presets, spec  # noqa: F401 (fixtures)
@@ -172,7 +174,7 @@ def test_the_compositing_is_set_for_the_block_and_restored(monkeypatch):
     monkeypatch.delenv(lanes.ENV, raising=False)
     with lanes.using("lanes"):
         assert lanes.compositing() == "lanes"
-    assert lanes.ENV not in __import__("os").environ
+    assert lanes.ENV not in os.environ
     monkeypatch.setenv(lanes.ENV, "lanes")
     with lanes.using("spans"):
         assert lanes.compositing() == "spans"
@@ -195,7 +197,7 @@ def test_a_job_runs_the_compositing_it_was_planned_with_and_its_record_names_it(
     job = runner.Job(spec, "room", "3dgs", 0, dict(PRESETS[spec.preset]), spec.preset, cpu_compositing="spans")
     outcome = runner.run_job(job, tmp_path, tmp_path / "data", "cpu", overwrite=False, lpips_hashes={})
     assert outcome.status == "ok" and seen == ["spans"] and lanes.compositing() == "lanes"
-    record = __import__("gfbench.results", fromlist=["read_record"]).read_record(outcome.path)
+    record = results.read_record(outcome.path)
     assert record["cpu_3dgs_compositing"] == "spans" and "host" in record
     assert "cpu_compositing" not in record["identity"] and "cpu_3dgs_compositing" not in record["identity"]
     other = runner.Job(spec, "room", "3dgs", 0, dict(PRESETS[spec.preset]), spec.preset, cpu_compositing="lanes")

@@ -38,6 +38,7 @@ SOURCE = Path(__file__).with_name("lanes_3dgs.c")
 ENV = "GFBENCH_CPU_COMPOSITING"
 CHOICES = ("auto", "spans", "lanes")
 FEATURES = 4  # the kernels composite RGB + depth only; other feature counts use the spans kernels
+TILE_SIZE = 16  # lanes_3dgs.c's TILE: its per-tile arrays are this size, as cpu_kernels' tiles must be
 REQUIRED_CPU_FEATURES = ("avx512f",)
 COMPILE_FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
 
@@ -60,12 +61,11 @@ def active() -> str:
     choice = compositing()
     if choice == "spans":
         return "spans"
-    if choice == "lanes":
-        library()
-        return "lanes"
     try:
         library()
     except LanesUnavailable:
+        if choice == "lanes":
+            raise
         return "spans"
     return "lanes"
 
@@ -195,6 +195,10 @@ def _check_shape(name: str, array, shape: tuple) -> None:
 
 
 def _tiles(params, bins, width: int, height: int) -> tuple:
+    from . import cpu_kernels as K
+
+    if K.TILE_SIZE != TILE_SIZE:
+        raise ValueError(f"the lanes kernels take {TILE_SIZE}-pixel tiles; cpu_kernels bins {K.TILE_SIZE}")
     if params.ndim != 2 or params.shape[1] != 6 + FEATURES:
         raise ValueError(f"the lanes kernels composite {FEATURES} features (rows of {6 + FEATURES}), "
                          f"got rows of {params.shape[1]}")

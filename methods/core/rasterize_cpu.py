@@ -275,7 +275,8 @@ class TileBins:
         self.isect_ids = np.empty(M, dtype=np.int64)
         run_workers(K.fill_tiles, boxes, self.order, *tiles, self.rank_offsets, cursors, self.flatten_ids,
                     self.slot_of, self.isect_ids, n_workers=n_workers)
-        self.pairs_evaluated = self.rows_evaluated = 0  # set by the forward rasterization
+        # set by the forward rasterization (None after the lanes kernels, which do not count them)
+        self.pairs_evaluated = self.rows_evaluated = 0
 
     @property
     def n_isects(self) -> int:
@@ -447,7 +448,7 @@ class RasterizeTiles3D(torch.autograd.Function):
         colors, T = np.empty((C, height, width, D)), np.empty((C, height, width))
         last, pairs = np.empty((C, height, width), dtype=np.int64), np.zeros((bins.n_tiles, 2), dtype=np.int64)
         ctx.lanes = D == lanes.FEATURES and lanes.active() == "lanes"
-        if ctx.lanes:  # the lanes kernels do not count their work: pairs stay 0
+        if ctx.lanes:  # the lanes kernels do not count their work
             lanes.forward(params, bins, width, height, colors, T, last, run_workers)
         else:
             run_workers(
@@ -457,20 +458,23 @@ class RasterizeTiles3D(torch.autograd.Function):
         ctx.bins, ctx.T, ctx.last, ctx.size = bins, T, last, (width, height)
         keep_rows_for_backward(ctx, params, backward_follows)
         ctx.shapes = [tuple(t.shape) for t in (means2d, conics, opacities, features)]
-        bins.pairs_evaluated, bins.rows_evaluated = (int(v) for v in pairs.sum(axis=0))
+        if ctx.lanes:  # not counted; None rather than a 0 that would read as "no work"
+            bins.pairs_evaluated = bins.rows_evaluated = None
+        else:
+            bins.pairs_evaluated, bins.rows_evaluated = (int(v) for v in pairs.sum(axis=0))
         return to_torch(colors, means2d.dtype), to_torch(T[..., None], means2d.dtype)
 
     @staticmethod
     def backward(ctx, v_colors, v_T):
         bins, params = ctx.bins, take_saved_rows(ctx)
         per_isect = SCRATCH.take((bins.n_isects, params.shape[1]))
+        v_colors64, v_T64 = as_f64(v_colors), as_f64(v_T[..., 0])
         if ctx.lanes:  # the forward's kernels, whatever $GFBENCH_CPU_COMPOSITING says now
-            lanes.backward(params, bins, *ctx.size, ctx.T, ctx.last, as_f64(v_colors), as_f64(v_T[..., 0]), per_isect,
-                           run_workers)
+            lanes.backward(params, bins, *ctx.size, ctx.T, ctx.last, v_colors64, v_T64, per_isect, run_workers)
         else:
             run_workers(
                 K.rasterize_3dgs_bwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
-                bins.tile_height, False, ctx.T, ctx.last, as_f64(v_colors), as_f64(v_T[..., 0]), per_isect,
+                bins.tile_height, False, ctx.T, ctx.last, v_colors64, v_T64, per_isect,
             )
         rows = bins.per_rank(per_isect)
         grads = bins.to_gaussians(rows, ctx.shapes, v_colors.dtype)

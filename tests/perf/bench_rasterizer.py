@@ -102,11 +102,13 @@ time: 33.7 s against 0.163 s), memory 21-458 MB, render-only 35-46% of forward +
 9.3-34.6x from the dgemm bound (spans: 15.1-36.4x): a forward + backward 1.2-1.6x faster wherever the image
 has many pixels per Gaussian (100k on 960x540: 259 -> 163 ms), about the same at 256x160, where the per-Gaussian
 stages dominate. That run predates the kernels' check that the row recurrence is exact for each Gaussian and tile
-(``bench_row_lanes.py``: about 10% of the compositing at 256x160). With it (14:13 UTC) the VM was busy (dgemm
-probes 103-166 Gflop/s, scalar 24.7-29.9): 10.1-40.8x from the dgemm bound in wall time, 9.3-29.0x in CPU seconds
-(``x cpu``, which the load moves less), against 8.6-29.2x in CPU seconds at 13:49. The points farthest
-from both bounds are the small images: few pixels per Gaussian, so the per-Gaussian stages (projection, binning,
-gradient reduction, dtype conversions) and the autograd glue weigh most. At 3DGS 300k on 256x160 (105-115 ms a
+(``bench_row_lanes.py``: about 10% of the compositing at 256x160 as first written, less as vector code). With it
+(14:13 UTC) the VM was busy (dgemm probes 103-166 Gflop/s, scalar 24.7-29.9): 10.1-40.8x from the dgemm bound in
+wall time, 9.3-29.0x in CPU seconds (``x cpu``, which the load moves less), against 8.6-29.2x in CPU seconds at
+13:49.
+
+With either compositing the points farthest from both bounds are the small images: few pixels per Gaussian, so the
+per-Gaussian stages (projection, binning, gradient reduction, dtype conversions) and the autograd glue weigh most. At 3DGS 300k on 256x160 (105-115 ms a
 call when profiled) the kernels take about 84 ms: compositing 37 (forward 15.5, backward 22), projection 23
 (9 + 14), binning 9, reduction and scatter 11, row packing 2.5.
 
