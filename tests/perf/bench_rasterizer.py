@@ -108,9 +108,9 @@ wall time, 9.3-29.0x in CPU seconds (``x cpu``, which the load moves less), agai
 13:49.
 
 With either compositing the points farthest from both bounds are the small images: few pixels per Gaussian, so the
-per-Gaussian stages (projection, binning, gradient reduction, dtype conversions) and the autograd glue weigh most. At 3DGS 300k on 256x160 (105-115 ms a
-call when profiled) the kernels take about 84 ms: compositing 37 (forward 15.5, backward 22), projection 23
-(9 + 14), binning 9, reduction and scatter 11, row packing 2.5.
+per-Gaussian stages (projection, binning, gradient reduction, dtype conversions) and the autograd glue weigh most.
+At 3DGS 300k on 256x160 (105-115 ms a call when profiled) the kernels take about 84 ms: compositing 37 (forward
+15.5, backward 22), projection 23 (9 + 14), binning 9, reduction and scatter 11, row packing 2.5.
 
 Single points move by up to +-20% between runs on a shared VM, and the same code lands at different distances on
 different CPUs (the dgemm rate varies more between them than the scalar rate does). Earlier grids against the
