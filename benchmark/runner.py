@@ -431,7 +431,7 @@ def execute_job(job: Job, root: Path | str, workdir: Path, device: str, on_step:
             cache[job.scene] = load_scene(job.suite.dataset, job.scene, root)
         with lanes.using(job.cpu_compositing):  # as planned, whatever this (worker) process's environment says
             if device == "cpu":  # provenance, as the host: the two compositings agree to ~1e-14, not to the bit
-                produced["cpu_3dgs_compositing"] = lanes.active()  # what 3DGS renders use (2DGS: always spans)
+                produced["cpu_compositing"] = lanes.active()  # what 3DGS and 2DGS renders use
             produced.update(status="ok", **fit_and_score(job, cache[job.scene], workdir, device, on_step))
     except DiskFull:
         raise  # a full disk stops every job, not just this one

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from gfbench.methods.core import lanes
 from gfbench.methods.core.rasterize import rasterize_2dgs, rasterize_3dgs
 
 W, H = 62, 45  # not multiples of the 16-pixel tile: partial tiles are exercised
@@ -31,6 +32,16 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=["spans", "lanes"])
+def compositing(request, monkeypatch):
+    """Each compositing in turn ($GFBENCH_CPU_COMPOSITING): the numba spans kernels everywhere, the C lanes kernels
+    where this machine can build and run them (AVX-512 and gcc; skipped elsewhere, saying why)."""
+    if request.param == "lanes" and lanes.missing_requirement() is not None:
+        pytest.skip(f"lanes kernels unavailable: {lanes.missing_requirement()}")
+    monkeypatch.setenv(lanes.ENV, request.param)
+    return request.param
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,7 +294,7 @@ def assert_grads_close(got: dict, want: dict, rtol: float = 1e-4) -> None:
 @pytest.mark.parametrize(
     "sh_degree,with_background", [(None, False), (1, True)], ids=["rgb", "sh1-background"]
 )
-def test_3dgs_matches_dense_reference(sh_degree, with_background):
+def test_3dgs_matches_dense_reference(sh_degree, with_background, compositing):
     scene = make_scene(300, seed=3 if sh_degree else 0, sh_degree=sh_degree)
     viewmats, Ks = make_cameras()
     bg = torch.tensor([[0.2, 0.5, 0.9], [1.0, 0.0, 0.3]], dtype=DT) if with_background else None
@@ -357,7 +368,7 @@ def test_nothing_visible_still_differentiable(render, n):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_2dgs_matches_dense_reference():
+def test_2dgs_matches_dense_reference(compositing):
     scene = make_scene(300, seed=1, size=2.5)  # surfels are flat: larger, so they cover the image
     viewmats, Ks = make_cameras()
     colors, alphas, normals, surf_normals, distort, median, info = rasterize_2dgs(
@@ -698,7 +709,7 @@ def test_early_termination_stops_before_the_opaque_one():
 
 
 @pytest.mark.parametrize("render", [rasterize_3dgs, rasterize_2dgs])
-def test_same_results_on_any_thread_count_and_without_grad(render):
+def test_same_results_on_any_thread_count_and_without_grad(render, compositing):
     """Per-tile work and per-Gaussian gradient sums run in a fixed order: 1 or 2 threads give bit-identical
     images and gradients; a no-grad render gives the same images."""
     scene = make_scene(300, seed=9, size=2.0 if render is rasterize_2dgs else 1.0)

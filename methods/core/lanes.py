@@ -1,16 +1,15 @@
-"""The ``lanes`` 3DGS compositing: ``lanes_3dgs.c`` built for this machine and loaded through ctypes.
+"""The ``lanes`` compositing of 3D Gaussians and 2D surfels: ``lanes_3dgs.c`` and ``lanes_2dgs.c`` (with
+``lanes_common.h``) built for this machine and loaded through ctypes.
 
-$GFBENCH_CPU_COMPOSITING chooses the CPU rasterizer's 3DGS compositing: ``auto`` (the default) takes ``lanes``
-where this machine can build and run them (AVX-512 and gcc) and ``spans`` elsewhere; ``spans`` and ``lanes``
-force one (``lanes`` where it cannot run is an error). ``spans`` are the numba kernels of :mod:`.cpu_kernels`;
-the lanes kernels run a tile row's 16 pixels as two 8-lane float64 AVX-512 vectors, and were 0.98-1.46x
-(forward) and 1.16-1.79x (backward) as fast as the spans kernels on one thread (``tests/perf/bench_row_lanes.py``:
-the more pixels per Gaussian, the more), and the 3DGS fits of the synthetic suites about 1.25-1.45x faster. Their
-float64 results agree with the spans kernels' to about 1e-13 relative, not to the bit; what reaches PyTorch is
-float32, and of the 216 numbers of this project's three published tables 210 came out the same to the last digit
-with either, the other 6 (one 3DGS row) within 1e-7 dB. Training can turn a
-last-bit difference into a visible one, as it does between CPUs, so each record names the compositing its job
-ran (``cpu_3dgs_compositing``, beside ``host``).
+$GFBENCH_CPU_COMPOSITING chooses the CPU rasterizer's compositing, for 3DGS and 2DGS alike: ``auto`` (the default)
+takes ``lanes`` where this machine can build and run them (AVX-512 and gcc) and ``spans`` elsewhere; ``spans`` and
+``lanes`` force one (``lanes`` where it cannot run is an error). ``spans`` are the numba kernels of
+:mod:`.cpu_kernels`, which visit each row's span of pixels; the lanes kernels run a tile row's 16 pixels as two
+8-lane float64 AVX-512 vectors. On one thread (``tests/perf/bench_compositing.py``) the 3DGS lanes kernels were 1.24-1.70x (forward) and 1.36-2.00x (backward) as fast as the
+spans kernels, the 2DGS ones 1.23-1.84x and 1.08-1.63x: the more pixels per Gaussian, the more. Their float64
+results agree with the spans kernels' to about 1e-13 relative, not to the bit; what reaches PyTorch is float32.
+Training can turn a last-bit difference into a visible one, as it does between CPUs, so each record names the
+compositing its job ran (``cpu_compositing``, beside ``host``).
 
 Why C with intrinsics and not numba: the same lane layout from numba (``bench_row_lanes.py``'s ``lanes64``) ran
 2.6x slower than the spans kernels, LLVM leaving the short per-row loops poorly vectorized. Why built on first use
@@ -34,12 +33,14 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-SOURCE = Path(__file__).with_name("lanes_3dgs.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("lanes_common.h", "lanes_3dgs.c", "lanes_2dgs.c"))
 ENV = "GFBENCH_CPU_COMPOSITING"
 CHOICES = ("auto", "spans", "lanes")
-FEATURES = 4  # the kernels composite RGB + depth only; other feature counts use the spans kernels
-TILE_SIZE = 16  # lanes_3dgs.c's TILE: its per-tile arrays are this size, as cpu_kernels' tiles must be
+FEATURES = 4  # the kernels composite RGB + depth only (2DGS: and its normals); other counts use the spans kernels
+TILE_SIZE = 16  # lanes_common.h's TILE: its per-tile arrays are this size, as cpu_kernels' tiles must be
 REQUIRED_CPU_FEATURES = ("avx512f",)
+ROW_3DGS = 6 + FEATURES  # mean (2), conic (3), opacity, features
+ROW_2DGS = 12 + FEATURES + 3  # mean (2), M (9), opacity, features, normals
 COMPILE_FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
 
 
@@ -109,7 +110,7 @@ def missing_requirement() -> Optional[str]:
     if absent:
         return f"this CPU ({llvm.get_host_cpu_name()}) lacks {', '.join(absent)}"
     if shutil.which("gcc") is None:
-        return "there is no gcc on PATH to build methods/core/lanes_3dgs.c"
+        return "there is no gcc on PATH to build methods/core/lanes_*.c"
     return None
 
 
@@ -143,19 +144,20 @@ def _built() -> Path:
     # -march=native: the library is this CPU's (its name and features) and this gcc's, as well as this source's
     features = llvm.get_host_cpu_features()
     compiler = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout
-    identity = [SOURCE.read_text(), " ".join(COMPILE_FLAGS), llvm.get_host_cpu_name(), compiler,
-                " ".join(sorted(name for name, on in features.items() if on))]
+    identity = [*(source.read_text() for source in SOURCES), " ".join(COMPILE_FLAGS), llvm.get_host_cpu_name(),
+                compiler, " ".join(sorted(name for name, on in features.items() if on))]
     key = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:16]
-    target = cache_dir() / f"lanes_3dgs-{llvm.get_host_cpu_name()}-{key}.so"
+    target = cache_dir() / f"lanes-{llvm.get_host_cpu_name()}-{key}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
-        result = subprocess.run(["gcc", *COMPILE_FLAGS, "-o", str(built), str(SOURCE), "-lm"],
+        compiled = [str(source) for source in SOURCES if source.suffix == ".c"]
+        result = subprocess.run(["gcc", *COMPILE_FLAGS, "-o", str(built), *compiled, "-lm"],
                                 capture_output=True, text=True)
         if result.returncode != 0:
-            raise LanesUnavailable(f"gcc could not build {SOURCE}: {result.stderr.strip()[-2000:]}")
+            raise LanesUnavailable(f"gcc could not build {', '.join(compiled)}: {result.stderr.strip()[-2000:]}")
         os.replace(built, target)  # atomic: concurrent processes see the old state or the whole library
     return target
 
@@ -165,7 +167,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     head = [pointer, pointer, pointer] + [integer] * 5
     lib.lanes_3dgs_fwd.argtypes = head + [real] * 5 + [pointer] * 3 + [integer] * 2
     lib.lanes_3dgs_bwd.argtypes = head + [real] * 4 + [pointer] * 5 + [integer] * 2
-    lib.lanes_3dgs_fwd.restype = lib.lanes_3dgs_bwd.restype = None
+    lib.lanes_2dgs_fwd.argtypes = head + [pointer] * 8 + [integer] * 2
+    lib.lanes_2dgs_bwd.argtypes = head + [pointer] * 11 + [integer] * 2
+    for kernel in (lib.lanes_3dgs_fwd, lib.lanes_3dgs_bwd, lib.lanes_2dgs_fwd, lib.lanes_2dgs_bwd):
+        kernel.restype = None
     return lib
 
 
@@ -194,13 +199,13 @@ def _check_shape(name: str, array, shape: tuple) -> None:
         raise ValueError(f"lanes kernels: {name} has shape {tuple(array.shape)}, expected {tuple(shape)}")
 
 
-def _tiles(params, bins, width: int, height: int) -> tuple:
+def _tiles(params, bins, width: int, height: int, row_width: int) -> tuple:
     from . import cpu_kernels as K
 
     if K.TILE_SIZE != TILE_SIZE:
         raise ValueError(f"the lanes kernels take {TILE_SIZE}-pixel tiles; cpu_kernels bins {K.TILE_SIZE}")
-    if params.ndim != 2 or params.shape[1] != 6 + FEATURES:
-        raise ValueError(f"the lanes kernels composite {FEATURES} features (rows of {6 + FEATURES}), "
+    if params.ndim != 2 or params.shape[1] != row_width:
+        raise ValueError(f"the lanes kernels composite {FEATURES} features (rows of {row_width}), "
                          f"got rows of {params.shape[1]}")
     if bins.n_tiles != bins.n_cameras * bins.tile_width * bins.tile_height:
         raise ValueError(f"lanes kernels: {bins.n_tiles} tiles for {bins.n_cameras} cameras of "
@@ -221,7 +226,7 @@ def forward(params, bins, width: int, height: int, colors, T_final, last, run_wo
     rules = (K.MAX_ALPHA, K.ALPHA_THRESHOLD, K.MIN_TRANSMITTANCE, K.SPAN_MARGIN, K.PIXEL_MARGIN)
     outputs = (_pointer(colors, np.float64), _pointer(T_final, np.float64), _pointer(last, np.int64))
     kernel = _holding(library().lanes_3dgs_fwd, (params, bins, colors, T_final, last))
-    run_workers(kernel, *_tiles(params, bins, width, height), *rules, *outputs)
+    run_workers(kernel, *_tiles(params, bins, width, height, ROW_3DGS), *rules, *outputs)
 
 
 def backward(params, bins, width: int, height: int, T_final, last, v_colors, v_T, per_isect, run_workers) -> None:
@@ -232,10 +237,57 @@ def backward(params, bins, width: int, height: int, T_final, last, v_colors, v_T
     C = bins.n_cameras
     for name, array, shape in (("T_final", T_final, (C, height, width)), ("last", last, (C, height, width)),
                                ("v_colors", v_colors, (C, height, width, FEATURES)), ("v_T", v_T, (C, height, width)),
-                               ("per_isect", per_isect, (bins.n_isects, 6 + FEATURES))):
+                               ("per_isect", per_isect, (bins.n_isects, ROW_3DGS))):
         _check_shape(name, array, shape)
     rules = (K.MAX_ALPHA, K.ALPHA_THRESHOLD, K.SPAN_MARGIN, K.PIXEL_MARGIN)
     pointers = (_pointer(T_final, np.float64), _pointer(last, np.int64), _pointer(v_colors, np.float64),
                 _pointer(v_T, np.float64), _pointer(per_isect, np.float64))
     kernel = _holding(library().lanes_3dgs_bwd, (params, bins, T_final, last, v_colors, v_T, per_isect))
-    run_workers(kernel, *_tiles(params, bins, width, height), *rules, *pointers)
+    run_workers(kernel, *_tiles(params, bins, width, height, ROW_3DGS), *rules, *pointers)
+
+
+def _rules_2dgs() -> np.ndarray:
+    """lanes_2dgs.c's Rules, in its field order, from cpu_kernels (where the numbers live)."""
+    from . import cpu_kernels as K
+
+    return np.array([K.MAX_ALPHA, K.ALPHA_THRESHOLD, K.MIN_TRANSMITTANCE, K.SPAN_MARGIN, K.PIXEL_MARGIN,
+                     K.LOWPASS_INV_SQUARE], dtype=np.float64)
+
+
+def forward_2dgs(params, bins, width: int, height: int, features, normals, T_final, distort, median, last,
+                 median_idx, run_workers) -> None:
+    """Fill features [C, H, W, 4], normals [C, H, W, 3], T_final, distort, median, last and median_idx [C, H, W] as
+    :func:`.cpu_kernels.rasterize_2dgs_fwd` does, on ``run_workers``'s threads."""
+    C = bins.n_cameras
+    image = (C, height, width)
+    outputs = (("features", features, (*image, FEATURES), np.float64), ("normals", normals, (*image, 3), np.float64),
+               ("T_final", T_final, image, np.float64), ("distort", distort, image, np.float64),
+               ("median", median, image, np.float64), ("last", last, image, np.int64),
+               ("median_idx", median_idx, image, np.int64))
+    for name, array, shape, _ in outputs:
+        _check_shape(name, array, shape)
+    rules = _rules_2dgs()
+    pointers = [_pointer(array, dtype) for _, array, _, dtype in outputs]
+    kernel = _holding(library().lanes_2dgs_fwd, (params, bins, rules, *(array for _, array, _, _ in outputs)))
+    run_workers(kernel, *_tiles(params, bins, width, height, ROW_2DGS), rules.ctypes.data, *pointers)
+
+
+def backward_2dgs(params, bins, width: int, height: int, T_final, last, median_idx, depth_total, v_features,
+                  v_normals, v_T, v_distort, v_median, per_isect, run_workers) -> None:
+    """Fill per_isect [M, 19] as :func:`.cpu_kernels.rasterize_2dgs_bwd` does, from the forward's T_final, last,
+    median_idx and depth_total [C, H, W] and the output gradients v_features [C, H, W, 4], v_normals [C, H, W, 3],
+    v_T, v_distort and v_median [C, H, W], on ``run_workers``'s threads."""
+    C = bins.n_cameras
+    image = (C, height, width)
+    inputs = (("T_final", T_final, image, np.float64), ("last", last, image, np.int64),
+              ("median_idx", median_idx, image, np.int64), ("depth_total", depth_total, image, np.float64),
+              ("v_features", v_features, (*image, FEATURES), np.float64),
+              ("v_normals", v_normals, (*image, 3), np.float64), ("v_T", v_T, image, np.float64),
+              ("v_distort", v_distort, image, np.float64), ("v_median", v_median, image, np.float64),
+              ("per_isect", per_isect, (bins.n_isects, ROW_2DGS), np.float64))
+    for name, array, shape, _ in inputs:
+        _check_shape(name, array, shape)
+    rules = _rules_2dgs()
+    pointers = [_pointer(array, dtype) for _, array, _, dtype in inputs]
+    kernel = _holding(library().lanes_2dgs_bwd, (params, bins, rules, *(array for _, array, _, _ in inputs)))
+    run_workers(kernel, *_tiles(params, bins, width, height, ROW_2DGS), rules.ctypes.data, *pointers)

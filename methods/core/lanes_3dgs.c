@@ -15,50 +15,13 @@
  *
  * Built and loaded by lanes.py (gcc -O3 -march=native, on the machine that runs it), called through ctypes, which
  * releases the GIL; each call takes every n_workers-th tile from ``worker`` on. */
-#include <immintrin.h>
-#include <math.h>
-#include <stdint.h>
+#include "lanes_common.h"
 
-#define TILE 16
-#define HALVES 2   /* 8-lane vectors per tile row */
 #define FEATURES 4 /* RGB + depth */
 #define ROW (6 + FEATURES)
-#define EXP_LIMIT 700.0 /* |x| of exp(x) clamped here: results stay finite */
 #define RECURRENCE_RANGE 650.0 /* the row recurrence is used while sigma and |b dx| + |c dy| + |c| stay below this:
                                   E, exp(b dx), g and their ratio then lie within exp(+-650), normal numbers (the
                                   smallest is exp(-708)), and no exp is clamped at EXP_LIMIT */
-#define FLUSH_DENORMALS 0x8040 /* MXCSR: flush to zero, denormals are zero (alpha T can underflow) */
-
-/* exp(x) for 8 doubles: x = n ln 2 + r (Cody-Waite ln 2 in two parts), exp(r) by Taylor terms to r^13 (|r| <=
- * ln(2) / 2: remainder about 4e-18 relative), times 2^n. */
-static inline __m512d exp8(__m512d x) {
-    static const double inverse_factorial[14] = {
-        1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320, 1.0 / 362880,
-        1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
-    x = _mm512_max_pd(_mm512_min_pd(x, _mm512_set1_pd(EXP_LIMIT)), _mm512_set1_pd(-EXP_LIMIT));
-    __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(6.93147180369123816490e-01), x);
-    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(1.90821492927058770002e-10), r);
-    __m512d p = _mm512_set1_pd(inverse_factorial[13]);
-    for (int k = 12; k >= 0; k--) p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(inverse_factorial[k]));
-    return _mm512_scalef_pd(p, n);
-}
-
-typedef struct {
-    int64_t cam, x0, y0, x1, y1;
-} Tile;
-
-static Tile tile_at(int64_t tile, int64_t tile_w, int64_t tile_h, int64_t width, int64_t height) {
-    Tile t;
-    int64_t local = tile % (tile_w * tile_h);
-    t.cam = tile / (tile_w * tile_h);
-    t.x0 = (local % tile_w) * TILE;
-    t.y0 = (local / tile_w) * TILE;
-    t.x1 = t.x0 + TILE < width ? t.x0 + TILE : width;
-    t.y1 = t.y0 + TILE < height ? t.y0 + TILE : height;
-    return t;
-}
 
 /* One Gaussian as seen from one tile: its parameters, the tile rows [ylo, yhi) its ellipse reaches, and either
  * the state of the row recurrence (E per half-row, exp(b dx), g and its per-row factor) or, where the recurrence
@@ -124,11 +87,6 @@ static inline __m512d splat_row(Splat *s, int h, double dy) {
     return e;
 }
 
-static void lane_centres(const Tile *t, __m512d px[HALVES]) {
-    const __m512d lane = _mm512_setr_pd(0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5);
-    for (int h = 0; h < HALVES; h++) px[h] = _mm512_add_pd(_mm512_set1_pd((double)(t->x0 + 8 * h)), lane);
-}
-
 /* colors [C, H, W, 4], T_final [C, H, W] and last [C, H, W] (index into flatten_ids, -1 if none), as
  * cpu_kernels.rasterize_3dgs_fwd fills them. */
 void lanes_3dgs_fwd(const double *params, const int64_t *tile_offsets, const int64_t *flatten_ids, int64_t n_tiles,
@@ -158,7 +116,8 @@ void lanes_3dgs_fwd(const double *params, const int64_t *tile_offsets, const int
         int64_t n_live = (t.x1 - t.x0) * (t.y1 - t.y0);
         Splat s;
         for (int64_t j = tile_offsets[tile]; j < tile_offsets[tile + 1] && n_live > 0; j++) {
-            if (j + 8 < tile_offsets[tile + 1]) __builtin_prefetch(params + flatten_ids[j + 8] * ROW);
+            if (j + PREFETCH_AHEAD < tile_offsets[tile + 1])
+                prefetch_row(params + flatten_ids[j + PREFETCH_AHEAD] * ROW, ROW);
             const double *row = params + flatten_ids[j] * ROW;
             splat_at(&s, row, &t, px, thr, span_margin, pixel_margin);
             if (!s.ok) continue;
@@ -239,7 +198,7 @@ void lanes_3dgs_bwd(const double *params, const int64_t *tile_offsets, const int
             }
         Splat s;
         for (int64_t j = newest; j >= start; j--) {
-            if (j - 8 >= start) __builtin_prefetch(params + flatten_ids[j - 8] * ROW);
+            if (j - PREFETCH_AHEAD >= start) prefetch_row(params + flatten_ids[j - PREFETCH_AHEAD] * ROW, ROW);
             const double *row = params + flatten_ids[j] * ROW;
             splat_at(&s, row, &t, px, thr, span_margin, pixel_margin);
             if (!s.ok) continue;

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from . import cpu_kernels as K
+from . import lanes
 from .projection import project_surfels_2d
 from .rasterize_cpu import (
     SCRATCH,
@@ -118,15 +119,23 @@ class RasterizeTiles2D(torch.autograd.Function):
         T, distort, median = (np.empty((C, height, width)) for _ in range(3))
         last, median_idx = (np.empty((C, height, width), dtype=np.int64) for _ in range(2))
         pairs = np.zeros((bins.n_tiles, 2), dtype=np.int64)
-        run_workers(
-            K.rasterize_2dgs_fwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
-            bins.tile_height, False, feats, norms, T, distort, median, last, median_idx, pairs,
-        )
-        ctx.bins, ctx.depths = bins, host["depths"]
+        ctx.lanes = D == lanes.FEATURES and lanes.active() == "lanes"
+        if ctx.lanes:
+            lanes.forward_2dgs(params, bins, width, height, feats, norms, T, distort, median, last, median_idx,
+                               run_workers)
+        else:
+            run_workers(
+                K.rasterize_2dgs_fwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
+                bins.tile_height, False, feats, norms, T, distort, median, last, median_idx, pairs,
+            )
+        ctx.bins, ctx.depths, ctx.size = bins, host["depths"], (width, height)
         keep_rows_for_backward(ctx, params, backward_follows)
         ctx.saved = (T, last, median_idx, feats[..., -1].copy())
         ctx.shapes = [tuple(t.shape) for t in (means2d, ray_transforms, opacities, features, normals)]
-        bins.pairs_evaluated, bins.rows_evaluated = (int(v) for v in pairs.sum(axis=0))
+        if ctx.lanes:  # the lanes kernels do not count their work; None rather than a 0 that reads as "no work"
+            bins.pairs_evaluated = bins.rows_evaluated = None
+        else:
+            bins.pairs_evaluated, bins.rows_evaluated = (int(v) for v in pairs.sum(axis=0))
         dtype = means2d.dtype
         return (to_torch(feats, dtype), to_torch(norms, dtype),
                 *(to_torch(a[..., None], dtype) for a in (T, distort, median)))
@@ -136,11 +145,16 @@ class RasterizeTiles2D(torch.autograd.Function):
         bins, params = ctx.bins, take_saved_rows(ctx)
         T, last, median_idx, depth_total = ctx.saved
         per_isect = SCRATCH.take((bins.n_isects, params.shape[1]))
-        run_workers(
-            K.rasterize_2dgs_bwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
-            bins.tile_height, False, T, last, median_idx, depth_total, as_f64(v_features), as_f64(v_normals),
-            as_f64(v_T[..., 0]), as_f64(v_distort[..., 0]), as_f64(v_median[..., 0]), per_isect,
-        )
+        output_grads = (as_f64(v_features), as_f64(v_normals), as_f64(v_T[..., 0]), as_f64(v_distort[..., 0]),
+                        as_f64(v_median[..., 0]))
+        if ctx.lanes:  # the forward's kernels, whatever $GFBENCH_CPU_COMPOSITING says now
+            lanes.backward_2dgs(params, bins, *ctx.size, T, last, median_idx, depth_total, *output_grads, per_isect,
+                                run_workers)
+        else:
+            run_workers(
+                K.rasterize_2dgs_bwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
+                bins.tile_height, False, T, last, median_idx, depth_total, *output_grads, per_isect,
+            )
         rows = bins.per_rank(per_isect)
         # dL/dM[0, 2], dL/dM[1, 2] (row columns 2 + 2, 2 + 5) times each rank's depth
         rank_depths = ctx.depths.reshape(-1)[bins.order][:, None]

@@ -1,0 +1,65 @@
+/* What the lanes kernels (lanes_3dgs.c, lanes_2dgs.c) share: the tile geometry, a tile row's 16 pixels as two
+ * 8-lane float64 AVX-512 vectors, and a vector exp. */
+#ifndef GFBENCH_LANES_COMMON_H
+#define GFBENCH_LANES_COMMON_H
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+
+#define TILE 16
+#define HALVES 2   /* 8-lane vectors per tile row */
+#define EXP_LIMIT 700.0 /* |x| of exp(x) clamped here: results stay finite */
+#define FLUSH_DENORMALS 0x8040 /* MXCSR: flush to zero, denormals are zero (alpha T can underflow) */
+
+/* exp(x) for 8 doubles: x = n ln 2 + r (Cody-Waite ln 2 in two parts), exp(r) by its Taylor polynomial to r^13 (|r| <=
+ * ln(2) / 2: remainder about 4e-18 relative), times 2^n. The polynomial is evaluated by Estrin's scheme (pairs of
+ * terms, then pairs of pairs with r^2, r^4, r^8): a chain of 5 dependent multiply-adds instead of Horner's 13, which
+ * is what a pixel row of a small splat waits on. */
+static inline __m512d exp8(__m512d x) {
+    x = _mm512_max_pd(_mm512_min_pd(x, _mm512_set1_pd(EXP_LIMIT)), _mm512_set1_pd(-EXP_LIMIT));
+    __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(6.93147180369123816490e-01), x);
+    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(1.90821492927058770002e-10), r);
+    static const double c[14] = { /* 1 / k! */
+        1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320, 1.0 / 362880,
+        1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
+    __m512d pair[7]; /* c_2i + c_2i+1 r */
+    for (int i = 0; i < 7; i++) pair[i] = _mm512_fmadd_pd(_mm512_set1_pd(c[2 * i + 1]), r, _mm512_set1_pd(c[2 * i]));
+    __m512d r2 = _mm512_mul_pd(r, r), r4 = _mm512_mul_pd(r2, r2), r8 = _mm512_mul_pd(r4, r4);
+    __m512d q0 = _mm512_fmadd_pd(pair[1], r2, pair[0]), q1 = _mm512_fmadd_pd(pair[3], r2, pair[2]);
+    __m512d q2 = _mm512_fmadd_pd(pair[5], r2, pair[4]);
+    __m512d low = _mm512_fmadd_pd(q1, r4, q0), high = _mm512_fmadd_pd(pair[6], r4, q2); /* terms 0-7, 8-13 */
+    return _mm512_scalef_pd(_mm512_fmadd_pd(high, r8, low), n);
+}
+
+#define PREFETCH_AHEAD 8 /* intersections ahead of the current one whose rows are fetched (cpu_kernels') */
+
+/* Fetch every cache line of a row of n doubles ahead of its use (cpu_kernels.prefetch_row): tile lists visit the
+ * per-Gaussian rows in a random order, and a row can straddle one more line than its length spans. */
+static inline void prefetch_row(const double *row, int n) {
+    for (int k = 0; k < n; k += 8) __builtin_prefetch(row + k);
+    __builtin_prefetch(row + n - 1);
+}
+
+typedef struct {
+    int64_t cam, x0, y0, x1, y1;
+} Tile;
+
+static inline Tile tile_at(int64_t tile, int64_t tile_w, int64_t tile_h, int64_t width, int64_t height) {
+    Tile t;
+    int64_t local = tile % (tile_w * tile_h);
+    t.cam = tile / (tile_w * tile_h);
+    t.x0 = (local % tile_w) * TILE;
+    t.y0 = (local / tile_w) * TILE;
+    t.x1 = t.x0 + TILE < width ? t.x0 + TILE : width;
+    t.y1 = t.y0 + TILE < height ? t.y0 + TILE : height;
+    return t;
+}
+
+static inline void lane_centres(const Tile *t, __m512d px[HALVES]) {
+    const __m512d lane = _mm512_setr_pd(0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5);
+    for (int h = 0; h < HALVES; h++) px[h] = _mm512_add_pd(_mm512_set1_pd((double)(t->x0 + 8 * h)), lane);
+}
+
+#endif
