@@ -55,7 +55,7 @@ class Job:
     preset: str
     priors: dict[str, PriorSource] = field(default_factory=dict)  # kind -> the prior this job's method gets
     prior_cache: Path | None = None  # where priors cache their per-scene predictions
-    cpu_compositing: str = "auto"  # the CPU rasterizer's 3DGS compositing asked for (methods.core.lanes)
+    cpu_compositing: str = "auto"  # the CPU rasterizer's compositing asked for (methods.core.lanes)
 
     def identity(self, scene_sha256: str) -> dict[str, Any]:
         """Everything that determines this job's numbers; its hash keys the record."""

@@ -270,7 +270,8 @@ def test_the_2dgs_backward_uses_the_forwards_kernels(monkeypatch, use_lanes):
     colors, alphas, normals, _, distort, median, info = rasterize_2dgs(
         *scene.values(), viewmats, Ks, W, H, render_mode="RGB+ED")
     monkeypatch.setenv(lanes.ENV, "spans")
-    got = grads_of(weighted_loss([colors, alphas, normals, distort, median]), {**scene, "densify": info["gradient_2dgs"]})
+    tensors = {**scene, "densify": info["gradient_2dgs"]}
+    got = grads_of(weighted_loss([colors, alphas, normals, distort, median]), tensors)
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
 

@@ -1,15 +1,15 @@
 """The ``lanes`` compositing of 3D Gaussians and 2D surfels: ``lanes_3dgs.c`` and ``lanes_2dgs.c`` (with
 ``lanes_common.h``) built for this machine and loaded through ctypes.
 
-$GFBENCH_CPU_COMPOSITING chooses the CPU rasterizer's compositing, for 3DGS and 2DGS alike: ``auto`` (the default)
-takes ``lanes`` where this machine can build and run them (AVX-512 and gcc) and ``spans`` elsewhere; ``spans`` and
-``lanes`` force one (``lanes`` where it cannot run is an error). ``spans`` are the numba kernels of
-:mod:`.cpu_kernels`, which visit each row's span of pixels; the lanes kernels run a tile row's 16 pixels as two
-8-lane float64 AVX-512 vectors. On one thread (``tests/perf/bench_compositing.py``) the 3DGS lanes kernels were 1.24-1.70x (forward) and 1.36-2.00x (backward) as fast as the
-spans kernels, the 2DGS ones 1.23-1.84x and 1.08-1.63x: the more pixels per Gaussian, the more. Their float64
-results agree with the spans kernels' to about 1e-13 relative, not to the bit; what reaches PyTorch is float32.
-Training can turn a last-bit difference into a visible one, as it does between CPUs, so each record names the
-compositing its job ran (``cpu_compositing``, beside ``host``).
+$GFBENCH_CPU_COMPOSITING chooses the CPU rasterizer's compositing, for 3DGS and 2DGS alike: ``auto`` (the default) takes
+``lanes`` where this machine can build and run them (AVX-512 and gcc) and ``spans`` elsewhere; ``spans`` and ``lanes``
+force one (``lanes`` where it cannot run is an error). ``spans`` are the numba kernels of :mod:`.cpu_kernels`, which
+visit each row's span of pixels; the lanes kernels run a tile row's 16 pixels as two 8-lane float64 AVX-512 vectors. On
+one thread (``tests/perf/bench_compositing.py``) the 3DGS lanes kernels were 1.35-1.85x (forward) and 1.45-2.06x
+(backward) as fast as the spans kernels, the 2DGS ones 1.22-1.90x and 1.16-1.71x: the more pixels per Gaussian, the
+more. Their float64 results agree with the spans kernels' to about 1e-13 relative, not to the bit; what reaches PyTorch
+is float32. Training can turn a last-bit difference into a visible one, as it does between CPUs, so each record names
+the compositing its job ran (``cpu_compositing``, beside ``host``).
 
 Why C with intrinsics and not numba: the same lane layout from numba (``bench_row_lanes.py``'s ``lanes64``) ran
 2.6x slower than the spans kernels, LLVM leaving the short per-row loops poorly vectorized. Why built on first use

@@ -312,9 +312,9 @@ void lanes_2dgs_bwd(const double *params, const int64_t *tile_offsets, const int
                     __m512d front_wd =
                         _mm512_sub_pd(_mm512_sub_pd(_mm512_load_pd(&wd_total[r][8 * h]), B), _mm512_mul_pd(w, depth));
                     __m512d one_minus_Tk = _mm512_sub_pd(one, Tk);
-                    __m512d dD_dw = _mm512_mul_pd(
-                        two, _mm512_sub_pd(_mm512_add_pd(_mm512_sub_pd(_mm512_mul_pd(depth, one_minus_Tk), front_wd), B),
-                                           _mm512_mul_pd(depth, after)));
+                    __m512d ahead = _mm512_sub_pd(_mm512_mul_pd(depth, one_minus_Tk), front_wd);
+                    __m512d behind = _mm512_sub_pd(B, _mm512_mul_pd(depth, after));
+                    __m512d dD_dw = _mm512_mul_pd(two, _mm512_add_pd(ahead, behind));
                     __m512d Gd = _mm512_load_pd(&gdist[r][8 * h]);
                     __m512d v_depth = _mm512_mul_pd(_mm512_mul_pd(Gd, _mm512_mul_pd(two, w)),
                                                     _mm512_sub_pd(one_minus_Tk, after));
@@ -325,7 +325,8 @@ void lanes_2dgs_bwd(const double *params, const int64_t *tile_offsets, const int
                         vf[k] = _mm512_mask3_fmadd_pd(w, ok_k, vf[k], hit);
                     }
                     vf[DEPTH] = _mm512_mask_add_pd(vf[DEPTH], hit, vf[DEPTH], v_depth);
-                    __mmask8 is_median = hit & _mm512_cmp_epi64_mask(vj, _mm512_load_si512(&medb[r][8 * h]), _MM_CMPINT_EQ);
+                    __m512i median_j = _mm512_load_si512(&medb[r][8 * h]);
+                    __mmask8 is_median = hit & _mm512_cmp_epi64_mask(vj, median_j, _MM_CMPINT_EQ);
                     vf[DEPTH] = _mm512_mask_add_pd(vf[DEPTH], is_median, vf[DEPTH], _mm512_load_pd(&gmed[r][8 * h]));
                     __m512d v_w = _mm512_fmadd_pd(Gd, dD_dw, qf);
                     __m512d L = _mm512_load_pd(&later[r][8 * h]);

@@ -1,5 +1,5 @@
 /* 3DGS compositing, forward and backward, with a tile row's 16 pixels as float64 vector lanes (AVX-512): the
- * ``lanes`` compositing of rasterize_cpu (opt-in, GFBENCH_CPU_COMPOSITING=lanes). Same inputs, outputs and rules as
+ * ``lanes`` compositing of rasterize_cpu (GFBENCH_CPU_COMPOSITING, lanes.py). Same inputs, outputs and rules as
  * cpu_kernels.rasterize_3dgs_fwd / _bwd (gsplat's: alpha = min(max_alpha, o exp(-sigma)), contributions below thr
  * skipped, a pixel done before the Gaussian that would take T to <= min_transmittance; backward back to front from
  * each pixel's last contributor, T recovered by dividing by 1 - alpha), for RGB + depth (4 features) only.
@@ -10,8 +10,8 @@
  * g(y + 1) = g(y) exp(-c): two vector exps per Gaussian and tile, then two multiplies per pixel and row. That is
  * right only while every E, factor and ratio exp(b dx) g(y) is a normal number, never clamped or flushed, so a
  * Gaussian whose sigma or b dx + c dy over the tile's lanes and rows could leave RECURRENCE_RANGE (thin ones seen at
- * an angle, long ones whose mean is far from the tile) gets exp(-sigma) at every pixel instead. The results agree with the scalar kernels' to about
- * 1e-13 relative, not to the bit (tests/test_rasterizer_lanes.py).
+ * an angle, long ones whose mean is far from the tile) gets exp(-sigma) at every pixel instead. The results agree
+ * with the scalar kernels' to about 1e-13 relative, not to the bit (tests/test_rasterizer_lanes.py).
  *
  * Built and loaded by lanes.py (gcc -O3 -march=native, on the machine that runs it), called through ctypes, which
  * releases the GIL; each call takes every n_workers-th tile from ``worker`` on. */

@@ -3,7 +3,8 @@ compiled kernels.
 
 Same pipeline as :mod:`.rasterize_cpu`: projection (:class:`ProjectSurfels`, the maths of
 :func:`.projection.project_surfels_2d`), tile binning, then per-tile compositing (:mod:`.cpu_kernels`,
-whose docstring has the ray-splat intersection). Besides colours and alpha the kernel composites
+whose docstring has the ray-splat intersection, or for RGB + depth the C ``lanes`` kernels of :mod:`.lanes` where
+$GFBENCH_CPU_COMPOSITING resolves to them, as for 3DGS). Besides colours and alpha the kernel composites
 camera-space normals, gsplat's depth distortion and the median depth. With camera tensors that require
 grad the projection falls back to plain PyTorch so that cameras get gradients too. Memory as for 3DGS,
 with rows of 15 + D values (means2d, the 3x3 transform, opacity, features, normals) and per-pixel

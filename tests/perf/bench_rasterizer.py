@@ -45,15 +45,15 @@ probe can catch the shared cores busy and halve the rate, which would flatter th
 
 The scalar bound is not the machine's limit for this work, even in float64: the 3DGS compositing with a tile
 row's pixels as vector lanes, hand-written in C with AVX-512 intrinsics, float64, exp(-sigma) by a recurrence down
-the rows (the package's ``lanes`` compositing, ``methods/core/lanes_3dgs.c``) is 0.98-1.46x as fast forward and
-1.16-1.79x backward as the scalar kernels on one thread (``bench_row_lanes.py``), although it evaluates 2-5x the
-pairs. So the dgemm bound is the one to measure against. The work charged is the scalar algorithm's (the
-lanes kernels' extra pairs and the vector row set-up's extra slots are not counted; work counts always come from
-the spans kernels). With 300k Gaussians binning and the gradient reduction are memory-bound (per-Gaussian rows
+the rows (the package's ``lanes`` compositing, ``methods/core/lanes_3dgs.c``) is 1.35-1.85x as fast forward and
+1.45-2.06x backward as the scalar kernels on one thread (``bench_compositing.py``), although it evaluates 2-5x the
+pairs; for 2DGS (``lanes_2dgs.c``, an exp per pixel) 1.22-1.90x and 1.16-1.71x. So the dgemm bound is the one
+to measure against. The work charged is the scalar algorithm's (the lanes kernels' extra pairs and the vector row
+set-up's extra slots are not counted; work counts always come from the spans kernels). With 300k Gaussians binning and the gradient reduction are memory-bound (per-Gaussian rows
 visited in depth order), which no flop count sees.
 
-``--compositing`` chooses gfbench's 3DGS compositing as $GFBENCH_CPU_COMPOSITING does (``auto``, the default,
-takes ``lanes`` where AVX-512 and gcc are there); 2DGS always runs the spans kernels.
+``--compositing`` chooses gfbench's compositing (3DGS and 2DGS) as $GFBENCH_CPU_COMPOSITING does (``auto``, the
+default, takes ``lanes`` where AVX-512 and gcc are there).
 
 Results
 -------
@@ -106,6 +106,32 @@ stages dominate. That run predates the kernels' check that the row recurrence is
 (14:13 UTC) the VM was busy (dgemm probes 103-166 Gflop/s, scalar 24.7-29.9): 10.1-40.8x from the dgemm bound in
 wall time, 9.3-29.0x in CPU seconds (``x cpu``, which the load moves less), against 8.6-29.2x in CPU seconds at
 13:49.
+
+Both kinds on the lanes kernels (17:12 UTC, ``auto``, after the 2DGS lanes kernels, the full-row prefetch and the
+Estrin exp; best dgemm 173.9, scalar 29.5): gfbench 28.7-183.7x faster than the reference wherever it ran (forward
++ backward, wall), memory 21-649 MB (the reference 0.7-13.0 GB), render-only 37-45% of forward + backward:
+
+    3dgs    20000  256x160  bound   0.6 ms  x bound  28.7  x cpu  22.3  scalar bound   3.5 ms  x scalar  4.9
+    3dgs    20000  512x320  bound   1.6 ms  x bound  19.0  x cpu  15.6  scalar bound   9.3 ms  x scalar  3.2
+    3dgs    20000  960x540  bound   4.7 ms  x bound  13.4  x cpu  11.9  scalar bound  27.5 ms  x scalar  2.3
+    3dgs   100000  256x160  bound   2.6 ms  x bound  24.7  x cpu  21.5  scalar bound  15.2 ms  x scalar  4.2
+    3dgs   100000  512x320  bound   7.1 ms  x bound  14.2  x cpu  12.7  scalar bound  42.0 ms  x scalar  2.4
+    3dgs   100000  960x540  bound  20.4 ms  x bound   8.8  x cpu   8.1  scalar bound 120.5 ms  x scalar  1.5
+    3dgs   300000  256x160  bound   3.6 ms  x bound  33.4  x cpu  28.4  scalar bound  21.3 ms  x scalar  5.7
+    3dgs   300000  512x320  bound   9.0 ms  x bound  18.3  x cpu  16.0  scalar bound  53.0 ms  x scalar  3.1
+    3dgs   300000  960x540  bound  23.3 ms  x bound  11.4  x cpu  10.2  scalar bound 137.1 ms  x scalar  1.9
+    2dgs    20000  256x160  bound   0.7 ms  x bound  40.5  x cpu  30.2  scalar bound   4.2 ms  x scalar  6.9
+    2dgs    20000  512x320  bound   1.8 ms  x bound  32.4  x cpu  26.0  scalar bound  10.4 ms  x scalar  5.5
+    2dgs    20000  960x540  bound   5.3 ms  x bound  23.0  x cpu  19.9  scalar bound  31.2 ms  x scalar  3.9
+    2dgs   100000  256x160  bound   3.5 ms  x bound  25.5  x cpu  22.1  scalar bound  20.7 ms  x scalar  4.3
+    2dgs   100000  512x320  bound   8.6 ms  x bound  18.0  x cpu  16.3  scalar bound  50.8 ms  x scalar  3.1
+    2dgs   100000  960x540  bound  25.8 ms  x bound  12.7  x cpu  11.9  scalar bound 152.2 ms  x scalar  2.2
+    2dgs   300000  256x160  bound   6.4 ms  x bound  30.5  x cpu  26.5  scalar bound  37.8 ms  x scalar  5.2
+    2dgs   300000  512x320  bound  19.9 ms  x bound  18.6  x cpu  17.2  scalar bound 117.2 ms  x scalar  3.2
+    2dgs   300000  960x540  bound  55.7 ms  x bound  12.2  x cpu  11.5  scalar bound 328.3 ms  x scalar  2.1
+
+2DGS moved from 19.9-40.5x (spans, 12:49) to 12.2-40.5x, most where images are large (100k on 960x540: 20.2 ->
+12.7x); 3DGS 8.8-33.4x. Still only one point (3DGS 100k on 960x540) is within 10x of the dgemm bound.
 
 With either compositing the points farthest from both bounds are the small images: few pixels per Gaussian, so the
 per-Gaussian stages (projection, binning, gradient reduction, dtype conversions) and the autograd glue weigh most.
@@ -442,8 +468,8 @@ def main() -> None:
     parser.add_argument("--reference-memory", type=float, default=12.0,
                         help="skip the reference where its predicted peak memory exceeds this (GB)")
     parser.add_argument("--compositing", choices=lanes.CHOICES, default="auto",
-                        help="gfbench's 3DGS compositing ($GFBENCH_CPU_COMPOSITING: auto takes lanes where they can "
-                             "run; 2DGS always uses spans)")
+                        help="gfbench's compositing, 3DGS and 2DGS ($GFBENCH_CPU_COMPOSITING: auto takes lanes where "
+                             "they can run)")
     parser.add_argument("--reference-shim", type=Path, default=DEFAULT_SHIM,
                         help="path to gsplat_reference_cpu.py")
     args = parser.parse_args()
@@ -459,7 +485,7 @@ def main() -> None:
     split = "" if args.torch_threads is None else f" (gfbench: PyTorch on {args.torch_threads}, kernels on {args.threads})"
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_description()}; {args.threads} threads{split}; "
           f"gfbench first call (JIT compile, or load from numba's cache) {first:.1f} s; "
-          f"freed memory {'retained' if retained else 'returned to the OS'}; 3DGS compositing {lanes.active()}; "
+          f"freed memory {'retained' if retained else 'returned to the OS'}; compositing {lanes.active()}; "
           f"machine float64 throughput (dgemm) "
           f"{gflops[0]:.1f} Gflop/s per wall second on {args.threads} threads, {gflops[1]:.1f} per CPU second; "
           f"scalar FMA throughput {scalar:.1f} Gflop/s")
