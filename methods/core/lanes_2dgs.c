@@ -313,8 +313,8 @@ void lanes_2dgs_bwd(const double *params, const int64_t *tile_offsets, const int
                         _mm512_sub_pd(_mm512_sub_pd(_mm512_load_pd(&wd_total[r][8 * h]), B), _mm512_mul_pd(w, depth));
                     __m512d one_minus_Tk = _mm512_sub_pd(one, Tk);
                     __m512d ahead = _mm512_sub_pd(_mm512_mul_pd(depth, one_minus_Tk), front_wd);
-                    __m512d behind = _mm512_sub_pd(B, _mm512_mul_pd(depth, after));
-                    __m512d dD_dw = _mm512_mul_pd(two, _mm512_add_pd(ahead, behind));
+                    __m512d depth_after = _mm512_mul_pd(depth, after); /* summed left to right, as the spans kernel */
+                    __m512d dD_dw = _mm512_mul_pd(two, _mm512_sub_pd(_mm512_add_pd(ahead, B), depth_after));
                     __m512d Gd = _mm512_load_pd(&gdist[r][8 * h]);
                     __m512d v_depth = _mm512_mul_pd(_mm512_mul_pd(Gd, _mm512_mul_pd(two, w)),
                                                     _mm512_sub_pd(one_minus_Tk, after));
