@@ -254,6 +254,17 @@ def _rules_2dgs() -> np.ndarray:
                      K.LOWPASS_INV_SQUARE], dtype=np.float64)
 
 
+def _run_2dgs(kernel, params, bins, width: int, height: int, arrays: tuple, run_workers) -> None:
+    """Check each (name, array, shape, dtype) of ``arrays``, then run ``kernel`` with the tiles, the rules and the
+    arrays' pointers in that order."""
+    for name, array, shape, _ in arrays:
+        _check_shape(name, array, shape)
+    rules = _rules_2dgs()
+    pointers = [_pointer(array, dtype) for _, array, _, dtype in arrays]
+    call = _holding(kernel, (params, bins, rules, *(array for _, array, _, _ in arrays)))
+    run_workers(call, *_tiles(params, bins, width, height, ROW_2DGS), rules.ctypes.data, *pointers)
+
+
 def forward_2dgs(params, bins, width: int, height: int, features, normals, T_final, distort, median, last,
                  median_idx, run_workers) -> None:
     """Fill features [C, H, W, 4], normals [C, H, W, 3], T_final, distort, median, last and median_idx [C, H, W] as
@@ -264,12 +275,7 @@ def forward_2dgs(params, bins, width: int, height: int, features, normals, T_fin
                ("T_final", T_final, image, np.float64), ("distort", distort, image, np.float64),
                ("median", median, image, np.float64), ("last", last, image, np.int64),
                ("median_idx", median_idx, image, np.int64))
-    for name, array, shape, _ in outputs:
-        _check_shape(name, array, shape)
-    rules = _rules_2dgs()
-    pointers = [_pointer(array, dtype) for _, array, _, dtype in outputs]
-    kernel = _holding(library().lanes_2dgs_fwd, (params, bins, rules, *(array for _, array, _, _ in outputs)))
-    run_workers(kernel, *_tiles(params, bins, width, height, ROW_2DGS), rules.ctypes.data, *pointers)
+    _run_2dgs(library().lanes_2dgs_fwd, params, bins, width, height, outputs, run_workers)
 
 
 def backward_2dgs(params, bins, width: int, height: int, T_final, last, median_idx, depth_total, v_features,
@@ -285,9 +291,4 @@ def backward_2dgs(params, bins, width: int, height: int, T_final, last, median_i
               ("v_normals", v_normals, (*image, 3), np.float64), ("v_T", v_T, image, np.float64),
               ("v_distort", v_distort, image, np.float64), ("v_median", v_median, image, np.float64),
               ("per_isect", per_isect, (bins.n_isects, ROW_2DGS), np.float64))
-    for name, array, shape, _ in inputs:
-        _check_shape(name, array, shape)
-    rules = _rules_2dgs()
-    pointers = [_pointer(array, dtype) for _, array, _, dtype in inputs]
-    kernel = _holding(library().lanes_2dgs_bwd, (params, bins, rules, *(array for _, array, _, _ in inputs)))
-    run_workers(kernel, *_tiles(params, bins, width, height, ROW_2DGS), rules.ctypes.data, *pointers)
+    _run_2dgs(library().lanes_2dgs_bwd, params, bins, width, height, inputs, run_workers)
