@@ -223,6 +223,27 @@ void lanes_2dgs_fwd(const double *params, const int64_t *tile_offsets, const int
     _mm_setcsr(saved_csr);
 }
 
+static inline void cross(const double a[3], const double b[3], double out[3]) {
+    out[0] = a[1] * b[2] - a[2] * b[1], out[1] = a[2] * b[0] - a[0] * b[2], out[2] = a[0] * b[1] - a[1] * b[0];
+}
+
+/* dL/dM (u, v, w rows) from the ray-splat branch's sums over pixels (x, y) of vc = dL/dc: A0 = sum vc,
+ * A1 = sum x vc, P0 = sum y vc (per lane, summed here). With c = h_u x h_v, h_u = x w - u, h_v = y w - v:
+ * dL/dh_u = h_v x vc and dL/dh_v = vc x h_u, so dL/du = -sum h_v x vc = v x A0 - w x P0,
+ * dL/dv = -sum vc x h_u = A0 x u - A1 x w and dL/dw = sum (x h_v x vc + y vc x h_u) = u x P0 - v x A1 (the
+ * w x w terms cancel). The scalar kernels apply the same rule per row. */
+static void surfel_grad(const Surfel *s, const __m512d a0[3], const __m512d a1[3], const __m512d p0[3], double *vM) {
+    double A0[3], A1[3], P0[3], t1[3], t2[3];
+    for (int i = 0; i < 3; i++)
+        A0[i] = _mm512_reduce_add_pd(a0[i]), A1[i] = _mm512_reduce_add_pd(a1[i]), P0[i] = _mm512_reduce_add_pd(p0[i]);
+    cross(s->v, A0, t1), cross(s->w, P0, t2);
+    for (int i = 0; i < 3; i++) vM[i] = t1[i] - t2[i];
+    cross(A0, s->u, t1), cross(A1, s->w, t2);
+    for (int i = 0; i < 3; i++) vM[3 + i] = t1[i] - t2[i];
+    cross(s->u, P0, t1), cross(s->v, A1, t2);
+    for (int i = 0; i < 3; i++) vM[6 + i] = t1[i] - t2[i];
+}
+
 /* per_isect [M, 19]: dL/d(mean x, mean y, M (9), opacity, 4 features, 3 normals) per intersection (zero where the
  * surfel reaches no pixel), as cpu_kernels.rasterize_2dgs_bwd fills it, from the forward's T_final, last,
  * median_idx and depth_total (its depth channel: the sum of w * depth) and the output gradients v_features
@@ -281,15 +302,14 @@ void lanes_2dgs_bwd(const double *params, const int64_t *tile_offsets, const int
             const __m512i vj = _mm512_set1_epi64(j);
             __m512d vf[CHANNELS], vo = zero, lowpass_x = zero, lowpass_y = zero;
             for (int k = 0; k < CHANNELS; k++) vf[k] = zero;
-            double vM[9] = {0}; /* dL/dM, row-major */
+            /* the ray-splat branch's dL/dc summed over the pixels as sum vc, sum x vc and sum y vc (x, y: pixel
+             * centres), per lane; they give dL/dM at the end (surfel_grad) */
+            __m512d a0[3] = {zero, zero, zero}, a1[3] = {zero, zero, zero}, p0[3] = {zero, zero, zero};
             for (int64_t y = s.ylo; y < s.yhi; y++) {
                 int r = (int)(y - t.y0);
                 double py = (double)y + 0.5, dy = s.my - py;
                 Planes q = row_planes(&s, py);
-                __m512d vdy = _mm512_set1_pd(dy);
-                /* sums over the row of dL/dc and x dL/dc (the ray-splat branch) */
-                __m512d s0x = zero, s0y = zero, s0z = zero, s1x = zero, s1y = zero, s1z = zero;
-                int any_ray = 0;
+                __m512d vdy = _mm512_set1_pd(dy), vpy = _mm512_set1_pd(py);
                 for (int h = 0; h < HALVES; h++) {
                     if (!(s.halves >> h & 1)) continue;
                     __mmask8 valid = _mm512_cmp_epi64_mask(vj, _mm512_load_si512(&lastb[r][8 * h]), _MM_CMPINT_LE);
@@ -342,13 +362,12 @@ void lanes_2dgs_bwd(const double *params, const int64_t *tile_offsets, const int
                         __m512d scale = _mm512_mul_pd(_mm512_mul_pd(v_sigma, inv_cz), inv_cz);
                         __m512d vcx = _mm512_mul_pd(scale, c.cx), vcy = _mm512_mul_pd(scale, c.cy);
                         __m512d vcz = _mm512_mul_pd(_mm512_sub_pd(zero, _mm512_mul_pd(v_sigma, c.g3)), inv_cz);
-                        s0x = _mm512_mask_add_pd(s0x, ray, s0x, vcx);
-                        s0y = _mm512_mask_add_pd(s0y, ray, s0y, vcy);
-                        s0z = _mm512_mask_add_pd(s0z, ray, s0z, vcz);
-                        s1x = _mm512_mask3_fmadd_pd(px[h], vcx, s1x, ray);
-                        s1y = _mm512_mask3_fmadd_pd(px[h], vcy, s1y, ray);
-                        s1z = _mm512_mask3_fmadd_pd(px[h], vcz, s1z, ray);
-                        any_ray = 1;
+                        __m512d vc[3] = {vcx, vcy, vcz};
+                        for (int i = 0; i < 3; i++) {
+                            a0[i] = _mm512_mask_add_pd(a0[i], ray, a0[i], vc[i]);
+                            a1[i] = _mm512_mask3_fmadd_pd(px[h], vc[i], a1[i], ray);
+                            p0[i] = _mm512_mask3_fmadd_pd(vpy, vc[i], p0[i], ray);
+                        }
                     }
                     /* low-pass: sigma = 0.5 lowpass |mean - pixel|^2 */
                     __m512d lv = _mm512_mul_pd(_mm512_set1_pd(rules->lowpass), v_sigma);
@@ -358,26 +377,11 @@ void lanes_2dgs_bwd(const double *params, const int64_t *tile_offsets, const int
                     _mm512_store_pd(&behind_wd[r][8 * h], _mm512_mask3_fmadd_pd(w, depth, B, hit));
                     _mm512_store_pd(&T[r][8 * h], _mm512_mask_mov_pd(Tv, hit, Tk));
                 }
-                if (!any_ray) continue;
-                /* c = h_u x h_v with h_u = x w - u, h_v = py w - v: dL/dh_u = h_v x vc, dL/dh_v = vc x h_u; summed
-                 * over the row: sum dL/dh_u = h_v x S0, sum x dL/dh_u = h_v x S1, sum dL/dh_v = S1 x w - S0 x u */
-                double S0[3] = {_mm512_reduce_add_pd(s0x), _mm512_reduce_add_pd(s0y), _mm512_reduce_add_pd(s0z)};
-                double S1[3] = {_mm512_reduce_add_pd(s1x), _mm512_reduce_add_pd(s1y), _mm512_reduce_add_pd(s1z)};
-                const double *u = s.u, *w = s.w, hv[3] = {q.hx, q.hy, q.hz};
-                for (int i = 0; i < 3; i++) {
-                    int i1 = (i + 1) % 3, i2 = (i + 2) % 3;
-                    double hu0 = hv[i1] * S0[i2] - hv[i2] * S0[i1];
-                    double hu1 = hv[i1] * S1[i2] - hv[i2] * S1[i1];
-                    double dhv = (S1[i1] * w[i2] - S1[i2] * w[i1]) - (S0[i1] * u[i2] - S0[i2] * u[i1]);
-                    vM[i] -= hu0;
-                    vM[3 + i] -= dhv;
-                    vM[6 + i] += hu1 + py * dhv;
-                }
             }
             double *out = per_isect + j * ROW;
             out[0] = _mm512_reduce_add_pd(lowpass_x);
             out[1] = _mm512_reduce_add_pd(lowpass_y);
-            for (int i = 0; i < 9; i++) out[2 + i] = vM[i];
+            surfel_grad(&s, a0, a1, p0, out + 2);
             out[11] = _mm512_reduce_add_pd(vo);
             for (int k = 0; k < CHANNELS; k++) out[GEOMETRY + k] = _mm512_reduce_add_pd(vf[k]);
         }
