@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -286,9 +287,128 @@ def test_2dgs_colour_only_renders_keep_the_spans_kernels(monkeypatch, use_lanes)
     assert all(torch.equal(a, b) for a, b in zip(with_lanes, with_spans))
 
 
-def test_the_kernels_refuse_arrays_they_would_read_wrongly():
-    import numpy as np
+def surfel_rows_2dgs(rng, n: int, focal: float, width: int, height: int, kind: str):
+    """n surfel rows (the kernels' layout: mean2d, M, opacity, RGB, depth, normal) of random surfels in front of a
+    pinhole camera. ``edge``: half of them with their plane through, or within 1e-12 to 1e-3 of, the camera centre
+    (images that are lines, hyperbolas or near-parabolas); ``far``: a third with their means2d up to 200 px off
+    (the low-pass disk away from the splat); ``opacity``: opacities at 1/255, just above it and 0.9995."""
+    K = np.array([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1.0]])
+    rows = np.zeros((n, 19))
+    for i in range(n):
+        mean = np.array([rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(0.3, 3)])
+        frame = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+        tu, tv = frame[:, 0] * np.exp(rng.uniform(-6, 0.5)), frame[:, 1] * np.exp(rng.uniform(-6, 0.5))
+        if kind == "edge" and rng.random() < 0.5:
+            normal = np.cross(tu, tv) / np.linalg.norm(np.cross(tu, tv))
+            mean -= normal * (normal @ mean) * (1 - (0.0 if rng.random() < 0.5 else 10.0 ** rng.uniform(-12, -3)))
+        M = K @ np.stack([tu, tv, mean], axis=1)
+        rows[i, 0:2] = M[0, 2] / M[2, 2], M[1, 2] / M[2, 2]
+        if kind == "far" and rng.random() < 0.3:
+            rows[i, 0:2] += rng.uniform(-200, 200, 2)
+        rows[i, 2:11] = M.reshape(-1)
+        choices = [1 / 255, (1 + 1e-12) / 255, 0.9995, rng.uniform(0.01, 1.0)]
+        rows[i, 11] = rng.choice(choices) if kind == "opacity" else rng.uniform(0.05, 0.99)
+        rows[i, 12:15], rows[i, 15], rows[i, 16:19] = rng.random(3), mean[2], rng.standard_normal(3)
+    return rows
 
+
+class EveryTile:
+    """Tile lists naming every surfel in every tile of one camera, in row order (so no binning decides anything)."""
+
+    def __init__(self, n: int, width: int, height: int):
+        from gfbench.methods.core import cpu_kernels as K
+
+        self.n_cameras, self.tile_width, self.tile_height = 1, -(-width // K.TILE_SIZE), -(-height // K.TILE_SIZE)
+        self.n_tiles = self.tile_width * self.tile_height
+        self.flatten_ids = np.tile(np.arange(n), self.n_tiles).astype(np.int64)
+        self.tile_offsets = np.arange(0, self.n_tiles * n + 1, n, dtype=np.int64)
+        self.n_isects = len(self.flatten_ids)
+
+
+def composite_2dgs(params, bins, width: int, height: int, how: str):
+    """Forward outputs and the backward rows of random output gradients, by ``how``: the numba kernels on their
+    spans (``spans``) or on every pixel of every tile (``full``), or the lanes kernels."""
+    from gfbench.methods.core import cpu_kernels as K
+
+    image = (1, height, width)
+    out = [np.empty((*image, 4)), np.empty((*image, 3))] + [np.empty(image) for _ in range(3)] + [
+        np.empty(image, dtype=np.int64) for _ in range(2)]
+    rng = np.random.default_rng(5)
+    grads = [rng.standard_normal((*image, 4)), rng.standard_normal((*image, 3))] + [
+        rng.standard_normal(image) for _ in range(3)]
+    rows = np.empty((bins.n_isects, params.shape[1]))
+    one = lambda kernel, *args: kernel(*args, 0, 1)  # noqa: E731
+    if how == "lanes":
+        lanes.forward_2dgs(params, bins, width, height, *out, one)
+    else:
+        pairs = np.zeros((bins.n_tiles, 2), dtype=np.int64)
+        K.rasterize_2dgs_fwd(params, bins.tile_offsets, bins.flatten_ids, bins.tile_width, bins.tile_height,
+                             how == "full", *out, pairs, 0, 1)
+    state = (out[2], out[5], out[6], np.ascontiguousarray(out[0][..., -1]))
+    if how == "lanes":
+        lanes.backward_2dgs(params, bins, width, height, *state, *grads, rows, one)
+    else:
+        K.rasterize_2dgs_bwd(params, bins.tile_offsets, bins.flatten_ids, bins.tile_width, bins.tile_height,
+                             how == "full", *state, *grads, rows, 0, 1)
+    return out, rows
+
+
+def assert_same_compositing(got, want, rtol: float = 1e-12):
+    (out, rows), (want_out, want_rows) = got, want
+    for a, b in zip(out, want_out):
+        if a.dtype == np.int64:  # last and median index: the same surfels composited at every pixel
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * max(1.0, np.abs(b).max()))
+    scale = np.maximum(np.abs(want_rows).max(axis=0), 1e-300)
+    assert (np.abs(rows - want_rows) / scale).max() < rtol
+
+
+@needs_lanes
+@pytest.mark.parametrize("kind", ["plain", "edge", "far", "opacity"])
+def test_2dgs_lanes_kernels_composite_the_pixels_of_whole_tiles(kind):
+    """At the kernels' level, against the numba kernels visiting every pixel of every tile (the definition of
+    what must be composited): the same last and median surfel at every pixel, values within 1e-12, gradient rows
+    within 1e-12 of their column's largest; surfels seen edge-on or nearly, far-off low-pass disks and opacities
+    at the thresholds included, on a 40x37 image (partial tiles)."""
+    width, height = 40, 37
+    for seed in range(6):
+        params = surfel_rows_2dgs(np.random.default_rng(seed), 60, 40.0, width, height, kind)
+        bins = EveryTile(len(params), width, height)
+        full = composite_2dgs(params, bins, width, height, "full")
+        assert_same_compositing(composite_2dgs(params, bins, width, height, "lanes"), full)
+        assert_same_compositing(composite_2dgs(params, bins, width, height, "spans"), full)
+
+
+@needs_lanes
+@pytest.mark.parametrize("transpose", [False, True], ids=["columns", "rows"])
+def test_a_surfel_whose_image_is_nearly_a_parabola_keeps_its_pixels(transpose):
+    """The disk's image one rounding step from a parabola (the dual conic's C*_ww about -1e-14): the textbook
+    quadratic formula put its near tangent at 18.3 px instead of 5 px and the lanes kernels composited none of the
+    48 pixels it covers (found in review); the tangents now come from the form without cancellation, and images
+    this close to a parabola count as unbounded."""
+    from gfbench.methods.core import cpu_kernels as K
+
+    opacity = 0.5
+    smax = math.log(opacity / K.ALPHA_THRESHOLD)
+    smax += K.SPAN_MARGIN * (1 + smax)
+    root_r2 = math.sqrt(2 * smax)
+    w = np.array([1.0, 0.0, root_r2 * (1 + 3 * 2.2e-16)])
+    u, v = np.array([-100.0, 0.0, 110 * root_r2]), np.array([0.0, 10.0, 8.0 * w[2]])
+    if transpose:
+        u, v = v, u
+    params = np.zeros((1, 19))
+    params[0, 0:2] = u[2] / w[2], v[2] / w[2]
+    params[0, 2:11] = np.stack([u, v, w]).reshape(-1)
+    params[0, 11], params[0, 12:16], params[0, 16:19] = opacity, (0.5, 0.5, 0.5, 2.0), 1.0
+    bins = EveryTile(1, 16, 16)
+    full = composite_2dgs(params, bins, 16, 16, "full")
+    assert (full[0][5] >= 0).sum() > 40
+    assert_same_compositing(composite_2dgs(params, bins, 16, 16, "lanes"), full)
+    assert_same_compositing(composite_2dgs(params, bins, 16, 16, "spans"), full)
+
+
+def test_the_kernels_refuse_arrays_they_would_read_wrongly():
     class Bins:
         n_tiles, n_cameras, tile_width, tile_height, n_isects = 1, 1, 1, 1, 0
         tile_offsets, flatten_ids = np.zeros(2, np.int64), np.zeros(0, np.int64)
@@ -301,3 +421,9 @@ def test_the_kernels_refuse_arrays_they_would_read_wrongly():
         lanes.forward(params.astype(np.float32), Bins, 8, 8, *good, lambda *a: None)
     with pytest.raises(ValueError, match=r"composite 4 features \(rows of 10\), got rows of 9"):
         lanes.forward(params[:, :9].copy(), Bins, 8, 8, *good, lambda *a: None)
+
+    class Inconsistent(Bins):  # the offsets promise an intersection that flatten_ids does not hold
+        tile_offsets = np.array([0, 1], np.int64)
+
+    with pytest.raises(ValueError, match=r"tile offsets \(2, ending at 1\) do not fit 1 tiles and 0 intersections"):
+        lanes.forward(params, Inconsistent, 8, 8, *good, lambda *a: None)

@@ -781,6 +781,9 @@ def project_2dgs_bwd(means, quats, scales, viewmats, Ks, radii, v_means2d, v_tra
 N_GEOM_3D = 6  # per-Gaussian row: mean x, mean y, conic a, b, c, opacity; then the D features
 SPAN_MARGIN = 1e-6  # relative slack on the ellipse's sigma bound, so rounding never shrinks a span
 PIXEL_MARGIN = 1e-3  # and slack in pixels on the solved row and column limits
+# A surfel's image whose leading quadratic coefficient is within this fraction of its terms' magnitude is taken as
+# unbounded (whole rows / tiles): near a parabola the near root loses its digits to cancellation.
+PARABOLIC_MARGIN = 1e-9
 
 
 @njit(**KERNEL_OPTIONS)
@@ -821,7 +824,10 @@ def ellipse_rows(mx, my, a, b, c, smax, y0, y1, full_tile):
 
 @njit(**KERNEL_OPTIONS)
 def pixel_range(lo_f, hi_f, start, stop):
-    """Pixels [lo, hi) within [start, stop) whose centre (index + 0.5) lies in [lo_f, hi_f], with slack."""
+    """Pixels [lo, hi) within [start, stop) whose centre (index + 0.5) lies in [lo_f, hi_f], with slack. The limits
+    are clamped to [start - 1, stop + 1] first, so that a huge one never overflows the integer conversion."""
+    lo_f = min(max(lo_f, start - 1.0), stop + 1.0)
+    hi_f = min(max(hi_f, start - 1.0), stop + 1.0)
     lo = max(start, int(math.ceil(lo_f - 0.5 - PIXEL_MARGIN)))
     hi = min(stop, int(math.floor(hi_f - 0.5 + PIXEL_MARGIN)) + 1)
     return lo, max(lo, hi)
@@ -1074,10 +1080,12 @@ def surfel_rows(g, smax, y0, y1, full_tile):
     c12 = r2 * (g[5] * g[8] + g[6] * g[9]) - g[7] * g[10]
     c22 = r2 * (g[8] * g[8] + g[9] * g[9]) - g[10] * g[10]
     disc = c12 * c12 - c11 * c22
-    if not (c22 < 0 and disc >= 0):
-        return y0, y1  # not a bounded ellipse: every row
-    root = math.sqrt(disc)
-    k1, k2 = (c12 + root) / c22, (c12 - root) / c22
+    bound = PARABOLIC_MARGIN * (r2 * (g[8] * g[8] + g[9] * g[9]) + g[10] * g[10])
+    if not (c22 < -bound and disc >= 0):
+        return y0, y1  # not a bounded ellipse (or nearly a parabola): every row
+    # the roots of c22 k^2 - 2 c12 k + c11 in the form without cancellation: q / c22 and c11 / q
+    q = c12 + math.copysign(math.sqrt(disc), c12)
+    k1, k2 = (q / c22, c11 / q) if q != 0 else (0.0, 0.0)
     return pixel_range(min(lo_f, min(k1, k2)), max(hi_f, max(k1, k2)), y0, y1)
 
 
@@ -1127,7 +1135,7 @@ def surfel_row_setup(g, smax, ylo, n_rows, x0, x1, full_tile, planes, spans):
         if rem >= 0:
             lo_f, hi_f = min(lo_f, mx - half), max(hi_f, mx + half)
         lo, hi = pixel_range(lo_f, hi_f, x0, x1)
-        if full_tile or not (A > 0):  # not a bounded ellipse: the whole row
+        if full_tile or not (A > PARABOLIC_MARGIN * (ax * ax + ay * ay + r2 * az * az)):  # unbounded: whole row
             lo, hi = x0, x1
         elif rem < 0 and not have_splat:
             lo, hi = x0, x0

@@ -9,7 +9,9 @@ one thread (``tests/perf/bench_compositing.py``) the 3DGS lanes kernels were 1.3
 (backward) as fast as the spans kernels, the 2DGS ones 1.22-1.90x and 1.16-1.71x: the more pixels per Gaussian, the
 more. Their float64 results agree with the spans kernels' to about 1e-13 relative, not to the bit; what reaches PyTorch
 is float32. Training can turn a last-bit difference into a visible one, as it does between CPUs, so each record names
-the compositing its job ran (``cpu_compositing``, beside ``host``).
+the compositing its job ran (``cpu_compositing``, beside ``host``). The kernels run with denormals flushed to zero
+(alpha times T can underflow, and denormal arithmetic is slow): an input below 2.2e-308 in magnitude reads as zero
+(a 2DGS ray-plane point with such a c_z is skipped as c_z = 0), where the spans kernels would use it.
 
 Why C with intrinsics and not numba: the same lane layout from numba (``bench_row_lanes.py``'s ``lanes64``) ran
 2.6x slower than the spans kernels, LLVM leaving the short per-row loops poorly vectorized. Why built on first use
@@ -210,6 +212,11 @@ def _tiles(params, bins, width: int, height: int, row_width: int) -> tuple:
     if bins.n_tiles != bins.n_cameras * bins.tile_width * bins.tile_height:
         raise ValueError(f"lanes kernels: {bins.n_tiles} tiles for {bins.n_cameras} cameras of "
                          f"{bins.tile_width} x {bins.tile_height}")
+    offsets, ids = bins.tile_offsets, bins.flatten_ids
+    if len(offsets) != bins.n_tiles + 1 or offsets[0] != 0 or offsets[-1] != len(ids) or len(ids) != bins.n_isects:
+        end = offsets[-1] if len(offsets) else None
+        raise ValueError(f"lanes kernels: tile offsets ({len(offsets)}, ending at {end}) do not fit {bins.n_tiles} "
+                         f"tiles and {len(ids)} intersections")
     return (_pointer(params, np.float64), _pointer(bins.tile_offsets, np.int64), _pointer(bins.flatten_ids, np.int64),
             bins.n_tiles, bins.tile_width, bins.tile_height, width, height)
 
@@ -251,7 +258,7 @@ def _rules_2dgs() -> np.ndarray:
     from . import cpu_kernels as K
 
     return np.array([K.MAX_ALPHA, K.ALPHA_THRESHOLD, K.MIN_TRANSMITTANCE, K.SPAN_MARGIN, K.PIXEL_MARGIN,
-                     K.LOWPASS_INV_SQUARE], dtype=np.float64)
+                     K.LOWPASS_INV_SQUARE, K.PARABOLIC_MARGIN], dtype=np.float64)
 
 
 def _run_2dgs(kernel, params, bins, width: int, height: int, arrays: tuple, run_workers) -> None:

@@ -24,7 +24,7 @@
 
 /* The rules of cpu_kernels, passed in by lanes.py so that each number lives in one place. */
 typedef struct {
-    double max_alpha, thr, min_transmittance, span_margin, pixel_margin, lowpass;
+    double max_alpha, thr, min_transmittance, span_margin, pixel_margin, lowpass, parabolic_margin;
 } Rules;
 
 /* One surfel as seen from one tile: the tile rows [ylo, yhi) and the 8-lane halves (bit h) its bounding box reaches;
@@ -39,6 +39,8 @@ typedef struct {
 /* Pixels [lo, hi) within [start, stop) whose centre lies in [lo_f, hi_f], with slack (cpu_kernels.pixel_range). */
 static void pixel_range(double lo_f, double hi_f, int64_t start, int64_t stop, double margin, int64_t *lo,
                         int64_t *hi) {
+    lo_f = fmin(fmax(lo_f, (double)start - 1.0), (double)stop + 1.0); /* no overflow in the conversions below */
+    hi_f = fmin(fmax(hi_f, (double)start - 1.0), (double)stop + 1.0);
     int64_t a = (int64_t)ceil(lo_f - 0.5 - margin), b = (int64_t)floor(hi_f - 0.5 + margin) + 1;
     *lo = a > start ? a : start;
     b = b < stop ? b : stop;
@@ -47,14 +49,17 @@ static void pixel_range(double lo_f, double hi_f, int64_t start, int64_t stop, d
 
 /* The two lines x = k (p the u row of M) or y = k (p the v row) tangent to the splat disk's image,
  * |c_xy / c_z|^2 <= r2: with the dual conic C* = M diag(r2, r2, -1) M^T, the roots of C*_ww k^2 - 2 C*_pw k + C*_pp
- * (cpu_kernels.surfel_rows, for rows). Returns 0 where the image is not a bounded ellipse. */
-static int tangents(const double *p, const double *w, double r2, double *k_lo, double *k_hi) {
+ * (cpu_kernels.surfel_rows, for rows). Returns 0 where the image is not a bounded ellipse or nearly a parabola. */
+static int tangents(const double *p, const double *w, double r2, double parabolic_margin, double *k_lo,
+                    double *k_hi) {
     double cpp = r2 * (p[0] * p[0] + p[1] * p[1]) - p[2] * p[2];
     double cpw = r2 * (p[0] * w[0] + p[1] * w[1]) - p[2] * w[2];
     double cww = r2 * (w[0] * w[0] + w[1] * w[1]) - w[2] * w[2];
     double disc = cpw * cpw - cpp * cww;
-    if (!(cww < 0 && disc >= 0)) return 0;
-    double root = sqrt(disc), k1 = (cpw + root) / cww, k2 = (cpw - root) / cww;
+    /* nearly a parabola: the near root would lose its digits to cancellation */
+    if (!(cww < -parabolic_margin * (r2 * (w[0] * w[0] + w[1] * w[1]) + w[2] * w[2]) && disc >= 0)) return 0;
+    double q = cpw + copysign(sqrt(disc), cpw); /* the roots q / cww and cpp / q: no cancellation */
+    double k1 = q != 0 ? q / cww : 0.0, k2 = q != 0 ? cpp / q : 0.0;
     *k_lo = fmin(k1, k2), *k_hi = fmax(k1, k2);
     return 1;
 }
@@ -70,10 +75,10 @@ static void surfel_at(Surfel *s, const double *row, const Tile *t, const Rules *
     double r2 = 2.0 * s->smax, lo, hi;
     int64_t xlo = t->x0, xhi = t->x1;
     s->ylo = t->y0, s->yhi = t->y1;
-    if (tangents(s->v, s->w, r2, &lo, &hi))
+    if (tangents(s->v, s->w, r2, rules->parabolic_margin, &lo, &hi))
         pixel_range(fmin(s->my - half, lo), fmax(s->my + half, hi), t->y0, t->y1, rules->pixel_margin, &s->ylo,
                     &s->yhi);
-    if (tangents(s->u, s->w, r2, &lo, &hi))
+    if (tangents(s->u, s->w, r2, rules->parabolic_margin, &lo, &hi))
         pixel_range(fmin(s->mx - half, lo), fmax(s->mx + half, hi), t->x0, t->x1, rules->pixel_margin, &xlo, &xhi);
     s->halves = 0;
     for (int h = 0; h < HALVES; h++)
