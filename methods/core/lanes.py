@@ -5,8 +5,8 @@ $GFBENCH_CPU_COMPOSITING chooses the CPU rasterizer's compositing, for 3DGS and 
 ``lanes`` where this machine can build and run them (AVX-512 and gcc) and ``spans`` elsewhere; ``spans`` and ``lanes``
 force one (``lanes`` where it cannot run is an error). ``spans`` are the numba kernels of :mod:`.cpu_kernels`, which
 visit each row's span of pixels; the lanes kernels run a tile row's 16 pixels as two 8-lane float64 AVX-512 vectors. On
-one thread (``tests/perf/bench_compositing.py``) the 3DGS lanes kernels were 1.35-1.85x (forward) and 1.45-2.06x
-(backward) as fast as the spans kernels, the 2DGS ones 1.22-1.90x and 1.16-1.71x: the more pixels per Gaussian, the
+one thread (``tests/perf/bench_compositing.py``) the 3DGS lanes kernels were 1.24-1.85x (forward) and 1.43-2.05x
+(backward) as fast as the spans kernels, the 2DGS ones 1.26-1.84x and 1.30-2.15x: the more pixels per Gaussian, the
 more. Their float64 results agree with the spans kernels' to about 1e-13 relative, not to the bit; what reaches PyTorch
 is float32. Training can turn a last-bit difference into a visible one, as it does between CPUs, so each record names
 the compositing its job ran (``cpu_compositing``, beside ``host``). The kernels run with denormals flushed to zero

@@ -14,26 +14,27 @@ difference between the backward rows relative to their column's largest magnitud
 
 Results
 -------
-2026-12-02 17:12 UTC, a 2-core Intel VM with AVX-512 (LLVM: rocketlake), the command above with ``--repeats 5``:
+2026-12-02 18:08 UTC, a 2-core Intel VM with AVX-512 (LLVM: rocketlake), the command above with ``--repeats 5``:
 
     kind        N     size | spans fwd lanes fwd     x | spans bwd lanes bwd     x |  max|d|   rel d index d
-    3dgs    20000  256x160 |     8.7ms     6.5ms 1.35x |    11.7ms     8.1ms 1.45x | 1.8e-14 1.5e-14       0
-    3dgs   300000  256x160 |    34.1ms    22.2ms 1.54x |    46.0ms    31.4ms 1.46x | 3.5e-15 1.6e-14       0
-    3dgs   100000  512x320 |    82.3ms    51.7ms 1.59x |   108.0ms    62.9ms 1.72x | 6.2e-15 2.5e-14       0
-    3dgs    20000  960x540 |    43.2ms    31.3ms 1.38x |    60.8ms    32.6ms 1.86x | 3.3e-14 3.2e-14       0
-    3dgs   100000  960x540 |   192.2ms   103.9ms 1.85x |   263.2ms   127.7ms 2.06x | 6.2e-15 2.7e-14       0
-    2dgs    20000  256x160 |     9.4ms     7.7ms 1.22x |    14.5ms    12.4ms 1.16x | 2.2e-15 4.7e-14       0
-    2dgs   300000  256x160 |    83.0ms    63.9ms 1.30x |   128.2ms   110.8ms 1.16x | 2.2e-15 6.8e-14       0
-    2dgs   100000  512x320 |    97.8ms    64.7ms 1.51x |   161.8ms   119.9ms 1.35x | 2.7e-15 3.6e-14       0
-    2dgs    20000  960x540 |    69.9ms    45.4ms 1.54x |   112.4ms    68.5ms 1.64x | 2.7e-15 4.1e-14       0
-    2dgs   100000  960x540 |   307.4ms   162.1ms 1.90x |   502.2ms   294.4ms 1.71x | 3.1e-15 3.6e-14       0
+    3dgs    20000  256x160 |     8.1ms     6.6ms 1.24x |    10.9ms     7.6ms 1.43x | 1.8e-14 1.5e-14       0
+    3dgs   300000  256x160 |    35.5ms    21.9ms 1.62x |    48.0ms    31.0ms 1.55x | 3.5e-15 1.6e-14       0
+    3dgs   100000  512x320 |    82.2ms    51.0ms 1.61x |   105.3ms    60.7ms 1.74x | 6.2e-15 2.5e-14       0
+    3dgs    20000  960x540 |    44.0ms    31.7ms 1.39x |    60.2ms    32.1ms 1.87x | 3.3e-14 3.2e-14       0
+    3dgs   100000  960x540 |   196.1ms   106.1ms 1.85x |   262.1ms   127.7ms 2.05x | 6.2e-15 2.7e-14       0
+    2dgs    20000  256x160 |    10.3ms     8.2ms 1.26x |    15.2ms    11.7ms 1.30x | 2.2e-15 9.0e-14       0
+    2dgs   300000  256x160 |    89.0ms    68.7ms 1.30x |   135.0ms   103.5ms 1.30x | 2.2e-15 6.8e-14       0
+    2dgs   100000  512x320 |   113.5ms    72.9ms 1.56x |   178.0ms   106.7ms 1.67x | 2.7e-15 3.8e-14       0
+    2dgs    20000  960x540 |    77.1ms    47.6ms 1.62x |   122.1ms    59.1ms 2.07x | 2.7e-15 6.4e-14       0
+    2dgs   100000  960x540 |   307.8ms   166.8ms 1.84x |   500.4ms   232.5ms 2.15x | 3.1e-15 5.9e-14       0
 
 The lanes kernels win everywhere, most where Gaussians cover many pixels; the last and median indices agree at
-every pixel. Two changes made that so at the small-surfel point (2DGS 300k on 256x160, where the first 2DGS lanes
+every pixel. Three changes made that so at the small-surfel point (2DGS 300k on 256x160, where the first 2DGS lanes
 kernels were 0.85x forward, 0.90x backward): every cache line of a Gaussian's row is prefetched (the kernels had
 fetched only the first of the 2DGS row's 152 bytes, and ``perf`` put 57% of the surfel set-up on the miss that
-followed), and exp's polynomial by Estrin's scheme rather than Horner's. With both, the 3DGS kernels went from
-1.05-1.56x / 1.18-1.75x to the numbers above as well.
+followed), exp's polynomial by Estrin's scheme rather than Horner's, and the 2DGS backward's dL/dM from per-lane sums
+over all of a surfel's pixels, once per surfel, instead of reductions per row (1.11-1.24x on the backward alone).
+The first two took the 3DGS kernels from 1.05-1.56x / 1.18-1.75x (14:30 UTC) to the numbers above as well.
 """
 
 from __future__ import annotations

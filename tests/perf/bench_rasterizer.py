@@ -45,9 +45,9 @@ probe can catch the shared cores busy and halve the rate, which would flatter th
 
 The scalar bound is not the machine's limit for this work, even in float64: the 3DGS compositing with a tile
 row's pixels as vector lanes, hand-written in C with AVX-512 intrinsics, float64, exp(-sigma) by a recurrence down
-the rows (the package's ``lanes`` compositing, ``methods/core/lanes_3dgs.c``) is 1.35-1.85x as fast forward and
-1.45-2.06x backward as the scalar kernels on one thread (``bench_compositing.py``), although it evaluates 2-5x the
-pairs; for 2DGS (``lanes_2dgs.c``, an exp per pixel) 1.22-1.90x and 1.16-1.71x. So the dgemm bound is the one
+the rows (the package's ``lanes`` compositing, ``methods/core/lanes_3dgs.c``) is 1.24-1.85x as fast forward and
+1.43-2.05x backward as the scalar kernels on one thread (``bench_compositing.py``), although it evaluates 2-5x the
+pairs; for 2DGS (``lanes_2dgs.c``, an exp per pixel) 1.26-1.84x and 1.30-2.15x. So the dgemm bound is the one
 to measure against. The work charged is the scalar algorithm's (the lanes kernels' extra pairs and the vector row
 set-up's extra slots are not counted; work counts always come from the spans kernels). With 300k Gaussians binning and the gradient reduction are memory-bound (per-Gaussian rows
 visited in depth order), which no flop count sees.
@@ -108,7 +108,7 @@ wall time, 9.3-29.0x in CPU seconds (``x cpu``, which the load moves less), agai
 13:49.
 
 Both kinds on the lanes kernels (17:12 UTC, ``auto``, after the 2DGS lanes kernels, the full-row prefetch and the
-Estrin exp; best dgemm 173.9, scalar 29.5): gfbench 28.7-183.7x faster than the reference wherever it ran (forward
+Estrin exp, before the 2DGS backward's per-surfel dL/dM; best dgemm 173.9, scalar 29.5): gfbench 28.7-183.7x faster than the reference wherever it ran (forward
 + backward, wall), memory 21-649 MB (the reference 0.7-13.0 GB), render-only 37-45% of forward + backward:
 
     3dgs    20000  256x160  bound   0.6 ms  x bound  28.7  x cpu  22.3  scalar bound   3.5 ms  x scalar  4.9
