@@ -69,6 +69,16 @@ def test_wheel_carries_specs_and_presets(wheel):
     assert not any(name.startswith("datasets/") for name in names)  # no top-level package shadowing HF datasets
 
 
+def test_wheel_carries_the_lanes_kernels_sources(wheel):
+    """The lanes kernels are built from their C sources on first use: each must be in the wheel."""
+    from gfbench.methods.core import lanes
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {source.suffix for source in lanes.SOURCES} == {".c", ".h"}
+    for source in lanes.SOURCES:
+        assert f"gfbench/methods/core/{source.name}" in names, source.name
+
+
 def test_wheel_carries_every_file_of_every_shipped_prior(wheel, source_tree):
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = [path for path in (source_tree / SHIPPED).rglob("*") if path.is_file()]
