@@ -133,6 +133,23 @@ Estrin exp, before the 2DGS backward's per-surfel dL/dM; best dgemm 173.9, scala
 2DGS moved from 19.9-40.5x (spans, 12:49) to 12.2-40.5x, most where images are large (100k on 960x540: 20.2 ->
 12.7x); 3DGS 8.8-33.4x. Still only one point (3DGS 100k on 960x540) is within 10x of the dgemm bound.
 
+2DGS again with the final kernels (18:17 UTC, ``--kinds 2dgs``, after the backward's per-surfel dL/dM and the
+near-parabola mend; best dgemm 172.9, scalar 29.7): 30.3-96.0x faster than the reference wherever it ran, memory
+32-640 MB, render-only 42-46% of forward + backward:
+
+    2dgs    20000  256x160  bound   0.7 ms  x bound  39.0  x cpu  29.0  scalar bound   4.2 ms  x scalar  6.7
+    2dgs    20000  512x320  bound   1.8 ms  x bound  29.0  x cpu  23.4  scalar bound  10.3 ms  x scalar  5.0
+    2dgs    20000  960x540  bound   5.3 ms  x bound  23.4  x cpu  19.4  scalar bound  31.0 ms  x scalar  4.0
+    2dgs   100000  256x160  bound   3.5 ms  x bound  24.4  x cpu  20.8  scalar bound  20.6 ms  x scalar  4.2
+    2dgs   100000  512x320  bound   8.7 ms  x bound  16.6  x cpu  14.8  scalar bound  50.5 ms  x scalar  2.9
+    2dgs   100000  960x540  bound  26.0 ms  x bound  10.9  x cpu  10.1  scalar bound 151.3 ms  x scalar  1.9
+    2dgs   300000  256x160  bound   6.5 ms  x bound  28.5  x cpu  24.4  scalar bound  37.6 ms  x scalar  4.9
+    2dgs   300000  512x320  bound  20.0 ms  x bound  16.7  x cpu  15.3  scalar bound 116.5 ms  x scalar  2.9
+    2dgs   300000  960x540  bound  56.0 ms  x bound  10.5  x cpu   9.8  scalar bound 326.4 ms  x scalar  1.8
+
+10.5-39.0x in wall time, 9.8-29.0x in CPU seconds: the large images are at the 10x line, the small ones (few pixels
+per surfel) 24-39x away, where the per-Gaussian stages and PyTorch's glue take most of the time.
+
 With either compositing the points farthest from both bounds are the small images: few pixels per Gaussian, so the
 per-Gaussian stages (projection, binning, gradient reduction, dtype conversions) and the autograd glue weigh most.
 At 3DGS 300k on 256x160 (105-115 ms a call when profiled) the kernels take about 84 ms: compositing 37 (forward
