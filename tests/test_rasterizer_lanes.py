@@ -408,6 +408,32 @@ def test_a_surfel_whose_image_is_nearly_a_parabola_keeps_its_pixels(transpose):
     assert_same_compositing(composite_2dgs(params, bins, 16, 16, "spans"), full)
 
 
+@needs_lanes
+def test_a_3dgs_gaussian_reaching_every_row_keeps_its_pixels():
+    """A conic with c = 1e-40 (a vertical stripe: its rows reach 1e20 px from the mean) overflowed the integer row
+    limits of the 3DGS lanes kernel, which then composited none of the stripe's pixels; the limits are clamped
+    before their conversion now (lanes_common.h's pixel_range, shared with the 2DGS kernel)."""
+    from gfbench.methods.core import cpu_kernels as K
+
+    width = height = 16
+    params = np.array([[8.3, 8.0, 1.0, 0.0, 1e-40, 0.8, 0.2, 0.4, 0.6, 3.0]])  # mean, conic, opacity, RGB, depth
+    bins = EveryTile(1, width, height)
+
+    def render(how):
+        out = [np.empty((1, height, width, 4)), np.empty((1, height, width)), np.empty((1, height, width), np.int64)]
+        if how == "lanes":
+            lanes.forward(params, bins, width, height, *out, lambda kernel, *args: kernel(*args, 0, 1))
+        else:
+            K.rasterize_3dgs_fwd(params, bins.tile_offsets, bins.flatten_ids, 1, 1, True, *out,
+                                 np.zeros((1, 2), np.int64), 0, 1)
+        return out
+
+    full, got = render("full"), render("lanes")
+    assert (full[2] >= 0).sum() == 7 * 16  # 7 columns of every row
+    np.testing.assert_array_equal(got[2], full[2])
+    np.testing.assert_allclose(got[0], full[0], rtol=0, atol=1e-14)
+
+
 def test_the_kernels_refuse_arrays_they_would_read_wrongly():
     class Bins:
         n_tiles, n_cameras, tile_width, tile_height, n_isects = 1, 1, 1, 1, 0

@@ -73,6 +73,12 @@ def active() -> str:
     return "lanes"
 
 
+def composite(feature_count: int) -> bool:
+    """Whether a render with ``feature_count`` features composites on the lanes kernels now: RGB + depth (what they
+    composite) and the compositing resolving to ``lanes``."""
+    return feature_count == FEATURES and active() == "lanes"
+
+
 @contextmanager
 def using(choice: str) -> Iterator[None]:
     """$GFBENCH_CPU_COMPOSITING set to ``choice`` inside the block (a job runs with the compositing its record
@@ -165,12 +171,11 @@ def _built() -> Path:
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    pointer, integer, real = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+    pointer, integer = ctypes.c_void_p, ctypes.c_int64
     head = [pointer, pointer, pointer] + [integer] * 5
-    lib.lanes_3dgs_fwd.argtypes = head + [real] * 5 + [pointer] * 3 + [integer] * 2
-    lib.lanes_3dgs_bwd.argtypes = head + [real] * 4 + [pointer] * 5 + [integer] * 2
-    lib.lanes_2dgs_fwd.argtypes = head + [pointer] * 8 + [integer] * 2
-    lib.lanes_2dgs_bwd.argtypes = head + [pointer] * 11 + [integer] * 2
+    # head, the rules, the arrays, worker and n_workers
+    for kernel, arrays in (("lanes_3dgs_fwd", 3), ("lanes_3dgs_bwd", 5), ("lanes_2dgs_fwd", 7), ("lanes_2dgs_bwd", 10)):
+        getattr(lib, kernel).argtypes = head + [pointer] * (1 + arrays) + [integer] * 2
     for kernel in (lib.lanes_3dgs_fwd, lib.lanes_3dgs_bwd, lib.lanes_2dgs_fwd, lib.lanes_2dgs_bwd):
         kernel.restype = None
     return lib
@@ -221,68 +226,55 @@ def _tiles(params, bins, width: int, height: int, row_width: int) -> tuple:
             bins.n_tiles, bins.tile_width, bins.tile_height, width, height)
 
 
-def forward(params, bins, width: int, height: int, colors, T_final, last, run_workers) -> None:
-    """Fill colors [C, H, W, 4], T_final [C, H, W] and last [C, H, W] as :func:`.cpu_kernels.rasterize_3dgs_fwd`
-    does, on ``run_workers``'s threads (:func:`.rasterize_cpu.run_workers`)."""
-    from . import cpu_kernels as K
-
-    C = bins.n_cameras
-    for name, array, shape in (("colors", colors, (C, height, width, FEATURES)),
-                               ("T_final", T_final, (C, height, width)), ("last", last, (C, height, width))):
-        _check_shape(name, array, shape)
-    rules = (K.MAX_ALPHA, K.ALPHA_THRESHOLD, K.MIN_TRANSMITTANCE, K.SPAN_MARGIN, K.PIXEL_MARGIN)
-    outputs = (_pointer(colors, np.float64), _pointer(T_final, np.float64), _pointer(last, np.int64))
-    kernel = _holding(library().lanes_3dgs_fwd, (params, bins, colors, T_final, last))
-    run_workers(kernel, *_tiles(params, bins, width, height, ROW_3DGS), *rules, *outputs)
-
-
-def backward(params, bins, width: int, height: int, T_final, last, v_colors, v_T, per_isect, run_workers) -> None:
-    """Fill per_isect [M, 10] as :func:`.cpu_kernels.rasterize_3dgs_bwd` does, from the forward's T_final and
-    last and the output gradients v_colors [C, H, W, 4] and v_T [C, H, W], on ``run_workers``'s threads."""
-    from . import cpu_kernels as K
-
-    C = bins.n_cameras
-    for name, array, shape in (("T_final", T_final, (C, height, width)), ("last", last, (C, height, width)),
-                               ("v_colors", v_colors, (C, height, width, FEATURES)), ("v_T", v_T, (C, height, width)),
-                               ("per_isect", per_isect, (bins.n_isects, ROW_3DGS))):
-        _check_shape(name, array, shape)
-    rules = (K.MAX_ALPHA, K.ALPHA_THRESHOLD, K.SPAN_MARGIN, K.PIXEL_MARGIN)
-    pointers = (_pointer(T_final, np.float64), _pointer(last, np.int64), _pointer(v_colors, np.float64),
-                _pointer(v_T, np.float64), _pointer(per_isect, np.float64))
-    kernel = _holding(library().lanes_3dgs_bwd, (params, bins, T_final, last, v_colors, v_T, per_isect))
-    run_workers(kernel, *_tiles(params, bins, width, height, ROW_3DGS), *rules, *pointers)
-
-
-def _rules_2dgs() -> np.ndarray:
-    """lanes_2dgs.c's Rules, in its field order, from cpu_kernels (where the numbers live)."""
+def rules() -> np.ndarray:
+    """lanes_common.h's Rules, in its field order, from cpu_kernels (where the numbers live)."""
     from . import cpu_kernels as K
 
     return np.array([K.MAX_ALPHA, K.ALPHA_THRESHOLD, K.MIN_TRANSMITTANCE, K.SPAN_MARGIN, K.PIXEL_MARGIN,
                      K.LOWPASS_INV_SQUARE, K.PARABOLIC_MARGIN], dtype=np.float64)
 
 
-def _run_2dgs(kernel, params, bins, width: int, height: int, arrays: tuple, run_workers) -> None:
-    """Check each (name, array, shape, dtype) of ``arrays``, then run ``kernel`` with the tiles, the rules and the
-    arrays' pointers in that order."""
+def _run(kernel, params, bins, width: int, height: int, row_width: int, arrays: tuple, run_workers) -> None:
+    """Check each (name, array, shape, dtype) of ``arrays``, then run ``kernel`` on ``run_workers``'s threads with the
+    tiles, the rules and the arrays' pointers in that order."""
     for name, array, shape, _ in arrays:
         _check_shape(name, array, shape)
-    rules = _rules_2dgs()
+    tiles = _tiles(params, bins, width, height, row_width)
     pointers = [_pointer(array, dtype) for _, array, _, dtype in arrays]
-    call = _holding(kernel, (params, bins, rules, *(array for _, array, _, _ in arrays)))
-    run_workers(call, *_tiles(params, bins, width, height, ROW_2DGS), rules.ctypes.data, *pointers)
+    values = rules()
+    call = _holding(kernel, (params, bins, values, *(array for _, array, _, _ in arrays)))
+    run_workers(call, *tiles, values.ctypes.data, *pointers)
+
+
+def forward(params, bins, width: int, height: int, colors, T_final, last, run_workers) -> None:
+    """Fill colors [C, H, W, 4], T_final [C, H, W] and last [C, H, W] as :func:`.cpu_kernels.rasterize_3dgs_fwd`
+    does, on ``run_workers``'s threads (:func:`.rasterize_cpu.run_workers`)."""
+    image = (bins.n_cameras, height, width)
+    outputs = (("colors", colors, (*image, FEATURES), np.float64), ("T_final", T_final, image, np.float64),
+               ("last", last, image, np.int64))
+    _run(library().lanes_3dgs_fwd, params, bins, width, height, ROW_3DGS, outputs, run_workers)
+
+
+def backward(params, bins, width: int, height: int, T_final, last, v_colors, v_T, per_isect, run_workers) -> None:
+    """Fill per_isect [M, 10] as :func:`.cpu_kernels.rasterize_3dgs_bwd` does, from the forward's T_final and
+    last and the output gradients v_colors [C, H, W, 4] and v_T [C, H, W], on ``run_workers``'s threads."""
+    image = (bins.n_cameras, height, width)
+    inputs = (("T_final", T_final, image, np.float64), ("last", last, image, np.int64),
+              ("v_colors", v_colors, (*image, FEATURES), np.float64), ("v_T", v_T, image, np.float64),
+              ("per_isect", per_isect, (bins.n_isects, ROW_3DGS), np.float64))
+    _run(library().lanes_3dgs_bwd, params, bins, width, height, ROW_3DGS, inputs, run_workers)
 
 
 def forward_2dgs(params, bins, width: int, height: int, features, normals, T_final, distort, median, last,
                  median_idx, run_workers) -> None:
     """Fill features [C, H, W, 4], normals [C, H, W, 3], T_final, distort, median, last and median_idx [C, H, W] as
     :func:`.cpu_kernels.rasterize_2dgs_fwd` does, on ``run_workers``'s threads."""
-    C = bins.n_cameras
-    image = (C, height, width)
+    image = (bins.n_cameras, height, width)
     outputs = (("features", features, (*image, FEATURES), np.float64), ("normals", normals, (*image, 3), np.float64),
                ("T_final", T_final, image, np.float64), ("distort", distort, image, np.float64),
                ("median", median, image, np.float64), ("last", last, image, np.int64),
                ("median_idx", median_idx, image, np.int64))
-    _run_2dgs(library().lanes_2dgs_fwd, params, bins, width, height, outputs, run_workers)
+    _run(library().lanes_2dgs_fwd, params, bins, width, height, ROW_2DGS, outputs, run_workers)
 
 
 def backward_2dgs(params, bins, width: int, height: int, T_final, last, median_idx, depth_total, v_features,
@@ -290,12 +282,11 @@ def backward_2dgs(params, bins, width: int, height: int, T_final, last, median_i
     """Fill per_isect [M, 19] as :func:`.cpu_kernels.rasterize_2dgs_bwd` does, from the forward's T_final, last,
     median_idx and depth_total [C, H, W] and the output gradients v_features [C, H, W, 4], v_normals [C, H, W, 3],
     v_T, v_distort and v_median [C, H, W], on ``run_workers``'s threads."""
-    C = bins.n_cameras
-    image = (C, height, width)
+    image = (bins.n_cameras, height, width)
     inputs = (("T_final", T_final, image, np.float64), ("last", last, image, np.int64),
               ("median_idx", median_idx, image, np.int64), ("depth_total", depth_total, image, np.float64),
               ("v_features", v_features, (*image, FEATURES), np.float64),
               ("v_normals", v_normals, (*image, 3), np.float64), ("v_T", v_T, image, np.float64),
               ("v_distort", v_distort, image, np.float64), ("v_median", v_median, image, np.float64),
               ("per_isect", per_isect, (bins.n_isects, ROW_2DGS), np.float64))
-    _run_2dgs(library().lanes_2dgs_bwd, params, bins, width, height, inputs, run_workers)
+    _run(library().lanes_2dgs_bwd, params, bins, width, height, ROW_2DGS, inputs, run_workers)

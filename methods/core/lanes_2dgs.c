@@ -22,11 +22,6 @@
 #define GEOMETRY 12 /* mean x, mean y, M (9, row-major), opacity */
 #define ROW (GEOMETRY + CHANNELS)
 
-/* The rules of cpu_kernels, passed in by lanes.py so that each number lives in one place. */
-typedef struct {
-    double max_alpha, thr, min_transmittance, span_margin, pixel_margin, lowpass, parabolic_margin;
-} Rules;
-
 /* One surfel as seen from one tile: the tile rows [ylo, yhi) and the 8-lane halves (bit h) its bounding box reaches;
  * ``ok`` is 0 for a surfel to skip. */
 typedef struct {
@@ -35,17 +30,6 @@ typedef struct {
     int64_t ylo, yhi;
     int ok, halves;
 } Surfel;
-
-/* Pixels [lo, hi) within [start, stop) whose centre lies in [lo_f, hi_f], with slack (cpu_kernels.pixel_range). */
-static void pixel_range(double lo_f, double hi_f, int64_t start, int64_t stop, double margin, int64_t *lo,
-                        int64_t *hi) {
-    lo_f = fmin(fmax(lo_f, (double)start - 1.0), (double)stop + 1.0); /* no overflow in the conversions below */
-    hi_f = fmin(fmax(hi_f, (double)start - 1.0), (double)stop + 1.0);
-    int64_t a = (int64_t)ceil(lo_f - 0.5 - margin), b = (int64_t)floor(hi_f - 0.5 + margin) + 1;
-    *lo = a > start ? a : start;
-    b = b < stop ? b : stop;
-    *hi = b > *lo ? b : *lo;
-}
 
 /* The two lines x = k (p the u row of M) or y = k (p the v row) tangent to the splat disk's image,
  * |c_xy / c_z|^2 <= r2: with the dual conic C* = M diag(r2, r2, -1) M^T, the roots of C*_ww k^2 - 2 C*_pw k + C*_pp

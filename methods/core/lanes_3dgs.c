@@ -40,19 +40,16 @@ static inline __m512d sigma8(const Splat *s, int h, double dy) {
                            _mm512_add_pd(s->qx[h], _mm512_set1_pd(0.5 * s->c * dy * dy)));
 }
 
-static void splat_at(Splat *s, const double *row, const Tile *t, const __m512d px[HALVES], double thr,
-                     double span_margin, double pixel_margin) {
+static void splat_at(Splat *s, const double *row, const Tile *t, const __m512d px[HALVES], const Rules *rules) {
+    double thr = rules->thr;
     s->mx = row[0], s->my = row[1], s->a = row[2], s->b = row[3], s->c = row[4], s->o = row[5];
     double det = s->a * s->c - s->b * s->b;
     s->ok = s->o >= thr && s->a > 0 && det > 0; /* the scalar kernels' sigma_bound and positive_definite */
     if (!s->ok) return;
     double smax = log(s->o / thr);
-    smax += span_margin * (1.0 + smax);
+    smax += rules->span_margin * (1.0 + smax);
     double ey = sqrt(2.0 * smax * s->a / det); /* cpu_kernels.ellipse_rows */
-    s->ylo = (int64_t)ceil(s->my - ey - 0.5 - pixel_margin);
-    s->yhi = (int64_t)floor(s->my + ey - 0.5 + pixel_margin) + 1;
-    if (s->ylo < t->y0) s->ylo = t->y0;
-    if (s->yhi > t->y1) s->yhi = t->y1;
+    pixel_range(s->my - ey, s->my + ey, t->y0, t->y1, rules->pixel_margin, &s->ylo, &s->yhi);
     double dy0 = s->my - ((double)s->ylo + 0.5), dy_last = s->my - ((double)s->yhi - 0.5);
     /* the recurrence where it is exact: sigma within RECURRENCE_RANGE at every lane of the first and last row (sigma
      * is convex along a lane's rows, so those bound the rows between), and |b dx| + |c dy| too */
@@ -90,9 +87,10 @@ static inline __m512d splat_row(Splat *s, int h, double dy) {
 /* colors [C, H, W, 4], T_final [C, H, W] and last [C, H, W] (index into flatten_ids, -1 if none), as
  * cpu_kernels.rasterize_3dgs_fwd fills them. */
 void lanes_3dgs_fwd(const double *params, const int64_t *tile_offsets, const int64_t *flatten_ids, int64_t n_tiles,
-                    int64_t tile_w, int64_t tile_h, int64_t width, int64_t height, double max_alpha, double thr,
-                    double min_transmittance, double span_margin, double pixel_margin, double *colors,
-                    double *T_final, int64_t *last, int64_t worker, int64_t n_workers) {
+                    int64_t tile_w, int64_t tile_h, int64_t width, int64_t height, const double *rule_values,
+                    double *colors, double *T_final, int64_t *last, int64_t worker, int64_t n_workers) {
+    const Rules *rules = (const Rules *)rule_values;
+    const double max_alpha = rules->max_alpha, thr = rules->thr, min_transmittance = rules->min_transmittance;
     double T[TILE][TILE] __attribute__((aligned(64)));
     double acc[FEATURES][TILE][TILE] __attribute__((aligned(64)));
     int64_t lastb[TILE][TILE] __attribute__((aligned(64)));
@@ -119,7 +117,7 @@ void lanes_3dgs_fwd(const double *params, const int64_t *tile_offsets, const int
             if (j + PREFETCH_AHEAD < tile_offsets[tile + 1])
                 prefetch_row(params + flatten_ids[j + PREFETCH_AHEAD] * ROW, ROW);
             const double *row = params + flatten_ids[j] * ROW;
-            splat_at(&s, row, &t, px, thr, span_margin, pixel_margin);
+            splat_at(&s, row, &t, px, rules);
             if (!s.ok) continue;
             __m512d vo = _mm512_set1_pd(s.o);
             for (int k = 0; k < FEATURES; k++) f[k] = _mm512_set1_pd(row[6 + k]);
@@ -168,10 +166,11 @@ void lanes_3dgs_fwd(const double *params, const int64_t *tile_offsets, const int
  * and the output gradients v_colors [C, H, W, 4] and v_T [C, H, W]. Per-Gaussian sums stay in vector accumulators
  * (both halves of a row in the same ones) and are summed across lanes once per intersection. */
 void lanes_3dgs_bwd(const double *params, const int64_t *tile_offsets, const int64_t *flatten_ids, int64_t n_tiles,
-                    int64_t tile_w, int64_t tile_h, int64_t width, int64_t height, double max_alpha, double thr,
-                    double span_margin, double pixel_margin, const double *T_final, const int64_t *last,
-                    const double *v_colors, const double *v_T, double *per_isect, int64_t worker,
-                    int64_t n_workers) {
+                    int64_t tile_w, int64_t tile_h, int64_t width, int64_t height, const double *rule_values,
+                    const double *T_final, const int64_t *last, const double *v_colors, const double *v_T,
+                    double *per_isect, int64_t worker, int64_t n_workers) {
+    const Rules *rules = (const Rules *)rule_values;
+    const double max_alpha = rules->max_alpha, thr = rules->thr;
     double T[TILE][TILE] __attribute__((aligned(64)));
     double later[TILE][TILE] __attribute__((aligned(64))); /* v_T T_final + sum over later Gaussians of w dL/dw */
     double gout[FEATURES][TILE][TILE] __attribute__((aligned(64)));
@@ -200,7 +199,7 @@ void lanes_3dgs_bwd(const double *params, const int64_t *tile_offsets, const int
         for (int64_t j = newest; j >= start; j--) {
             if (j - PREFETCH_AHEAD >= start) prefetch_row(params + flatten_ids[j - PREFETCH_AHEAD] * ROW, ROW);
             const double *row = params + flatten_ids[j] * ROW;
-            splat_at(&s, row, &t, px, thr, span_margin, pixel_margin);
+            splat_at(&s, row, &t, px, rules);
             if (!s.ok) continue;
             for (int k = 0; k < FEATURES; k++) f[k] = _mm512_set1_pd(row[6 + k]);
             /* dL/dsigma v summed as v dy, v dy^2, v dx, v dx dy and v dx^2, chained through sigma once at the end */

@@ -42,6 +42,25 @@ static inline void prefetch_row(const double *row, int n) {
     __builtin_prefetch(row + n - 1);
 }
 
+/* The compositing rules, from cpu_kernels (where the numbers live), in lanes.rules()'s order; each kernel reads
+ * those it needs. */
+typedef struct {
+    double max_alpha, thr, min_transmittance, span_margin, pixel_margin, lowpass, parabolic_margin;
+} Rules;
+
+/* Pixels [lo, hi) within [start, stop) whose centre lies in [lo_f, hi_f], with slack (cpu_kernels.pixel_range). The
+ * limits are clamped to [start - 1, stop + 1] first: a huge one (a near-singular conic's) never overflows the
+ * integer conversion. */
+static inline void pixel_range(double lo_f, double hi_f, int64_t start, int64_t stop, double margin, int64_t *lo,
+                               int64_t *hi) {
+    lo_f = fmin(fmax(lo_f, (double)start - 1.0), (double)stop + 1.0);
+    hi_f = fmin(fmax(hi_f, (double)start - 1.0), (double)stop + 1.0);
+    int64_t a = (int64_t)ceil(lo_f - 0.5 - margin), b = (int64_t)floor(hi_f - 0.5 + margin) + 1;
+    *lo = a > start ? a : start;
+    b = b < stop ? b : stop;
+    *hi = b > *lo ? b : *lo;
+}
+
 typedef struct {
     int64_t cam, x0, y0, x1, y1;
 } Tile;
