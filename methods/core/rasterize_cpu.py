@@ -275,8 +275,15 @@ class TileBins:
         self.isect_ids = np.empty(M, dtype=np.int64)
         run_workers(K.fill_tiles, boxes, self.order, *tiles, self.rank_offsets, cursors, self.flatten_ids,
                     self.slot_of, self.isect_ids, n_workers=n_workers)
-        # set by the forward rasterization (None after the lanes kernels, which do not count them)
-        self.pairs_evaluated = self.rows_evaluated = 0
+        self.pairs_evaluated = self.rows_evaluated = 0  # set by the forward rasterization (record_work)
+
+    def record_work(self, pairs: Optional[np.ndarray]) -> None:
+        """The forward's Gaussian-pixel pairs evaluated and Gaussian-rows set up, from its per-tile counts [n_tiles,
+        2]; None where the kernels did not count them (the lanes kernels), rather than a 0 that reads as no work."""
+        if pairs is None:
+            self.pairs_evaluated = self.rows_evaluated = None
+        else:
+            self.pairs_evaluated, self.rows_evaluated = (int(v) for v in pairs.sum(axis=0))
 
     @property
     def n_isects(self) -> int:
@@ -447,8 +454,8 @@ class RasterizeTiles3D(torch.autograd.Function):
         C, D = bins.n_cameras, features.shape[-1]
         colors, T = np.empty((C, height, width, D)), np.empty((C, height, width))
         last, pairs = np.empty((C, height, width), dtype=np.int64), np.zeros((bins.n_tiles, 2), dtype=np.int64)
-        ctx.lanes = D == lanes.FEATURES and lanes.active() == "lanes"
-        if ctx.lanes:  # the lanes kernels do not count their work
+        ctx.lanes = lanes.composite(D)
+        if ctx.lanes:
             lanes.forward(params, bins, width, height, colors, T, last, run_workers)
         else:
             run_workers(
@@ -458,10 +465,7 @@ class RasterizeTiles3D(torch.autograd.Function):
         ctx.bins, ctx.T, ctx.last, ctx.size = bins, T, last, (width, height)
         keep_rows_for_backward(ctx, params, backward_follows)
         ctx.shapes = [tuple(t.shape) for t in (means2d, conics, opacities, features)]
-        if ctx.lanes:  # not counted; None rather than a 0 that would read as "no work"
-            bins.pairs_evaluated = bins.rows_evaluated = None
-        else:
-            bins.pairs_evaluated, bins.rows_evaluated = (int(v) for v in pairs.sum(axis=0))
+        bins.record_work(None if ctx.lanes else pairs)  # the lanes kernels do not count their work
         return to_torch(colors, means2d.dtype), to_torch(T[..., None], means2d.dtype)
 
     @staticmethod

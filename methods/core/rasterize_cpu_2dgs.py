@@ -120,7 +120,7 @@ class RasterizeTiles2D(torch.autograd.Function):
         T, distort, median = (np.empty((C, height, width)) for _ in range(3))
         last, median_idx = (np.empty((C, height, width), dtype=np.int64) for _ in range(2))
         pairs = np.zeros((bins.n_tiles, 2), dtype=np.int64)
-        ctx.lanes = D == lanes.FEATURES and lanes.active() == "lanes"
+        ctx.lanes = lanes.composite(D)
         if ctx.lanes:
             lanes.forward_2dgs(params, bins, width, height, feats, norms, T, distort, median, last, median_idx,
                                run_workers)
@@ -133,10 +133,7 @@ class RasterizeTiles2D(torch.autograd.Function):
         keep_rows_for_backward(ctx, params, backward_follows)
         ctx.saved = (T, last, median_idx, feats[..., -1].copy())
         ctx.shapes = [tuple(t.shape) for t in (means2d, ray_transforms, opacities, features, normals)]
-        if ctx.lanes:  # the lanes kernels do not count their work; None rather than a 0 that reads as "no work"
-            bins.pairs_evaluated = bins.rows_evaluated = None
-        else:
-            bins.pairs_evaluated, bins.rows_evaluated = (int(v) for v in pairs.sum(axis=0))
+        bins.record_work(None if ctx.lanes else pairs)  # the lanes kernels do not count their work
         dtype = means2d.dtype
         return (to_torch(feats, dtype), to_torch(norms, dtype),
                 *(to_torch(a[..., None], dtype) for a in (T, distort, median)))
