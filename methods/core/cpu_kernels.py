@@ -51,12 +51,13 @@ Sections:
   backward sums dL/dc over a row and applies the cross-product rule once per row.
 
 Only the pixels where a Gaussian can reach alpha >= 1/255 are visited: for 3DGS sigma <= ln(255 o) is an
-ellipse, whose rows and per-row spans are solved in closed form; for 2DGS the image of the splat disk
-(rows from its dual conic, per-row spans from a quadratic in x) united with the low-pass disk, with the
-whole row or tile whenever the image is not a bounded ellipse (or is within :data:`PARABOLIC_MARGIN` of a
-parabola, where the near root of the quadratic is ill-conditioned; the roots come from the form without
-cancellation). Limits get a relative and a sub-pixel slack, and the exact test still decides each pixel, so the result equals visiting every pixel of the tile
-(``full_tile=True``, which the tests compare against) at a fraction of the pairs.
+ellipse, whose rows and per-row spans are solved in closed form; for 2DGS the image of the splat disk (rows
+from its dual conic, per-row spans from a quadratic in x) united with the low-pass disk, with the whole row or
+tile whenever the image is not a bounded ellipse (or is within :data:`PARABOLIC_MARGIN` of a parabola, where
+the near root of the quadratic is ill-conditioned; the roots come from the form without cancellation). Limits
+get a relative and a sub-pixel slack, and the exact test still decides each pixel, so the result equals
+visiting every pixel of the tile (``full_tile=True``, which the tests compare against) at a fraction of the
+pairs.
 
 A Gaussian's row set-up (the spans, the 2DGS ray planes, the 3DGS recurrence's two exps) is computed for a
 fixed number of row slots at once (:data:`ROW_BLOCK`, or the whole tile), branch-free, in vector code; the pixel
