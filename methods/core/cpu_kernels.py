@@ -463,11 +463,23 @@ def _fov_limits(K, width, height):
     return lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg
 
 
+@njit(**KERNEL_OPTIONS, inline="always")
+def store_projection(c, n, mx, my, c0, c1, c2, z, means2d, conics, depths, twins):
+    """One (camera, Gaussian)'s projection into the float64 outputs and their twins (see :func:`project_3dgs_fwd`)."""
+    means2d[c, n, 0], means2d[c, n, 1] = mx, my
+    conics[c, n, 0], conics[c, n, 1], conics[c, n, 2] = c0, c1, c2
+    depths[c, n] = z
+    twins[0][c, n, 0], twins[0][c, n, 1] = mx, my
+    twins[1][c, n, 0], twins[1][c, n, 1], twins[1][c, n, 2] = c0, c1, c2
+    twins[2][c, n] = z
+
+
 @njit(nogil=True, **KERNEL_OPTIONS)
 def project_3dgs_fwd(means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near, far,
-                     radius_clip, means2d, conics, depths, radii, worker, n_workers):
-    """Fill means2d [C, N, 2], conics [C, N, 3], depths [C, N], radii [C, N, 2] int32 (all zeroed; they
-    stay 0 where culled)."""
+                     radius_clip, means2d, conics, depths, radii, twins, worker, n_workers):
+    """Fill means2d [C, N, 2], conics [C, N, 3], depths [C, N], radii [C, N, 2] int32 (any contents: culled pairs
+    get zeros), and ``twins``, a tuple of arrays shaped as the first three, with the same values in their own dtype
+    (float32 for a float32 caller, as NumPy's astype rounds; or the same three arrays)."""
     C, N = viewmats.shape[0], means.shape[0]
     start, stop = block_share(C * N, worker, n_workers)
     if start >= stop:
@@ -482,6 +494,8 @@ def project_3dgs_fwd(means, quats, scales, opacities, viewmats, Ks, width, heigh
             c, n = c + 1, 0
             V, K = viewmats[c], Ks[c]
             lxp, lxn, lyp, lyn = _fov_limits(K, width, height)
+        store_projection(c, n, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, means2d, conics, depths, twins)
+        radii[c, n, 0], radii[c, n, 1] = 0, 0
         x = V[0, 0] * means[n, 0] + V[0, 1] * means[n, 1] + V[0, 2] * means[n, 2] + V[0, 3]
         y = V[1, 0] * means[n, 0] + V[1, 1] * means[n, 1] + V[1, 2] * means[n, 2] + V[1, 3]
         z = V[2, 0] * means[n, 0] + V[2, 1] * means[n, 1] + V[2, 2] * means[n, 2] + V[2, 3]
@@ -512,21 +526,32 @@ def project_3dgs_fwd(means, quats, scales, opacities, viewmats, Ks, width, heigh
         my = fy * y / z + K[1, 2]
         if not _inside_image(mx, my, rx, ry, width, height):
             continue
-        means2d[c, n, 0], means2d[c, n, 1] = mx, my
-        conics[c, n, 0], conics[c, n, 1], conics[c, n, 2] = cc / det, -b / det, a / det
-        depths[c, n] = z
+        store_projection(c, n, mx, my, cc / det, -b / det, a / det, z, means2d, conics, depths, twins)
         radii[c, n, 0], radii[c, n, 1] = int(rx), int(ry)
+
+
+@njit(**KERNEL_OPTIONS, inline="always")
+def store_sums(n, gm, gq, gs, v_means, v_quats, v_scales):
+    """Row n of the projections' gradient outputs from one Gaussian's float64 sums (converted to the outputs'
+    dtype as NumPy's astype converts)."""
+    for i in range(3):
+        v_means[n, i] = gm[i]
+        v_scales[n, i] = gs[i]
+    for i in range(4):
+        v_quats[n, i] = gq[i]
 
 
 @njit(nogil=True, **KERNEL_OPTIONS)
 def project_3dgs_bwd(means, quats, scales, viewmats, Ks, width, height, eps2d, radii, conics,
                      v_means2d, v_conics, v_depths, v_means, v_quats, v_scales, worker, n_workers):
-    """Add dL/dmeans [N, 3], dL/dquats [N, 4], dL/dscales [N, 3] (summed over cameras) to the zeroed
-    ``v_means``, ``v_quats``, ``v_scales``."""
+    """Fill ``v_means`` [N, 3], ``v_quats`` [N, 4] and ``v_scales`` [N, 3] (any contents, float32 or float64) with
+    dL/dmeans, dL/dquats and dL/dscales, summed over cameras in float64 and stored once in the arrays' dtype."""
     C, N = viewmats.shape[0], means.shape[0]
     start, stop = block_share(N, worker, n_workers)
     R, A, Sc, G, dA = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))
+    gm, gq, gs = np.empty(3), np.empty(4), np.empty(3)  # one Gaussian's sums over cameras
     for n in range(start, stop):
+        gm[:], gq[:], gs[:] = 0.0, 0.0, 0.0
         for c in range(C):
             if radii[c, n, 0] <= 0 or radii[c, n, 1] <= 0:
                 continue
@@ -598,7 +623,7 @@ def project_3dgs_bwd(means, quats, scales, viewmats, Ks, width, height, eps2d, r
             else:
                 vz += min(max(sy, -lyn), lyp) * vty
             for i in range(3):
-                v_means[n, i] += V[0, i] * vx + V[1, i] * vy + V[2, i] * vz
+                gm[i] += V[0, i] * vx + V[1, i] * vy + V[2, i] * vz
 
             # Sc = A A^T with A = R_cw R S: dL/dA = 2 G A (G symmetric); dL/d(R S) = R_cw^T dL/dA
             for i in range(3):
@@ -608,9 +633,10 @@ def project_3dgs_bwd(means, quats, scales, viewmats, Ks, width, height, eps2d, r
             for i in range(3):
                 for j in range(3):
                     dRS = V[0, i] * dA[0, j] + V[1, i] * dA[1, j] + V[2, i] * dA[2, j]
-                    v_scales[n, j] += dRS * R[i, j]
+                    gs[j] += dRS * R[i, j]
                     G[i, j] = dRS * s[j]  # G is now dL/dR
-            _quat_grad(G, w, qx, qy, qz, norm, v_quats[n])
+            _quat_grad(G, w, qx, qy, qz, norm, gq)
+        store_sums(n, gm, gq, gs, v_means, v_quats, v_scales)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -651,11 +677,22 @@ def surfel_transform(means, quats, scales, n, V, K):
             (h00, h01, h02, h10, h11, h12, h20, h21, h22))
 
 
+@njit(**KERNEL_OPTIONS, inline="always")
+def store_surfel(c, n, m, rows, depth, normal, means2d, transforms, depths, normals):
+    """One (camera, surfel)'s projection into :func:`project_2dgs_fwd`'s outputs (or their twins)."""
+    means2d[c, n, 0], means2d[c, n, 1] = m
+    for i in range(3):
+        transforms[c, n, i, 0], transforms[c, n, i, 1], transforms[c, n, i, 2] = rows[i]
+        normals[c, n, i] = normal[i]
+    depths[c, n] = depth
+
+
 @njit(nogil=True, **KERNEL_OPTIONS)
 def project_2dgs_fwd(means, quats, scales, viewmats, Ks, width, height, near, far, radius_clip,
-                     means2d, transforms, depths, normals, radii, worker, n_workers):
+                     means2d, transforms, depths, normals, radii, twins, worker, n_workers):
     """Fill means2d [C, N, 2], ray_transforms [C, N, 3, 3], depths [C, N], normals [C, N, 3] and radii
-    [C, N, 2] int32 (any contents: culled pairs get zeros). Branch-free, every intermediate a scalar: 1.7x
+    [C, N, 2] int32 (any contents: culled pairs get zeros), and ``twins`` (the first four's, as in
+    :func:`project_3dgs_fwd`). Branch-free, every intermediate a scalar: 1.7x
     faster than early exits with scratch matrices (as :func:`project_3dgs_fwd` still has), the same values to
     the bit."""
     C, N = viewmats.shape[0], means.shape[0]
@@ -685,25 +722,26 @@ def project_2dgs_fwd(means, quats, scales, viewmats, Ks, width, height, near, fa
         sign = 1.0 if -(rc02 * mc0 + rc12 * mc1 + rc22 * mc2) > 0 else -1.0  # facing the camera
         if not keep:
             sign = 0.0
-        means2d[c, n, 0], means2d[c, n, 1] = (mx, my) if keep else (0.0, 0.0)
-        normals[c, n, 0], normals[c, n, 1], normals[c, n, 2] = sign * rc02, sign * rc12, sign * rc22
-        t = transforms[c, n]
-        t[0, 0], t[0, 1], t[0, 2] = (h00, h01, h02) if keep else (0.0, 0.0, 0.0)
-        t[1, 0], t[1, 1], t[1, 2] = (h10, h11, h12) if keep else (0.0, 0.0, 0.0)
-        t[2, 0], t[2, 1], t[2, 2] = (h20, h21, h22) if keep else (0.0, 0.0, 0.0)
-        depths[c, n] = mc2 if keep else 0.0
+        m = (mx, my) if keep else (0.0, 0.0)
+        normal = (sign * rc02, sign * rc12, sign * rc22)
+        rows = ((h00, h01, h02), (h10, h11, h12), (h20, h21, h22)) if keep else ((0.0, 0.0, 0.0),) * 3
+        depth = mc2 if keep else 0.0
+        store_surfel(c, n, m, rows, depth, normal, means2d, transforms, depths, normals)
+        store_surfel(c, n, m, rows, depth, normal, twins[0], twins[1], twins[2], twins[3])
         radii[c, n, 0], radii[c, n, 1] = (int(rx), int(ry)) if keep else (0, 0)
 
 
 @njit(nogil=True, **KERNEL_OPTIONS)
 def project_2dgs_bwd(means, quats, scales, viewmats, Ks, radii, v_means2d, v_transforms, v_depths,
                      v_normals, v_means, v_quats, v_scales, worker, n_workers):
-    """Add dL/dmeans [N, 3], dL/dquats [N, 4], dL/dscales [N, 3] (the third scale gets none) to the
-    zeroed ``v_means``, ``v_quats``, ``v_scales``. Every intermediate a scalar: 1.8x faster than with scratch
-    matrices (as :func:`project_3dgs_bwd` still has), the same values to the bit."""
+    """Fill ``v_means`` [N, 3], ``v_quats`` [N, 4] and ``v_scales`` [N, 3] as :func:`project_3dgs_bwd` does (the third
+    scale gets none). Every intermediate a scalar: 1.8x faster than with scratch matrices (as
+    :func:`project_3dgs_bwd` still has), the same values to the bit."""
     C, N = viewmats.shape[0], means.shape[0]
     start, stop = block_share(N, worker, n_workers)
+    gm, gq, gs = np.empty(3), np.empty(4), np.empty(3)  # one surfel's sums over cameras
     for n in range(start, stop):
+        gm[:], gq[:], gs[:] = 0.0, 0.0, 0.0
         for c in range(C):
             if radii[c, n, 0] <= 0 or radii[c, n, 1] <= 0:
                 continue
@@ -748,32 +786,33 @@ def project_2dgs_bwd(means, quats, scales, viewmats, Ks, radii, v_means2d, v_tra
             vrc00, vrc01 = vwh00 * s0, vwh01 * s1
             vrc10, vrc11 = vwh10 * s0, vwh11 * s1
             vrc20, vrc21 = vwh20 * s0, vwh21 * s1
-            v_scales[n, 0] += rc00 * vwh00 + rc10 * vwh10 + rc20 * vwh20
-            v_scales[n, 1] += rc01 * vwh01 + rc11 * vwh11 + rc21 * vwh21
+            gs[0] += rc00 * vwh00 + rc10 * vwh10 + rc20 * vwh20
+            gs[1] += rc01 * vwh01 + rc11 * vwh11 + rc21 * vwh21
             sign = 1.0 if -(rc02 * mc0 + rc12 * mc1 + rc22 * mc2) > 0 else -1.0  # facing the camera
             vrc02 = sign * v_normals[c, n, 0]
             vrc12 = sign * v_normals[c, n, 1]
             vrc22 = sign * v_normals[c, n, 2]
             vmc0, vmc1, vmc2 = vwh02, vwh12, vwh22 + v_depths[c, n]
             # Rc = R_cw R: dL/dR = R_cw^T dL/dRc
-            v_means[n, 0] += V[0, 0] * vmc0 + V[1, 0] * vmc1 + V[2, 0] * vmc2
+            gm[0] += V[0, 0] * vmc0 + V[1, 0] * vmc1 + V[2, 0] * vmc2
             gr00 = V[0, 0] * vrc00 + V[1, 0] * vrc10 + V[2, 0] * vrc20
             gr01 = V[0, 0] * vrc01 + V[1, 0] * vrc11 + V[2, 0] * vrc21
             gr02 = V[0, 0] * vrc02 + V[1, 0] * vrc12 + V[2, 0] * vrc22
-            v_means[n, 1] += V[0, 1] * vmc0 + V[1, 1] * vmc1 + V[2, 1] * vmc2
+            gm[1] += V[0, 1] * vmc0 + V[1, 1] * vmc1 + V[2, 1] * vmc2
             gr10 = V[0, 1] * vrc00 + V[1, 1] * vrc10 + V[2, 1] * vrc20
             gr11 = V[0, 1] * vrc01 + V[1, 1] * vrc11 + V[2, 1] * vrc21
             gr12 = V[0, 1] * vrc02 + V[1, 1] * vrc12 + V[2, 1] * vrc22
-            v_means[n, 2] += V[0, 2] * vmc0 + V[1, 2] * vmc1 + V[2, 2] * vmc2
+            gm[2] += V[0, 2] * vmc0 + V[1, 2] * vmc1 + V[2, 2] * vmc2
             gr20 = V[0, 2] * vrc00 + V[1, 2] * vrc10 + V[2, 2] * vrc20
             gr21 = V[0, 2] * vrc01 + V[1, 2] * vrc11 + V[2, 2] * vrc21
             gr22 = V[0, 2] * vrc02 + V[1, 2] * vrc12 + V[2, 2] * vrc22
             vq0, vq1, vq2, vq3 = quaternion_grad(gr00, gr01, gr02, gr10, gr11, gr12, gr20, gr21, gr22,
                                                  w, qx, qy, qz, norm)
-            v_quats[n, 0] += vq0
-            v_quats[n, 1] += vq1
-            v_quats[n, 2] += vq2
-            v_quats[n, 3] += vq3
+            gq[0] += vq0
+            gq[1] += vq1
+            gq[2] += vq2
+            gq[3] += vq3
+        store_sums(n, gm, gq, gs, v_means, v_quats, v_scales)
 
 
 # ----------------------------------------------------------------------------------------------------

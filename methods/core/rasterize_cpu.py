@@ -193,12 +193,29 @@ def as_f64(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().numpy(), dtype=np.float64)
 
 
+def kernel_output(shape: tuple, dtype: torch.dtype) -> np.ndarray:
+    """An uninitialised array for a kernel that writes float32 or float64 (the projections' gradients): in ``dtype``
+    where it is one of those, so that the kernel's stores convert as :func:`to_torch` would, else float64 (pass it
+    through :func:`to_torch`)."""
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    return np.empty(shape, dtype=np_dtype)
+
+
+def output_twins(outputs: tuple, dtype: torch.dtype) -> tuple:
+    """For kernels that write their float64 outputs and a twin of each in the caller's dtype (the projections): new
+    float32 arrays shaped as ``outputs`` for a float32 caller, else ``outputs`` themselves (written twice)."""
+    if dtype == torch.float32:
+        return tuple(np.empty(x.shape, dtype=np.float32) for x in outputs)
+    return tuple(outputs)
+
+
 def to_torch(x: np.ndarray, dtype: torch.dtype) -> Tensor:
-    """A float64 kernel output as a tensor of the caller's dtype (converted by NumPy, see :func:`as_f64`),
-    C-contiguous when converted."""
-    if dtype == torch.float64:
+    """A kernel output as a tensor of the caller's dtype: shared where it has that dtype already, else converted by
+    NumPy (see :func:`as_f64`) into a C-contiguous copy."""
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    if x.dtype == np_dtype:
         return torch.from_numpy(x)
-    return torch.from_numpy(x.astype(torch.empty((), dtype=dtype).numpy().dtype, order="C"))
+    return torch.from_numpy(x.astype(np_dtype, order="C"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -342,16 +359,17 @@ class ProjectGaussians3D(torch.autograd.Function):
     def forward(ctx, means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near, far, clip, host):
         inputs = [as_f64(t) for t in (means, quats, scales, opacities, viewmats, Ks)]
         C, N = viewmats.shape[0], means.shape[0]
-        means2d, conics, depths = np.zeros((C, N, 2)), np.zeros((C, N, 3)), np.zeros((C, N))
-        radii = np.zeros((C, N, 2), dtype=np.int32)
+        shapes = ((C, N, 2), (C, N, 3), (C, N))
+        means2d, conics, depths = (np.empty(shape) for shape in shapes)
+        twins = output_twins((means2d, conics, depths), means.dtype)
+        radii = np.empty((C, N, 2), dtype=np.int32)
         run_workers(K.project_3dgs_fwd, *inputs, width, height, eps2d, near, far, clip, means2d, conics, depths,
-                    radii)
+                    radii, twins)
         host.update(means2d=means2d, conics=conics, depths=depths, radii=radii)
         ctx.inputs = inputs[:3] + inputs[4:]
         ctx.shape = (width, height, eps2d)
         ctx.radii, ctx.conics = radii, conics
-        dtype = means.dtype
-        out = (to_torch(means2d, dtype), to_torch(conics, dtype), to_torch(depths, dtype), torch.from_numpy(radii))
+        out = (*(to_torch(twin, means.dtype) for twin in twins), torch.from_numpy(radii))
         ctx.mark_non_differentiable(out[3])
         return out
 
@@ -360,7 +378,7 @@ class ProjectGaussians3D(torch.autograd.Function):
         means, quats, scales, viewmats, Ks = ctx.inputs
         width, height, eps2d = ctx.shape
         N = means.shape[0]
-        v_means, v_quats, v_scales = np.zeros((N, 3)), np.zeros((N, 4)), np.zeros((N, 3))
+        v_means, v_quats, v_scales = (kernel_output((N, k), v_means2d.dtype) for k in (3, 4, 3))
         run_workers(
             K.project_3dgs_bwd, means, quats, scales, viewmats, Ks, width, height, eps2d, ctx.radii, ctx.conics,
             as_f64(v_means2d), as_f64(v_conics), as_f64(v_depths), v_means, v_quats, v_scales,

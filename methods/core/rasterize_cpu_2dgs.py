@@ -36,6 +36,8 @@ from .rasterize_cpu import (
     gaussian_rows,
     grad_will_flow,
     keep_rows_for_backward,
+    kernel_output,
+    output_twins,
     run_workers,
     take_saved_rows,
     tile_info,
@@ -52,19 +54,20 @@ class ProjectSurfels(torch.autograd.Function):
     def forward(ctx, means, quats, scales, viewmats, Ks, width, height, near, far, clip, host):
         inputs = [as_f64(t) for t in (means, quats, scales, viewmats, Ks)]
         C, N = viewmats.shape[0], means.shape[0]
-        out = (np.zeros((C, N, 2)), np.zeros((C, N, 3, 3)), np.zeros((C, N)), np.zeros((C, N, 3)),
-               np.zeros((C, N, 2), dtype=np.int32))
-        run_workers(K.project_2dgs_fwd, *inputs, width, height, near, far, clip, *out)
+        out = (*(np.empty(shape) for shape in ((C, N, 2), (C, N, 3, 3), (C, N), (C, N, 3))),
+               np.empty((C, N, 2), dtype=np.int32))
+        twins = output_twins(out[:4], means.dtype)
+        run_workers(K.project_2dgs_fwd, *inputs, width, height, near, far, clip, *out, twins)
         host.update(zip(("means2d", "ray_transforms", "depths", "normals", "radii"), out))
         ctx.inputs, ctx.radii = inputs, out[4]
-        tensors = [to_torch(a, means.dtype) for a in out[:4]] + [torch.from_numpy(out[4])]
+        tensors = [to_torch(twin, means.dtype) for twin in twins] + [torch.from_numpy(out[4])]
         ctx.mark_non_differentiable(tensors[4])
         return tuple(tensors)
 
     @staticmethod
     def backward(ctx, v_means2d, v_transforms, v_depths, v_normals, _v_radii):
         N = ctx.inputs[0].shape[0]
-        grads = (np.zeros((N, 3)), np.zeros((N, 4)), np.zeros((N, 3)))
+        grads = tuple(kernel_output((N, k), v_means2d.dtype) for k in (3, 4, 3))
         run_workers(
             K.project_2dgs_bwd, *ctx.inputs, ctx.radii, as_f64(v_means2d), as_f64(v_transforms), as_f64(v_depths),
             as_f64(v_normals), *grads,
