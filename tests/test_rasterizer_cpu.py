@@ -617,6 +617,47 @@ def test_projection_kernels_match_autograd():
         assert_grads_close(got, want, rtol=1e-9)
 
 
+def _projection_kernels(params_dtype, grads_dtype, seed):
+    """The projection kernels run directly on ``make_scene`` parameters (float32 values) and random output gradients
+    (float32 values), fed in the given dtypes; their float64 outputs and gradients."""
+    from gfbench.methods.core import cpu_kernels as K
+
+    scene, (viewmats, Ks) = make_scene(500, seed=seed, size=3.0), make_cameras()
+    cameras = [viewmats.numpy(), Ks.numpy()]
+    C, N = viewmats.shape[0], 500
+    params = [scene[k].detach().float().numpy().astype(params_dtype) for k in ("means", "quats", "scales", "opacities")]
+    g = np.random.default_rng(seed)
+
+    def output_grads(*shapes):
+        return [g.standard_normal((C, N, *shape)).astype(np.float32).astype(grads_dtype) for shape in shapes]
+
+    out3 = [np.empty((C, N, 2)), np.empty((C, N, 3)), np.empty((C, N)), np.empty((C, N, 2), np.int32)]
+    K.project_3dgs_fwd(*params, *cameras, W, H, 0.3, 0.01, 1e10, 0.0, *out3, tuple(out3[:3]), 0, 1)
+    grads3 = [np.empty((N, k)) for k in (3, 4, 3)]
+    K.project_3dgs_bwd(*params[:3], *cameras, W, H, 0.3, out3[3], out3[1], *output_grads((2,), (3,), ()), *grads3,
+                       0, 1)
+    params2 = [p.astype(np.float64) for p in params[:3]]  # the 2DGS projection reads float64 copies of its parameters
+    out2 = [np.empty((C, N, 2)), np.empty((C, N, 3, 3)), np.empty((C, N)), np.empty((C, N, 3)),
+            np.empty((C, N, 2), np.int32)]
+    K.project_2dgs_fwd(*params2, *cameras, W, H, 0.01, 1e10, 0.0, *out2, tuple(out2[:4]), 0, 1)
+    grads2 = [np.empty((N, k)) for k in (3, 4, 3)]
+    K.project_2dgs_bwd(*params2, *cameras, out2[4], *output_grads((2,), (3, 3), (), (3,)), *grads2, 0, 1)
+    return out3 + grads3 + out2 + grads2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_projection_kernels_read_float32_as_their_float64_copies(seed):
+    """What the projections read as float32 (rasterize_cpu.as_kernel_input: the 3DGS parameters, both projections'
+    output gradients) gives the bits of its float64 copy: numba compiles a float32 specialization, and it must do
+    the same float64 arithmetic (numba keeps float32 * float32 in float32, and LLVM may fuse multiply-adds
+    differently in another specialization; it did for the 2DGS parameters, which therefore stay float64 copies)."""
+    wide = _projection_kernels(np.float64, np.float64, seed)
+    narrow = _projection_kernels(np.float32, np.float32, seed)
+    assert (wide[3] > 0).sum() > 200  # radii: most Gaussians are seen
+    for index, (got, want) in enumerate(zip(narrow, wide)):
+        assert got.dtype == want.dtype and np.array_equal(got, want), f"output {index} differs"
+
+
 def test_tile_lists_match_brute_force():
     """Per-tile lists: every Gaussian in each tile its box [mean - radius, mean + radius] overlaps, front to
     back by float32 depth with ties by Gaussian index (gsplat's stable radix sort), with gsplat's isect_ids

@@ -404,9 +404,10 @@ def _rotmat(q, R):
     this function and :func:`_camera_covariance` with only the rest in scalars did not help: the difference is
     in how LLVM fuses the later expressions' multiply-adds. So the scratch-matrix form stays until the 3DGS
     projection is rewritten with its tables made again."""
-    norm = math.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
+    q0, q1, q2, q3 = np.float64(q[0]), np.float64(q[1]), np.float64(q[2]), np.float64(q[3])
+    norm = math.sqrt(q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3)
     inv = 1.0 / max(norm, 1e-12)  # F.normalize's eps
-    w, x, y, z = q[0] * inv, q[1] * inv, q[2] * inv, q[3] * inv
+    w, x, y, z = q0 * inv, q1 * inv, q2 * inv, q3 * inv
     R[0, 0] = 1 - 2 * (y * y + z * z)
     R[0, 1] = 2 * (x * y - w * z)
     R[0, 2] = 2 * (x * z + w * y)
@@ -501,7 +502,7 @@ def project_3dgs_fwd(means, quats, scales, opacities, viewmats, Ks, width, heigh
         z = V[2, 0] * means[n, 0] + V[2, 1] * means[n, 1] + V[2, 2] * means[n, 2] + V[2, 3]
         if not (z >= near and z <= far):
             continue
-        o = opacities[n]
+        o = np.float64(opacities[n])
         if not (o >= ALPHA_THRESHOLD):
             continue
         _camera_covariance(quats[n], scales[n], V, R, A, Sc)

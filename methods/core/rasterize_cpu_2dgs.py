@@ -30,6 +30,7 @@ from .rasterize_cpu import (
     _cameras_need_grad,
     add_depth_channel,
     as_f64,
+    as_kernel_input,
     bin_tiles,
     camera_colors,
     finish_render,
@@ -52,7 +53,7 @@ class ProjectSurfels(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means, quats, scales, viewmats, Ks, width, height, near, far, clip, host):
-        inputs = [as_f64(t) for t in (means, quats, scales, viewmats, Ks)]
+        inputs = [as_f64(t) for t in (means, quats, scales, viewmats, Ks)]  # float64 copies: see as_kernel_input
         C, N = viewmats.shape[0], means.shape[0]
         out = (*(np.empty(shape) for shape in ((C, N, 2), (C, N, 3, 3), (C, N), (C, N, 3))),
                np.empty((C, N, 2), dtype=np.int32))
@@ -69,8 +70,8 @@ class ProjectSurfels(torch.autograd.Function):
         N = ctx.inputs[0].shape[0]
         grads = tuple(kernel_output((N, k), v_means2d.dtype) for k in (3, 4, 3))
         run_workers(
-            K.project_2dgs_bwd, *ctx.inputs, ctx.radii, as_f64(v_means2d), as_f64(v_transforms), as_f64(v_depths),
-            as_f64(v_normals), *grads,
+            K.project_2dgs_bwd, *ctx.inputs, ctx.radii,
+            *(as_kernel_input(g) for g in (v_means2d, v_transforms, v_depths, v_normals)), *grads,
         )
         return (*[to_torch(g, v_means2d.dtype) for g in grads], None, None, None, None, None, None, None, None)
 
