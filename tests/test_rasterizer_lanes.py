@@ -338,13 +338,16 @@ def composite_2dgs(params, bins, width: int, height: int, how: str):
         rng.standard_normal(image) for _ in range(3)]
     rows = np.empty((bins.n_isects, params.shape[1]))
     one = lambda kernel, *args: kernel(*args, 0, 1)  # noqa: E731
+    depth_total = np.ascontiguousarray(out[0][..., -1])
     if how == "lanes":
-        lanes.forward_2dgs(params, bins, width, height, *out, one)
+        lanes.forward_2dgs(params, bins, width, height, *out, depth_total, one)
+        np.testing.assert_array_equal(depth_total, out[0][..., -1])  # the kernel's copy of the depth channel
     else:
         pairs = np.zeros((bins.n_tiles, 2), dtype=np.int64)
         K.rasterize_2dgs_fwd(params, bins.tile_offsets, bins.flatten_ids, bins.tile_width, bins.tile_height,
                              how == "full", *out, pairs, 0, 1)
-    state = (out[2], out[5], out[6], np.ascontiguousarray(out[0][..., -1]))
+        depth_total = np.ascontiguousarray(out[0][..., -1])
+    state = (out[2], out[5], out[6], depth_total)
     if how == "lanes":
         lanes.backward_2dgs(params, bins, width, height, *state, *grads, rows, one)
     else:
@@ -432,6 +435,84 @@ def test_a_3dgs_gaussian_reaching_every_row_keeps_its_pixels():
     assert (full[2] >= 0).sum() == 7 * 16  # 7 columns of every row
     np.testing.assert_array_equal(got[2], full[2])
     np.testing.assert_allclose(got[0], full[0], rtol=0, atol=1e-14)
+
+
+def gaussian_rows_3dgs(rng, n: int, width: int, height: int):
+    """n 3DGS rows (mean2d, conic a, b, c, opacity, RGB, depth) of random ellipses of 1-6 px inside the image."""
+    rows = np.zeros((n, 10))
+    for i in range(n):
+        axes = np.linalg.qr(rng.standard_normal((2, 2)))[0]
+        cov = axes @ np.diag(rng.uniform(1, 6, 2) ** 2) @ axes.T
+        conic = np.linalg.inv(cov)
+        rows[i, 0:2] = rng.uniform(0, width), rng.uniform(0, height)
+        rows[i, 2:5] = conic[0, 0], conic[0, 1], conic[1, 1]
+        rows[i, 5] = rng.uniform(0.05, 0.99)
+        rows[i, 6:9], rows[i, 9] = rng.random(3), rng.uniform(1, 5)
+    return rows
+
+
+def composite_io(kind: str, params, bins, width: int, height: int, io):
+    """The lanes kernels' forward and backward with the caller's images (outputs, output gradients) in ``io``
+    (float32 or float64): the images, the float64 state and the backward rows. The output gradients are random
+    float32 values, a fifth of them float32 denormals."""
+    image, one = (1, height, width), (lambda kernel, *args: kernel(*args, 0, 1))
+    rng = np.random.default_rng(9)
+    shapes = [(*image, 4), image] if kind == "3dgs" else [(*image, 4), (*image, 3), image, image, image]
+    grads = []
+    for shape in shapes:
+        g = rng.standard_normal(shape).astype(np.float32)
+        g[rng.random(shape) < 0.2] = np.float32(3e-40)
+        grads.append(g.astype(io))
+    T, last = np.empty(image), np.empty(image, np.int64)
+    T_out = np.empty(image, np.float32) if io == np.float32 else None
+    rows = np.empty((bins.n_isects, params.shape[1]))
+    if kind == "3dgs":
+        colors = np.empty((*image, 4), io)
+        lanes.forward(params, bins, width, height, colors, T, last, one, T_out)
+        lanes.backward(params, bins, width, height, T, last, *grads, rows, one)
+        return [colors, T if T_out is None else T_out], [T, last], rows
+    feats, norms, distort, median = (np.empty(shape, io) for shape in shapes[:2] + [image, image])
+    median_idx, depth_total = np.empty(image, np.int64), np.empty(image)
+    lanes.forward_2dgs(params, bins, width, height, feats, norms, T, distort, median, last, median_idx, depth_total,
+                       one, T_out)
+    lanes.backward_2dgs(params, bins, width, height, T, last, median_idx, depth_total, *grads, rows, one)
+    return [feats, norms, T if T_out is None else T_out, distort, median], [T, last, median_idx, depth_total], rows
+
+
+@needs_lanes
+@pytest.mark.parametrize("kind", ["3dgs", "2dgs"])
+def test_float32_images_are_the_float64_ones_as_numpy_converts_them(kind):
+    """The lanes kernels write a float32 caller's images and read its gradients in float32: the float64 outputs
+    converted as NumPy converts them, and the backward of the float64 copies, to the bit, denormal float32 values
+    included (the kernels flush denormals while they composite, not while they convert)."""
+    rng = np.random.default_rng(3)
+    width, height, n = 40, 24, 30
+    if kind == "3dgs":
+        params = gaussian_rows_3dgs(rng, n, width, height)
+        params[:, 6] *= 1e-39  # red channels whose composites are float32 denormals
+    else:
+        params = surfel_rows_2dgs(rng, n, 40.0, width, height, "plain")
+        params[:, 12] *= 1e-39
+    bins = EveryTile(n, width, height)
+    images32, state32, rows32 = composite_io(kind, params, bins, width, height, np.float32)
+    images64, state64, rows64 = composite_io(kind, params, bins, width, height, np.float64)
+    tiny = np.finfo(np.float32).tiny
+    assert ((np.abs(images32[0]) < tiny) & (images32[0] != 0)).sum() > 10  # denormal outputs were written
+    for got, want in zip(images32, images64):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want.astype(np.float32))
+    for got, want in zip(state32, state64):
+        np.testing.assert_array_equal(got, want)
+    assert np.abs(rows64).max() > 0
+    np.testing.assert_array_equal(rows32, rows64)
+
+
+def test_the_kernels_take_the_callers_images_in_one_dtype():
+    with pytest.raises(ValueError, match=r"all in float32 or all in float64, got v_colors float32, v_T float64"):
+        lanes.io_flag(v_colors=np.zeros(2, np.float32), v_T=np.zeros(2))
+    with pytest.raises(ValueError, match=r"got colors float16"):
+        lanes.io_flag(colors=np.zeros(2, np.float16))
+    assert lanes.io_flag(a=np.zeros(2, np.float32)) == 1 and lanes.io_flag(a=np.zeros(2)) == 0
 
 
 def test_the_kernels_refuse_arrays_they_would_read_wrongly():

@@ -9,7 +9,10 @@ one thread (``tests/perf/bench_compositing.py``) the 3DGS lanes kernels were 1.2
 (backward) as fast as the spans kernels, the 2DGS ones 1.26-1.84x and 1.30-2.15x: the more pixels per Gaussian, the
 more. Their float64 results agree with the spans kernels' to about 1e-13 relative, not to the bit; what reaches PyTorch
 is float32. Training can turn a last-bit difference into a visible one, as it does between CPUs, so each record names
-the compositing its job ran (``cpu_compositing``, beside ``host``). The kernels run with denormals flushed to zero
+the compositing its job ran (``cpu_compositing``, beside ``host``). The caller's images (colours, alpha, normals,
+distortion, median depth, and their gradients) are written and read in its dtype, float32 or float64, converted as
+NumPy converts (at 960x540 that spared 7-14 ms of conversions a forward + backward); the state the backward reads stays
+float64. The kernels run with denormals flushed to zero
 (alpha times T can underflow, and denormal arithmetic is slow): an input below 2.2e-308 in magnitude reads as zero
 (a 2DGS ray-plane point with such a c_z is skipped as c_z = 0), where the spans kernels would use it.
 
@@ -171,18 +174,21 @@ def _built() -> Path:
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    pointer, integer = ctypes.c_void_p, ctypes.c_int64
-    head = [pointer, pointer, pointer] + [integer] * 5
-    # head, the rules, the arrays, worker and n_workers
-    for kernel, arrays in (("lanes_3dgs_fwd", 3), ("lanes_3dgs_bwd", 5), ("lanes_2dgs_fwd", 7), ("lanes_2dgs_bwd", 10)):
-        getattr(lib, kernel).argtypes = head + [pointer] * (1 + arrays) + [integer] * 2
-    for kernel in (lib.lanes_3dgs_fwd, lib.lanes_3dgs_bwd, lib.lanes_2dgs_fwd, lib.lanes_2dgs_bwd):
-        kernel.restype = None
+    P, I = ctypes.c_void_p, ctypes.c_int64  # noqa: N806 (pointer, integer: the C signatures, letter by letter)
+    head = [P, P, P, I, I, I, I, I, P]  # params, tile_offsets, flatten_ids, tiles, image size, the rules
+    # then each kernel's arrays and io_f32 in its C order, then worker and n_workers
+    for kernel, args in (("lanes_3dgs_fwd", [P, P, P, P, I]), ("lanes_3dgs_bwd", [P, P, P, P, I, P]),
+                         ("lanes_2dgs_fwd", [P] * 9 + [I]), ("lanes_2dgs_bwd", [P] * 9 + [I, P])):
+        getattr(lib, kernel).argtypes = head + args + [I, I]
+        getattr(lib, kernel).restype = None
     return lib
 
 
-def _pointer(array, dtype) -> int:
-    """The data pointer of a C-contiguous array of ``dtype`` (anything else would be read wrongly by the kernels)."""
+def _pointer(array, dtype) -> Optional[int]:
+    """The data pointer of a C-contiguous array of ``dtype`` (anything else would be read wrongly by the kernels); None
+    (NULL) for None."""
+    if array is None:
+        return None
     if array.dtype != np.dtype(dtype) or not array.flags.c_contiguous:
         raise ValueError(f"the lanes kernels take C-contiguous {np.dtype(dtype)} arrays, got {array.dtype} "
                          f"{'contiguous' if array.flags.c_contiguous else 'strided'} of shape {array.shape}")
@@ -234,59 +240,91 @@ def rules() -> np.ndarray:
                      K.LOWPASS_INV_SQUARE, K.PARABOLIC_MARGIN], dtype=np.float64)
 
 
-def _run(kernel, params, bins, width: int, height: int, row_width: int, arrays: tuple, run_workers) -> None:
-    """Check each (name, array, shape, dtype) of ``arrays``, then run ``kernel`` on ``run_workers``'s threads with the
-    tiles, the rules and the arrays' pointers in that order."""
+def io_flag(**images) -> int:
+    """The kernels' ``io_f32`` for the images a caller reads or writes (keyword: name): 1 where all are float32, 0
+    where all are float64."""
+    dtypes = {np.dtype(image.dtype) for image in images.values()}
+    if dtypes == {np.dtype(np.float32)}:
+        return 1
+    if dtypes == {np.dtype(np.float64)}:
+        return 0
+    described = ", ".join(f"{name} {image.dtype}" for name, image in images.items())
+    raise ValueError(f"the lanes kernels read and write the caller's images all in float32 or all in float64, got "
+                     f"{described}")
+
+
+def _run(kernel, params, bins, width: int, height: int, row_width: int, args: tuple, run_workers) -> None:
+    """Check each (name, array or None, shape, dtype) of ``args``, then run ``kernel`` on ``run_workers``'s threads with
+    the tiles, the rules and the arrays' pointers (NULL for None) in that order; an int among ``args`` is passed as
+    it is."""
+    arrays = [arg for arg in args if not isinstance(arg, int) and arg[1] is not None]
     for name, array, shape, _ in arrays:
         _check_shape(name, array, shape)
     tiles = _tiles(params, bins, width, height, row_width)
-    pointers = [_pointer(array, dtype) for _, array, _, dtype in arrays]
     values = rules()
+    passed = [arg if isinstance(arg, int) else _pointer(arg[1], arg[3]) for arg in args]
     call = _holding(kernel, (params, bins, values, *(array for _, array, _, _ in arrays)))
-    run_workers(call, *tiles, values.ctypes.data, *pointers)
+    run_workers(call, *tiles, values.ctypes.data, *passed)
 
 
-def forward(params, bins, width: int, height: int, colors, T_final, last, run_workers) -> None:
-    """Fill colors [C, H, W, 4], T_final [C, H, W] and last [C, H, W] as :func:`.cpu_kernels.rasterize_3dgs_fwd`
-    does, on ``run_workers``'s threads (:func:`.rasterize_cpu.run_workers`)."""
+def forward(params, bins, width: int, height: int, colors, T_final, last, run_workers, T_out=None) -> None:
+    """Fill colors [C, H, W, 4], T_final [C, H, W] (float64) and last [C, H, W] as
+    :func:`.cpu_kernels.rasterize_3dgs_fwd` does, on ``run_workers``'s threads (:func:`.rasterize_cpu.run_workers`).
+    ``colors`` may be float32 (the caller's dtype: written as NumPy's astype would convert); then ``T_out`` [C, H, W]
+    float32 gets T_final's float32 copy."""
     image = (bins.n_cameras, height, width)
-    outputs = (("colors", colors, (*image, FEATURES), np.float64), ("T_final", T_final, image, np.float64),
-               ("last", last, image, np.int64))
-    _run(library().lanes_3dgs_fwd, params, bins, width, height, ROW_3DGS, outputs, run_workers)
+    io_f32 = io_flag(colors=colors, **({} if T_out is None else {"T_out": T_out}))
+    if io_f32 and T_out is None:
+        raise ValueError("lanes kernels: a float32 forward writes T_out too")
+    io = np.float32 if io_f32 else np.float64
+    args = (("colors", colors, (*image, FEATURES), io), ("T_final", T_final, image, np.float64),
+            ("last", last, image, np.int64), ("T_out", T_out, image, np.float32), io_f32)
+    _run(library().lanes_3dgs_fwd, params, bins, width, height, ROW_3DGS, args, run_workers)
 
 
 def backward(params, bins, width: int, height: int, T_final, last, v_colors, v_T, per_isect, run_workers) -> None:
     """Fill per_isect [M, 10] as :func:`.cpu_kernels.rasterize_3dgs_bwd` does, from the forward's T_final and
-    last and the output gradients v_colors [C, H, W, 4] and v_T [C, H, W], on ``run_workers``'s threads."""
+    last and the output gradients v_colors [C, H, W, 4] and v_T [C, H, W] (both float32 or both float64), on
+    ``run_workers``'s threads."""
     image = (bins.n_cameras, height, width)
-    inputs = (("T_final", T_final, image, np.float64), ("last", last, image, np.int64),
-              ("v_colors", v_colors, (*image, FEATURES), np.float64), ("v_T", v_T, image, np.float64),
-              ("per_isect", per_isect, (bins.n_isects, ROW_3DGS), np.float64))
-    _run(library().lanes_3dgs_bwd, params, bins, width, height, ROW_3DGS, inputs, run_workers)
+    io_f32 = io_flag(v_colors=v_colors, v_T=v_T)
+    io = np.float32 if io_f32 else np.float64
+    args = (("T_final", T_final, image, np.float64), ("last", last, image, np.int64),
+            ("v_colors", v_colors, (*image, FEATURES), io), ("v_T", v_T, image, io), io_f32,
+            ("per_isect", per_isect, (bins.n_isects, ROW_3DGS), np.float64))
+    _run(library().lanes_3dgs_bwd, params, bins, width, height, ROW_3DGS, args, run_workers)
 
 
 def forward_2dgs(params, bins, width: int, height: int, features, normals, T_final, distort, median, last,
-                 median_idx, run_workers) -> None:
+                 median_idx, depth_total, run_workers, T_out=None) -> None:
     """Fill features [C, H, W, 4], normals [C, H, W, 3], T_final, distort, median, last and median_idx [C, H, W] as
-    :func:`.cpu_kernels.rasterize_2dgs_fwd` does, on ``run_workers``'s threads."""
+    :func:`.cpu_kernels.rasterize_2dgs_fwd` does, and depth_total [C, H, W] (float64: the features' depth channel,
+    which :func:`backward_2dgs` reads), on ``run_workers``'s threads. ``features``, ``normals``, ``distort`` and
+    ``median`` may be float32 (all four); then ``T_out`` [C, H, W] float32 gets T_final's float32 copy."""
     image = (bins.n_cameras, height, width)
-    outputs = (("features", features, (*image, FEATURES), np.float64), ("normals", normals, (*image, 3), np.float64),
-               ("T_final", T_final, image, np.float64), ("distort", distort, image, np.float64),
-               ("median", median, image, np.float64), ("last", last, image, np.int64),
-               ("median_idx", median_idx, image, np.int64))
-    _run(library().lanes_2dgs_fwd, params, bins, width, height, ROW_2DGS, outputs, run_workers)
+    outputs = dict(features=features, normals=normals, distort=distort, median=median)
+    io_f32 = io_flag(**outputs, **({} if T_out is None else {"T_out": T_out}))
+    if io_f32 and T_out is None:
+        raise ValueError("lanes kernels: a float32 forward writes T_out too")
+    io = np.float32 if io_f32 else np.float64
+    args = (("features", features, (*image, FEATURES), io), ("normals", normals, (*image, 3), io),
+            ("T_final", T_final, image, np.float64), ("distort", distort, image, io), ("median", median, image, io),
+            ("last", last, image, np.int64), ("median_idx", median_idx, image, np.int64),
+            ("depth_total", depth_total, image, np.float64), ("T_out", T_out, image, np.float32), io_f32)
+    _run(library().lanes_2dgs_fwd, params, bins, width, height, ROW_2DGS, args, run_workers)
 
 
 def backward_2dgs(params, bins, width: int, height: int, T_final, last, median_idx, depth_total, v_features,
                   v_normals, v_T, v_distort, v_median, per_isect, run_workers) -> None:
     """Fill per_isect [M, 19] as :func:`.cpu_kernels.rasterize_2dgs_bwd` does, from the forward's T_final, last,
     median_idx and depth_total [C, H, W] and the output gradients v_features [C, H, W, 4], v_normals [C, H, W, 3],
-    v_T, v_distort and v_median [C, H, W], on ``run_workers``'s threads."""
+    v_T, v_distort and v_median [C, H, W] (all float32 or all float64), on ``run_workers``'s threads."""
     image = (bins.n_cameras, height, width)
-    inputs = (("T_final", T_final, image, np.float64), ("last", last, image, np.int64),
-              ("median_idx", median_idx, image, np.int64), ("depth_total", depth_total, image, np.float64),
-              ("v_features", v_features, (*image, FEATURES), np.float64),
-              ("v_normals", v_normals, (*image, 3), np.float64), ("v_T", v_T, image, np.float64),
-              ("v_distort", v_distort, image, np.float64), ("v_median", v_median, image, np.float64),
-              ("per_isect", per_isect, (bins.n_isects, ROW_2DGS), np.float64))
-    _run(library().lanes_2dgs_bwd, params, bins, width, height, ROW_2DGS, inputs, run_workers)
+    io_f32 = io_flag(v_features=v_features, v_normals=v_normals, v_T=v_T, v_distort=v_distort, v_median=v_median)
+    io = np.float32 if io_f32 else np.float64
+    args = (("T_final", T_final, image, np.float64), ("last", last, image, np.int64),
+            ("median_idx", median_idx, image, np.int64), ("depth_total", depth_total, image, np.float64),
+            ("v_features", v_features, (*image, FEATURES), io), ("v_normals", v_normals, (*image, 3), io),
+            ("v_T", v_T, image, io), ("v_distort", v_distort, image, io), ("v_median", v_median, image, io), io_f32,
+            ("per_isect", per_isect, (bins.n_isects, ROW_2DGS), np.float64))
+    _run(library().lanes_2dgs_bwd, params, bins, width, height, ROW_2DGS, args, run_workers)

@@ -107,11 +107,14 @@ static inline Hit hit_at(const Surfel *s, const Planes *q, __m512d px, double ro
 }
 
 /* features [C, H, W, 4], normals [C, H, W, 3], T_final, distort, median [C, H, W], last and median_idx [C, H, W]
- * (indices into flatten_ids, -1 if none), as cpu_kernels.rasterize_2dgs_fwd fills them. */
+ * (indices into flatten_ids, -1 if none), as cpu_kernels.rasterize_2dgs_fwd fills them, and depth_total [C, H, W]
+ * (the depth channel of features, which the backward reads); features, normals, distort and median in the caller's
+ * dtype (io_f32), and with float32 also T_out, a float32 copy of T_final (NULL otherwise). */
 void lanes_2dgs_fwd(const double *params, const int64_t *tile_offsets, const int64_t *flatten_ids, int64_t n_tiles,
                     int64_t tile_w, int64_t tile_h, int64_t width, int64_t height, const double *rule_values,
-                    double *features, double *normals, double *T_final, double *distort, double *median,
-                    int64_t *last, int64_t *median_idx, int64_t worker, int64_t n_workers) {
+                    void *features, void *normals, double *T_final, void *distort, void *median, int64_t *last,
+                    int64_t *median_idx, double *depth_total, float *T_out, int64_t io_f32, int64_t worker,
+                    int64_t n_workers) {
     const Rules *rules = (const Rules *)rule_values;
     double T[TILE][TILE] __attribute__((aligned(64)));
     double acc[CHANNELS][TILE][TILE] __attribute__((aligned(64)));
@@ -196,18 +199,22 @@ void lanes_2dgs_fwd(const double *params, const int64_t *tile_offsets, const int
                 }
             }
         }
+        ieee_state(saved_csr);
         for (int64_t y = t.y0; y < t.y1; y++)
             for (int64_t x = t.x0; x < t.x1; x++) {
                 int r = (int)(y - t.y0), l = (int)(x - t.x0);
                 int64_t at = (t.cam * height + y) * width + x;
-                for (int k = 0; k < FEATURES; k++) features[at * FEATURES + k] = acc[k][r][l];
-                for (int k = 0; k < 3; k++) normals[at * 3 + k] = acc[FEATURES + k][r][l];
+                for (int k = 0; k < FEATURES; k++) image_put(features, io_f32, at * FEATURES + k, acc[k][r][l]);
+                for (int k = 0; k < 3; k++) image_put(normals, io_f32, at * 3 + k, acc[FEATURES + k][r][l]);
+                depth_total[at] = acc[DEPTH][r][l];
                 T_final[at] = fabs(T[r][l]);
-                distort[at] = dist[r][l];
-                median[at] = med[r][l];
+                if (T_out) T_out[at] = (float)T_final[at];
+                image_put(distort, io_f32, at, dist[r][l]);
+                image_put(median, io_f32, at, med[r][l]);
                 last[at] = lastb[r][l];
                 median_idx[at] = medb[r][l];
             }
+        flush_state(saved_csr);
     }
     _mm_setcsr(saved_csr);
 }
@@ -236,12 +243,12 @@ static void surfel_grad(const Surfel *s, const __m512d a0[3], const __m512d a1[3
 /* per_isect [M, 19]: dL/d(mean x, mean y, M (9), opacity, 4 features, 3 normals) per intersection (zero where the
  * surfel reaches no pixel), as cpu_kernels.rasterize_2dgs_bwd fills it, from the forward's T_final, last,
  * median_idx and depth_total (its depth channel: the sum of w * depth) and the output gradients v_features
- * [C, H, W, 4], v_normals [C, H, W, 3], v_T, v_distort and v_median [C, H, W]. */
+ * [C, H, W, 4], v_normals [C, H, W, 3], v_T, v_distort and v_median [C, H, W] (in the caller's dtype, io_f32). */
 void lanes_2dgs_bwd(const double *params, const int64_t *tile_offsets, const int64_t *flatten_ids, int64_t n_tiles,
                     int64_t tile_w, int64_t tile_h, int64_t width, int64_t height, const double *rule_values,
                     const double *T_final, const int64_t *last, const int64_t *median_idx, const double *depth_total,
-                    const double *v_features, const double *v_normals, const double *v_T, const double *v_distort,
-                    const double *v_median, double *per_isect, int64_t worker, int64_t n_workers) {
+                    const void *v_features, const void *v_normals, const void *v_T, const void *v_distort,
+                    const void *v_median, int64_t io_f32, double *per_isect, int64_t worker, int64_t n_workers) {
     const Rules *rules = (const Rules *)rule_values;
     double T[TILE][TILE] __attribute__((aligned(64)));
     double Tf[TILE][TILE] __attribute__((aligned(64)));
@@ -264,22 +271,26 @@ void lanes_2dgs_bwd(const double *params, const int64_t *tile_offsets, const int
         __m512d px[HALVES], f[CHANNELS];
         lane_centres(&t, px);
         int64_t newest = -1;
+        ieee_state(saved_csr);
         for (int r = 0; r < TILE; r++)
             for (int l = 0; l < TILE; l++) {
                 int inside = t.y0 + r < t.y1 && t.x0 + l < t.x1;
                 int64_t at = (t.cam * height + t.y0 + r) * width + t.x0 + l;
                 T[r][l] = Tf[r][l] = inside ? T_final[at] : 1.0;
-                later[r][l] = inside ? v_T[at] * T[r][l] : 0.0;
+                later[r][l] = inside ? image_get(v_T, io_f32, at) * T[r][l] : 0.0;
                 behind_wd[r][l] = 0.0;
                 wd_total[r][l] = inside ? depth_total[at] : 0.0;
                 lastb[r][l] = inside ? last[at] : -1; /* no surfel reaches lanes outside the image */
                 medb[r][l] = inside ? median_idx[at] : -1;
-                for (int k = 0; k < FEATURES; k++) gout[k][r][l] = inside ? v_features[at * FEATURES + k] : 0.0;
-                for (int k = 0; k < 3; k++) gout[FEATURES + k][r][l] = inside ? v_normals[at * 3 + k] : 0.0;
-                gdist[r][l] = inside ? v_distort[at] : 0.0;
-                gmed[r][l] = inside ? v_median[at] : 0.0;
+                for (int k = 0; k < FEATURES; k++)
+                    gout[k][r][l] = inside ? image_get(v_features, io_f32, at * FEATURES + k) : 0.0;
+                for (int k = 0; k < 3; k++)
+                    gout[FEATURES + k][r][l] = inside ? image_get(v_normals, io_f32, at * 3 + k) : 0.0;
+                gdist[r][l] = inside ? image_get(v_distort, io_f32, at) : 0.0;
+                gmed[r][l] = inside ? image_get(v_median, io_f32, at) : 0.0;
                 if (lastb[r][l] > newest) newest = lastb[r][l];
             }
+        flush_state(saved_csr);
         Surfel s;
         for (int64_t j = newest; j >= start; j--) {
             if (j - PREFETCH_AHEAD >= start) prefetch_row(params + flatten_ids[j - PREFETCH_AHEAD] * ROW, ROW);

@@ -85,10 +85,12 @@ static inline __m512d splat_row(Splat *s, int h, double dy) {
 }
 
 /* colors [C, H, W, 4], T_final [C, H, W] and last [C, H, W] (index into flatten_ids, -1 if none), as
- * cpu_kernels.rasterize_3dgs_fwd fills them. */
+ * cpu_kernels.rasterize_3dgs_fwd fills them; colors in the caller's dtype (io_f32), and with float32 also T_out, a
+ * float32 copy of T_final (NULL otherwise). */
 void lanes_3dgs_fwd(const double *params, const int64_t *tile_offsets, const int64_t *flatten_ids, int64_t n_tiles,
                     int64_t tile_w, int64_t tile_h, int64_t width, int64_t height, const double *rule_values,
-                    double *colors, double *T_final, int64_t *last, int64_t worker, int64_t n_workers) {
+                    void *colors, double *T_final, int64_t *last, float *T_out, int64_t io_f32, int64_t worker,
+                    int64_t n_workers) {
     const Rules *rules = (const Rules *)rule_values;
     const double max_alpha = rules->max_alpha, thr = rules->thr, min_transmittance = rules->min_transmittance;
     double T[TILE][TILE] __attribute__((aligned(64)));
@@ -149,26 +151,29 @@ void lanes_3dgs_fwd(const double *params, const int64_t *tile_offsets, const int
                 }
             }
         }
+        ieee_state(saved_csr);
         for (int64_t y = t.y0; y < t.y1; y++)
             for (int64_t x = t.x0; x < t.x1; x++) {
                 int r = (int)(y - t.y0), l = (int)(x - t.x0);
                 int64_t at = (t.cam * height + y) * width + x;
                 T_final[at] = fabs(T[r][l]);
+                if (T_out) T_out[at] = (float)T_final[at];
                 last[at] = lastb[r][l];
-                for (int k = 0; k < FEATURES; k++) colors[at * FEATURES + k] = acc[k][r][l];
+                for (int k = 0; k < FEATURES; k++) image_put(colors, io_f32, at * FEATURES + k, acc[k][r][l]);
             }
+        flush_state(saved_csr);
     }
     _mm_setcsr(saved_csr);
 }
 
 /* per_isect [M, 10]: dL/d(mean x, mean y, conic a, b, c, opacity, 4 features) per intersection (zero where the
  * Gaussian reaches no pixel), as cpu_kernels.rasterize_3dgs_bwd fills it, from the forward's T_final and last
- * and the output gradients v_colors [C, H, W, 4] and v_T [C, H, W]. Per-Gaussian sums stay in vector accumulators
+ * and the output gradients v_colors [C, H, W, 4] and v_T [C, H, W] (in the caller's dtype, io_f32). Per-Gaussian sums stay in vector accumulators
  * (both halves of a row in the same ones) and are summed across lanes once per intersection. */
 void lanes_3dgs_bwd(const double *params, const int64_t *tile_offsets, const int64_t *flatten_ids, int64_t n_tiles,
                     int64_t tile_w, int64_t tile_h, int64_t width, int64_t height, const double *rule_values,
-                    const double *T_final, const int64_t *last, const double *v_colors, const double *v_T,
-                    double *per_isect, int64_t worker, int64_t n_workers) {
+                    const double *T_final, const int64_t *last, const void *v_colors, const void *v_T,
+                    int64_t io_f32, double *per_isect, int64_t worker, int64_t n_workers) {
     const Rules *rules = (const Rules *)rule_values;
     const double max_alpha = rules->max_alpha, thr = rules->thr;
     double T[TILE][TILE] __attribute__((aligned(64)));
@@ -185,16 +190,19 @@ void lanes_3dgs_bwd(const double *params, const int64_t *tile_offsets, const int
         __m512d px[HALVES], f[FEATURES];
         lane_centres(&t, px);
         int64_t newest = -1;
+        ieee_state(saved_csr);
         for (int r = 0; r < TILE; r++)
             for (int l = 0; l < TILE; l++) {
                 int inside = t.y0 + r < t.y1 && t.x0 + l < t.x1;
                 int64_t at = (t.cam * height + t.y0 + r) * width + t.x0 + l;
                 T[r][l] = inside ? T_final[at] : 1.0;
-                later[r][l] = inside ? v_T[at] * T[r][l] : 0.0;
+                later[r][l] = inside ? image_get(v_T, io_f32, at) * T[r][l] : 0.0;
                 lastb[r][l] = inside ? last[at] : -1; /* no Gaussian reaches lanes outside the image */
-                for (int k = 0; k < FEATURES; k++) gout[k][r][l] = inside ? v_colors[at * FEATURES + k] : 0.0;
+                for (int k = 0; k < FEATURES; k++)
+                    gout[k][r][l] = inside ? image_get(v_colors, io_f32, at * FEATURES + k) : 0.0;
                 if (lastb[r][l] > newest) newest = lastb[r][l];
             }
+        flush_state(saved_csr);
         Splat s;
         for (int64_t j = newest; j >= start; j--) {
             if (j - PREFETCH_AHEAD >= start) prefetch_row(params + flatten_ids[j - PREFETCH_AHEAD] * ROW, ROW);

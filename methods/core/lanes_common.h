@@ -42,6 +42,25 @@ static inline void prefetch_row(const double *row, int n) {
     __builtin_prefetch(row + n - 1);
 }
 
+/* The images a caller reads and writes (colours, normals, alpha, distortion, median depth and their gradients) are
+ * float64 or float32, the caller's dtype, as ``io_f32`` says: reading float32 and writing it here spares the caller
+ * a conversion of each image. Conversions are those NumPy's astype makes, so callers run them with the caller's
+ * floating-point state (``ieee_state``), not with denormals flushed. */
+static inline double image_get(const void *image, int64_t io_f32, int64_t i) {
+    return io_f32 ? (double)((const float *)image)[i] : ((const double *)image)[i];
+}
+
+static inline void image_put(void *image, int64_t io_f32, int64_t i, double value) {
+    if (io_f32)
+        ((float *)image)[i] = (float)value;
+    else
+        ((double *)image)[i] = value;
+}
+
+/* Around a tile's image reads or writes: the caller's MXCSR (IEEE conversions, as NumPy's) and back to flushing. */
+static inline void ieee_state(unsigned int saved_csr) { _mm_setcsr(saved_csr); }
+static inline void flush_state(unsigned int saved_csr) { _mm_setcsr(saved_csr | FLUSH_DENORMALS); }
+
 /* The compositing rules, from cpu_kernels (where the numbers live), in lanes.rules()'s order; each kernel reads
  * those it needs. */
 typedef struct {

@@ -215,6 +215,14 @@ def kernel_output(shape: tuple, dtype: torch.dtype) -> np.ndarray:
     return np.empty(shape, dtype=np_dtype)
 
 
+def kernel_images(*grads: Tensor) -> list[np.ndarray]:
+    """Output-gradient images for the lanes kernels, which read float32 or float64: contiguous NumPy views (or
+    copies) in their own dtype where all are float32 or all float64, else float64 copies."""
+    if len({g.dtype for g in grads}) == 1 and grads[0].dtype in (torch.float32, torch.float64):
+        return [np.ascontiguousarray(g.detach().numpy()) for g in grads]
+    return [as_f64(g) for g in grads]
+
+
 def output_twins(outputs: tuple, dtype: torch.dtype) -> tuple:
     """For kernels that write their float64 outputs and a twin of each in the caller's dtype (the projections): new
     float32 arrays shaped as ``outputs`` for a float32 caller, else ``outputs`` themselves (written twice)."""
@@ -484,12 +492,16 @@ class RasterizeTiles3D(torch.autograd.Function):
         host = host or {}
         params = gaussian_rows(host.get("means2d", means2d), host.get("conics", conics), opacities, features)
         C, D = bins.n_cameras, features.shape[-1]
-        colors, T = np.empty((C, height, width, D)), np.empty((C, height, width))
-        last, pairs = np.empty((C, height, width), dtype=np.int64), np.zeros((bins.n_tiles, 2), dtype=np.int64)
+        image = (C, height, width)
+        T, T_out = np.empty(image), None  # T_out: T in the caller's float32, where the lanes kernels write it
+        last, pairs = np.empty(image, dtype=np.int64), np.zeros((bins.n_tiles, 2), dtype=np.int64)
         ctx.lanes = lanes.composite(D)
-        if ctx.lanes:
-            lanes.forward(params, bins, width, height, colors, T, last, run_workers)
+        if ctx.lanes:  # in the caller's dtype where it is float32 (no conversion after)
+            colors = kernel_output((*image, D), means2d.dtype)
+            T_out = np.empty(image, dtype=np.float32) if colors.dtype == np.float32 else None
+            lanes.forward(params, bins, width, height, colors, T, last, run_workers, T_out)
         else:
+            colors = np.empty((*image, D))
             run_workers(
                 K.rasterize_3dgs_fwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
                 bins.tile_height, False, colors, T, last, pairs,
@@ -498,19 +510,19 @@ class RasterizeTiles3D(torch.autograd.Function):
         keep_rows_for_backward(ctx, params, backward_follows)
         ctx.shapes = [tuple(t.shape) for t in (means2d, conics, opacities, features)]
         bins.record_work(None if ctx.lanes else pairs)  # the lanes kernels do not count their work
-        return to_torch(colors, means2d.dtype), to_torch(T[..., None], means2d.dtype)
+        return to_torch(colors, means2d.dtype), to_torch((T if T_out is None else T_out)[..., None], means2d.dtype)
 
     @staticmethod
     def backward(ctx, v_colors, v_T):
         bins, params = ctx.bins, take_saved_rows(ctx)
         per_isect = SCRATCH.take((bins.n_isects, params.shape[1]))
-        v_colors64, v_T64 = as_f64(v_colors), as_f64(v_T[..., 0])
         if ctx.lanes:  # the forward's kernels, whatever $GFBENCH_CPU_COMPOSITING says now
-            lanes.backward(params, bins, *ctx.size, ctx.T, ctx.last, v_colors64, v_T64, per_isect, run_workers)
+            lanes.backward(params, bins, *ctx.size, ctx.T, ctx.last, *kernel_images(v_colors, v_T[..., 0]), per_isect,
+                           run_workers)
         else:
             run_workers(
                 K.rasterize_3dgs_bwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
-                bins.tile_height, False, ctx.T, ctx.last, v_colors64, v_T64, per_isect,
+                bins.tile_height, False, ctx.T, ctx.last, as_f64(v_colors), as_f64(v_T[..., 0]), per_isect,
             )
         rows = bins.per_rank(per_isect)
         grads = bins.to_gaussians(rows, ctx.shapes, v_colors.dtype)

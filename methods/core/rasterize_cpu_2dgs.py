@@ -37,6 +37,7 @@ from .rasterize_cpu import (
     gaussian_rows,
     grad_will_flow,
     keep_rows_for_backward,
+    kernel_images,
     kernel_output,
     output_twins,
     run_workers,
@@ -120,39 +121,46 @@ class RasterizeTiles2D(torch.autograd.Function):
                 host, backward_follows=True):
         params = gaussian_rows(host["means2d"], host["ray_transforms"], opacities, features, host["normals"])
         C, D = bins.n_cameras, features.shape[-1]
-        feats, norms = np.empty((C, height, width, D)), np.empty((C, height, width, 3))
-        T, distort, median = (np.empty((C, height, width)) for _ in range(3))
-        last, median_idx = (np.empty((C, height, width), dtype=np.int64) for _ in range(2))
+        image = (C, height, width)
+        T, T_out = np.empty(image), None  # T_out: T in the caller's float32, where the lanes kernels write it
+        last, median_idx = (np.empty(image, dtype=np.int64) for _ in range(2))
         pairs = np.zeros((bins.n_tiles, 2), dtype=np.int64)
         ctx.lanes = lanes.composite(D)
-        if ctx.lanes:
+        if ctx.lanes:  # the caller's images in its dtype where it is float32 (no conversion after)
+            feats, norms, distort, median = (kernel_output(shape, means2d.dtype)
+                                             for shape in ((*image, D), (*image, 3), image, image))
+            T_out = np.empty(image, dtype=np.float32) if feats.dtype == np.float32 else None
+            depth_total = np.empty(image)
             lanes.forward_2dgs(params, bins, width, height, feats, norms, T, distort, median, last, median_idx,
-                               run_workers)
+                               depth_total, run_workers, T_out)
         else:
+            feats, norms = np.empty((*image, D)), np.empty((*image, 3))
+            distort, median = np.empty(image), np.empty(image)
             run_workers(
                 K.rasterize_2dgs_fwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
                 bins.tile_height, False, feats, norms, T, distort, median, last, median_idx, pairs,
             )
+            depth_total = feats[..., -1].copy()
         ctx.bins, ctx.depths, ctx.size = bins, host["depths"], (width, height)
         keep_rows_for_backward(ctx, params, backward_follows)
-        ctx.saved = (T, last, median_idx, feats[..., -1].copy())
+        ctx.saved = (T, last, median_idx, depth_total)
         ctx.shapes = [tuple(t.shape) for t in (means2d, ray_transforms, opacities, features, normals)]
         bins.record_work(None if ctx.lanes else pairs)  # the lanes kernels do not count their work
         dtype = means2d.dtype
         return (to_torch(feats, dtype), to_torch(norms, dtype),
-                *(to_torch(a[..., None], dtype) for a in (T, distort, median)))
+                *(to_torch(a[..., None], dtype) for a in (T if T_out is None else T_out, distort, median)))
 
     @staticmethod
     def backward(ctx, v_features, v_normals, v_T, v_distort, v_median):
         bins, params = ctx.bins, take_saved_rows(ctx)
         T, last, median_idx, depth_total = ctx.saved
         per_isect = SCRATCH.take((bins.n_isects, params.shape[1]))
-        output_grads = (as_f64(v_features), as_f64(v_normals), as_f64(v_T[..., 0]), as_f64(v_distort[..., 0]),
-                        as_f64(v_median[..., 0]))
+        output_grads = (v_features, v_normals, v_T[..., 0], v_distort[..., 0], v_median[..., 0])
         if ctx.lanes:  # the forward's kernels, whatever $GFBENCH_CPU_COMPOSITING says now
-            lanes.backward_2dgs(params, bins, *ctx.size, T, last, median_idx, depth_total, *output_grads, per_isect,
-                                run_workers)
+            lanes.backward_2dgs(params, bins, *ctx.size, T, last, median_idx, depth_total,
+                                *kernel_images(*output_grads), per_isect, run_workers)
         else:
+            output_grads = [as_f64(g) for g in output_grads]
             run_workers(
                 K.rasterize_2dgs_bwd, params, bins.tile_offsets, bins.flatten_ids, bins.tile_width,
                 bins.tile_height, False, T, last, median_idx, depth_total, *output_grads, per_isect,
