@@ -168,8 +168,9 @@ void lanes_3dgs_fwd(const double *params, const int64_t *tile_offsets, const int
 
 /* per_isect [M, 10]: dL/d(mean x, mean y, conic a, b, c, opacity, 4 features) per intersection (zero where the
  * Gaussian reaches no pixel), as cpu_kernels.rasterize_3dgs_bwd fills it, from the forward's T_final and last
- * and the output gradients v_colors [C, H, W, 4] and v_T [C, H, W] (in the caller's dtype, io_f32). Per-Gaussian sums stay in vector accumulators
- * (both halves of a row in the same ones) and are summed across lanes once per intersection. */
+ * and the output gradients v_colors [C, H, W, 4] and v_T [C, H, W] (in the caller's dtype, io_f32). Per-Gaussian
+ * sums stay in vector accumulators (both halves of a row in the same ones) and are summed across lanes once per
+ * intersection. */
 void lanes_3dgs_bwd(const double *params, const int64_t *tile_offsets, const int64_t *flatten_ids, int64_t n_tiles,
                     int64_t tile_w, int64_t tile_h, int64_t width, int64_t height, const double *rule_values,
                     const double *T_final, const int64_t *last, const void *v_colors, const void *v_T,
