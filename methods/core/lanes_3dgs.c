@@ -23,14 +23,14 @@
                                   E, exp(b dx), g and their ratio then lie within exp(+-650), normal numbers (the
                                   smallest is exp(-708)), and no exp is clamped at EXP_LIMIT */
 
-/* One Gaussian as seen from one tile: its parameters, the tile rows [ylo, yhi) its ellipse reaches, and either
- * the state of the row recurrence (E per half-row, exp(b dx), g and its per-row factor) or, where the recurrence
- * is not safe (``recurrence`` 0), what exp(-sigma) at every pixel needs (0.5 a dx^2 per lane). ``ok`` is 0 for a
- * Gaussian to skip. */
+/* One Gaussian as seen from one tile: its parameters, the tile rows [ylo, yhi) and the 8-lane halves (bit h of
+ * ``halves``) its ellipse reaches, and either the state of the row recurrence (E per half-row, exp(b dx), g and its
+ * per-row factor) or, where the recurrence is not safe (``recurrence`` 0), what exp(-sigma) at every pixel needs
+ * (0.5 a dx^2 per lane). ``ok`` is 0 for a Gaussian to skip. */
 typedef struct {
     double mx, my, a, b, c, o;
     int64_t ylo, yhi;
-    int ok, recurrence;
+    int ok, recurrence, halves;
     __m512d dx[HALVES], qx[HALVES], E[HALVES], Fx[HALVES];
     double g, g_step;
 } Splat;
@@ -50,6 +50,15 @@ static void splat_at(Splat *s, const double *row, const Tile *t, const __m512d p
     smax += rules->span_margin * (1.0 + smax);
     double ey = sqrt(2.0 * smax * s->a / det); /* cpu_kernels.ellipse_rows */
     pixel_range(s->my - ey, s->my + ey, t->y0, t->y1, rules->pixel_margin, &s->ylo, &s->yhi);
+    /* the columns likewise (sigma <= smax needs dx^2 <= 2 smax c / det): the halves outside them hold no pixel the
+     * Gaussian composites, and are not evaluated (the recurrence's check below still covers both, as it always did,
+     * so that a Gaussian takes the same path, and gives the same bits, either way) */
+    double ex = sqrt(2.0 * smax * s->c / det);
+    int64_t xlo, xhi;
+    pixel_range(s->mx - ex, s->mx + ex, t->x0, t->x1, rules->pixel_margin, &xlo, &xhi);
+    s->halves = 0;
+    for (int h = 0; h < HALVES; h++)
+        if (xlo < t->x0 + 8 * (h + 1) && xhi > t->x0 + 8 * h) s->halves |= 1 << h;
     double dy0 = s->my - ((double)s->ylo + 0.5), dy_last = s->my - ((double)s->yhi - 0.5);
     /* the recurrence where it is exact: sigma within RECURRENCE_RANGE at every lane of the first and last row (sigma
      * is convex along a lane's rows, so those bound the rows between), and |b dx| + |c dy| too */
@@ -68,6 +77,7 @@ static void splat_at(Splat *s, const double *row, const Tile *t, const __m512d p
     }
     if (s->recurrence)
         for (int h = 0; h < HALVES; h++) {
+            if (!(s->halves >> h & 1)) continue;
             s->E[h] = exp8(_mm512_sub_pd(_mm512_setzero_pd(), sigma0[h]));
             s->Fx[h] = exp8(_mm512_mul_pd(_mm512_set1_pd(s->b), s->dx[h]));
         }
@@ -120,7 +130,7 @@ void lanes_3dgs_fwd(const double *params, const int64_t *tile_offsets, const int
                 prefetch_row(params + flatten_ids[j + PREFETCH_AHEAD] * ROW, ROW);
             const double *row = params + flatten_ids[j] * ROW;
             splat_at(&s, row, &t, px, rules);
-            if (!s.ok) continue;
+            if (!s.ok || !s.halves) continue;
             __m512d vo = _mm512_set1_pd(s.o);
             for (int k = 0; k < FEATURES; k++) f[k] = _mm512_set1_pd(row[6 + k]);
             __m512i vj = _mm512_set1_epi64(j);
@@ -128,6 +138,7 @@ void lanes_3dgs_fwd(const double *params, const int64_t *tile_offsets, const int
                 int r = (int)(y - t.y0);
                 double dy = s.my - ((double)y + 0.5);
                 for (int h = 0; h < HALVES; h++) {
+                    if (!(s.halves >> h & 1)) continue;
                     __m512d e = splat_row(&s, h, dy);
                     __m512d Tv = _mm512_load_pd(&T[r][8 * h]);
                     __mmask8 live = _mm512_cmp_pd_mask(Tv, _mm512_setzero_pd(), _CMP_GT_OQ);
@@ -209,7 +220,7 @@ void lanes_3dgs_bwd(const double *params, const int64_t *tile_offsets, const int
             if (j - PREFETCH_AHEAD >= start) prefetch_row(params + flatten_ids[j - PREFETCH_AHEAD] * ROW, ROW);
             const double *row = params + flatten_ids[j] * ROW;
             splat_at(&s, row, &t, px, rules);
-            if (!s.ok) continue;
+            if (!s.ok || !s.halves) continue;
             for (int k = 0; k < FEATURES; k++) f[k] = _mm512_set1_pd(row[6 + k]);
             /* dL/dsigma v summed as v dy, v dy^2, v dx, v dx dy and v dx^2, chained through sigma once at the end */
             __m512d s0dy = _mm512_setzero_pd(), s0dy2 = s0dy, s1 = s0dy, s1dy = s0dy, s2 = s0dy, vo = s0dy;
@@ -220,6 +231,7 @@ void lanes_3dgs_bwd(const double *params, const int64_t *tile_offsets, const int
                 double dy = s.my - ((double)y + 0.5);
                 __m512d vdy = _mm512_set1_pd(dy);
                 for (int h = 0; h < HALVES; h++) {
+                    if (!(s.halves >> h & 1)) continue;
                     __m512d e = splat_row(&s, h, dy);
                     __mmask8 valid = _mm512_cmp_epi64_mask(vj, _mm512_load_si512(&lastb[r][8 * h]), _MM_CMPINT_LE);
                     if (!valid) continue;
