@@ -131,7 +131,8 @@ class Compositing2D:
                    False, *out, pairs)
 
     def lanes_forward(self, out):
-        lanes.forward_2dgs(self.params, self.bins, self.W, self.H, *out, one_thread)
+        depth_total = np.empty(out[2].shape)  # the depth channel the backward reads (_state takes the spans' copy)
+        lanes.forward_2dgs(self.params, self.bins, self.W, self.H, *out, depth_total, one_thread)
 
     def output_grads(self, rng):
         C, W, H = self.C, self.W, self.H
