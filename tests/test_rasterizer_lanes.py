@@ -451,10 +451,10 @@ def gaussian_rows_3dgs(rng, n: int, width: int, height: int):
     return rows
 
 
-def composite_io(kind: str, params, bins, width: int, height: int, io):
+def composite_io(kind: str, params, bins, width: int, height: int, io, empty=np.empty):
     """The lanes kernels' forward and backward with the caller's images (outputs, output gradients) in ``io``
-    (float32 or float64): the images, the float64 state and the backward rows. The output gradients are random
-    float32 values, a fifth of them float32 denormals."""
+    (float32 or float64), their outputs from ``empty``: the images, the float64 state and the backward rows. The
+    output gradients are random float32 values, a fifth of them float32 denormals."""
     image, one = (1, height, width), (lambda kernel, *args: kernel(*args, 0, 1))
     rng = np.random.default_rng(9)
     shapes = [(*image, 4), image] if kind == "3dgs" else [(*image, 4), (*image, 3), image, image, image]
@@ -463,16 +463,16 @@ def composite_io(kind: str, params, bins, width: int, height: int, io):
         g = rng.standard_normal(shape).astype(np.float32)
         g[rng.random(shape) < 0.2] = np.float32(3e-40)
         grads.append(g.astype(io))
-    T, last = np.empty(image), np.empty(image, np.int64)
-    T_out = np.empty(image, np.float32) if io == np.float32 else None
+    T, last = empty(image, np.float64), empty(image, np.int64)
+    T_out = empty(image, np.float32) if io == np.float32 else None
     rows = np.empty((bins.n_isects, params.shape[1]))
     if kind == "3dgs":
-        colors = np.empty((*image, 4), io)
+        colors = empty((*image, 4), io)
         lanes.forward(params, bins, width, height, colors, T, last, one, T_out)
         lanes.backward(params, bins, width, height, T, last, *grads, rows, one)
         return [colors, T if T_out is None else T_out], [T, last], rows
-    feats, norms, distort, median = (np.empty(shape, io) for shape in shapes[:2] + [image, image])
-    median_idx, depth_total = np.empty(image, np.int64), np.empty(image)
+    feats, norms, distort, median = (empty(shape, io) for shape in shapes[:2] + [image, image])
+    median_idx, depth_total = empty(image, np.int64), empty(image, np.float64)
     lanes.forward_2dgs(params, bins, width, height, feats, norms, T, distort, median, last, median_idx, depth_total,
                        one, T_out)
     lanes.backward_2dgs(params, bins, width, height, T, last, median_idx, depth_total, *grads, rows, one)
@@ -480,11 +480,14 @@ def composite_io(kind: str, params, bins, width: int, height: int, io):
 
 
 @needs_lanes
+@pytest.mark.parametrize("aligned", [False, True], ids=["np.empty", "line-aligned"])
 @pytest.mark.parametrize("kind", ["3dgs", "2dgs"])
-def test_float32_images_are_the_float64_ones_as_numpy_converts_them(kind):
+def test_float32_images_are_the_float64_ones_as_numpy_converts_them(kind, aligned):
     """The lanes kernels write a float32 caller's images and read its gradients in float32: the float64 outputs
     converted as NumPy converts them, and the backward of the float64 copies, to the bit, denormal float32 values
-    included (the kernels flush denormals while they composite, not while they convert)."""
+    included (the kernels flush denormals while they composite, not while they convert). Images on 64-byte lines
+    get whole rows by streaming stores, others by copies; both are checked against the float64 ones from np.empty."""
+    from gfbench.methods.core.rasterize_cpu import line_aligned
     rng = np.random.default_rng(3)
     width, height, n = 40, 24, 30
     if kind == "3dgs":
@@ -494,7 +497,10 @@ def test_float32_images_are_the_float64_ones_as_numpy_converts_them(kind):
         params = surfel_rows_2dgs(rng, n, 40.0, width, height, "plain")
         params[:, 12] *= 1e-39
     bins = EveryTile(n, width, height)
-    images32, state32, rows32 = composite_io(kind, params, bins, width, height, np.float32)
+    empty = line_aligned if aligned else np.empty
+    if aligned:
+        assert line_aligned((7,)).ctypes.data % 64 == 0
+    images32, state32, rows32 = composite_io(kind, params, bins, width, height, np.float32, empty)
     images64, state64, rows64 = composite_io(kind, params, bins, width, height, np.float64)
     tiny = np.finfo(np.float32).tiny
     assert ((np.abs(images32[0]) < tiny) & (images32[0] != 0)).sum() > 10  # denormal outputs were written

@@ -200,22 +200,28 @@ void lanes_2dgs_fwd(const double *params, const int64_t *tile_offsets, const int
             }
         }
         ieee_state(saved_csr);
-        for (int64_t y = t.y0; y < t.y1; y++)
-            for (int64_t x = t.x0; x < t.x1; x++) {
-                int r = (int)(y - t.y0), l = (int)(x - t.x0);
-                int64_t at = (t.cam * height + y) * width + x;
-                for (int k = 0; k < FEATURES; k++) image_put(features, io_f32, at * FEATURES + k, acc[k][r][l]);
-                for (int k = 0; k < 3; k++) image_put(normals, io_f32, at * 3 + k, acc[FEATURES + k][r][l]);
-                depth_total[at] = acc[DEPTH][r][l];
-                T_final[at] = fabs(T[r][l]);
-                if (T_out) T_out[at] = (float)T_final[at];
-                image_put(distort, io_f32, at, dist[r][l]);
-                image_put(median, io_f32, at, med[r][l]);
-                last[at] = lastb[r][l];
-                median_idx[at] = medb[r][l];
-            }
+        const int n = (int)(t.x1 - t.x0);
+        for (int64_t y = t.y0; y < t.y1; y++) {
+            int r = (int)(y - t.y0);
+            int64_t at = (t.cam * height + y) * width + t.x0;
+            double Tr[TILE] __attribute__((aligned(64)));
+            for (int l = 0; l < TILE; l++) Tr[l] = fabs(T[r][l]);
+            const double *colour[FEATURES] = {acc[0][r], acc[1][r], acc[2][r], acc[3][r]};
+            const double *normal[3] = {acc[FEATURES][r], acc[FEATURES + 1][r], acc[FEATURES + 2][r]};
+            const double *T_row = Tr, *dist_row = dist[r], *med_row = med[r];
+            put_pixels(features, io_f32, at, FEATURES, colour, n);
+            put_pixels(normals, io_f32, at, 3, normal, n);
+            put_pixels(distort, io_f32, at, 1, &dist_row, n);
+            put_pixels(median, io_f32, at, 1, &med_row, n);
+            put_pixels(T_final, 0, at, 1, &T_row, n);
+            if (T_out) put_pixels(T_out, 1, at, 1, &T_row, n);
+            store_bytes(depth_total + at, acc[DEPTH][r], n * (int64_t)sizeof(double));
+            store_bytes(last + at, lastb[r], n * (int64_t)sizeof(int64_t));
+            store_bytes(median_idx + at, medb[r], n * (int64_t)sizeof(int64_t));
+        }
         flush_state(saved_csr);
     }
+    _mm_sfence(); /* the streaming stores are seen by whoever reads the images next */
     _mm_setcsr(saved_csr);
 }
 

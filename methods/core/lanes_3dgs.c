@@ -163,17 +163,21 @@ void lanes_3dgs_fwd(const double *params, const int64_t *tile_offsets, const int
             }
         }
         ieee_state(saved_csr);
-        for (int64_t y = t.y0; y < t.y1; y++)
-            for (int64_t x = t.x0; x < t.x1; x++) {
-                int r = (int)(y - t.y0), l = (int)(x - t.x0);
-                int64_t at = (t.cam * height + y) * width + x;
-                T_final[at] = fabs(T[r][l]);
-                if (T_out) T_out[at] = (float)T_final[at];
-                last[at] = lastb[r][l];
-                for (int k = 0; k < FEATURES; k++) image_put(colors, io_f32, at * FEATURES + k, acc[k][r][l]);
-            }
+        const int n = (int)(t.x1 - t.x0);
+        for (int64_t y = t.y0; y < t.y1; y++) {
+            int r = (int)(y - t.y0);
+            int64_t at = (t.cam * height + y) * width + t.x0;
+            double Tr[TILE] __attribute__((aligned(64)));
+            for (int l = 0; l < TILE; l++) Tr[l] = fabs(T[r][l]);
+            const double *colour[FEATURES] = {acc[0][r], acc[1][r], acc[2][r], acc[3][r]}, *T_row = Tr;
+            put_pixels(colors, io_f32, at, FEATURES, colour, n);
+            put_pixels(T_final, 0, at, 1, &T_row, n);
+            if (T_out) put_pixels(T_out, 1, at, 1, &T_row, n);
+            store_bytes(last + at, lastb[r], n * (int64_t)sizeof(int64_t));
+        }
         flush_state(saved_csr);
     }
+    _mm_sfence(); /* the streaming stores are seen by whoever reads the images next */
     _mm_setcsr(saved_csr);
 }
 

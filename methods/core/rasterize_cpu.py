@@ -207,12 +207,18 @@ def as_kernel_input(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.numpy())
 
 
+def line_aligned(shape: tuple, dtype=np.float64) -> np.ndarray:
+    """An uninitialised NumPy array whose data begins on a 64-byte cache line, as PyTorch's CPU allocator places it (an
+    array from np.empty begins 16 bytes off one): the lanes kernels stream whole lines into such images (see
+    lanes_common.h's store_bytes)."""
+    return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype=dtype)).dtype).numpy()
+
+
 def kernel_output(shape: tuple, dtype: torch.dtype) -> np.ndarray:
-    """An uninitialised array for a kernel that writes float32 or float64 (the projections' gradients): in ``dtype``
-    where it is one of those, so that the kernel's stores convert as :func:`to_torch` would, else float64 (pass it
-    through :func:`to_torch`)."""
-    np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    return np.empty(shape, dtype=np_dtype)
+    """An uninitialised array for a kernel that writes float32 or float64 (the projections' gradients, the lanes
+    kernels' images): in ``dtype`` where it is one of those, so that the kernel's stores convert as :func:`to_torch`
+    would, else float64 (pass it through :func:`to_torch`); line-aligned (:func:`line_aligned`)."""
+    return line_aligned(shape, np.float32 if dtype == torch.float32 else np.float64)
 
 
 def kernel_images(*grads: Tensor) -> list[np.ndarray]:
@@ -493,12 +499,12 @@ class RasterizeTiles3D(torch.autograd.Function):
         params = gaussian_rows(host.get("means2d", means2d), host.get("conics", conics), opacities, features)
         C, D = bins.n_cameras, features.shape[-1]
         image = (C, height, width)
-        T, T_out = np.empty(image), None  # T_out: T in the caller's float32, where the lanes kernels write it
-        last, pairs = np.empty(image, dtype=np.int64), np.zeros((bins.n_tiles, 2), dtype=np.int64)
+        T, T_out = line_aligned(image), None  # T_out: T in the caller's float32, where the lanes kernels write it
+        last, pairs = line_aligned(image, np.int64), np.zeros((bins.n_tiles, 2), dtype=np.int64)
         ctx.lanes = lanes.composite(D)
         if ctx.lanes:  # in the caller's dtype where it is float32 (no conversion after)
             colors = kernel_output((*image, D), means2d.dtype)
-            T_out = np.empty(image, dtype=np.float32) if colors.dtype == np.float32 else None
+            T_out = line_aligned(image, np.float32) if colors.dtype == np.float32 else None
             lanes.forward(params, bins, width, height, colors, T, last, run_workers, T_out)
         else:
             colors = np.empty((*image, D))

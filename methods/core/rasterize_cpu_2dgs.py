@@ -39,6 +39,7 @@ from .rasterize_cpu import (
     keep_rows_for_backward,
     kernel_images,
     kernel_output,
+    line_aligned,
     output_twins,
     run_workers,
     take_saved_rows,
@@ -122,15 +123,15 @@ class RasterizeTiles2D(torch.autograd.Function):
         params = gaussian_rows(host["means2d"], host["ray_transforms"], opacities, features, host["normals"])
         C, D = bins.n_cameras, features.shape[-1]
         image = (C, height, width)
-        T, T_out = np.empty(image), None  # T_out: T in the caller's float32, where the lanes kernels write it
-        last, median_idx = (np.empty(image, dtype=np.int64) for _ in range(2))
+        T, T_out = line_aligned(image), None  # T_out: T in the caller's float32, where the lanes kernels write it
+        last, median_idx = (line_aligned(image, np.int64) for _ in range(2))
         pairs = np.zeros((bins.n_tiles, 2), dtype=np.int64)
         ctx.lanes = lanes.composite(D)
         if ctx.lanes:  # the caller's images in its dtype where it is float32 (no conversion after)
             feats, norms, distort, median = (kernel_output(shape, means2d.dtype)
                                              for shape in ((*image, D), (*image, 3), image, image))
-            T_out = np.empty(image, dtype=np.float32) if feats.dtype == np.float32 else None
-            depth_total = np.empty(image)
+            T_out = line_aligned(image, np.float32) if feats.dtype == np.float32 else None
+            depth_total = line_aligned(image)
             lanes.forward_2dgs(params, bins, width, height, feats, norms, T, distort, median, last, median_idx,
                                depth_total, run_workers, T_out)
         else:
